@@ -1,0 +1,413 @@
+"""The sans-IO protocol state machine: bytes in, events out; events in, bytes out. No asyncio, sockets or torch.
+
+Receiving follows asyncio's BufferedProtocol: :meth:`Connection.get_buffer` says where the next bytes should land
+and :meth:`Connection.buffer_updated` says how many did. Small frames land in one reused receive buffer; a large
+out-of-band buffer is read straight into memory from ``alloc`` (a pooled, reused block), so it is never copied in
+Python. :meth:`Connection.receive_data` wraps the two for tests and for transports that hand over bytes.
+
+State table::
+
+    HANDSHAKE --(peer proved the token)--> READY --(goodbye / error / close)--> CLOSED
+
+In HANDSHAKE only HELLO, WELCOME and AUTH are accepted (bodies <= 4 KiB, no out-of-band bytes), so nothing an
+unauthenticated peer sends can reach a pickle decoder. Any malformed input raises RemoteProtocolError, moves the
+connection to CLOSED and makes every later call a no-op that returns nothing.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, Union
+
+from .._errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from .messages import STRUCT_OF_KIND, WIRE_VERSION, BufferKind, Kind, T, decode, encode
+
+HEADER = struct.Struct("!IBBHQ")  # body_len, version, kind, flags, oob_len
+HEADER_SIZE = HEADER.size
+HANDSHAKE_MAX_BODY = 4096
+NONCE_SIZE = 32
+DEFAULT_MAX_BODY = 16 << 20
+DEFAULT_MAX_FRAME = 16 << 30
+DEFAULT_LARGE = 64 << 10  # out-of-band buffers at least this big are read straight into their own memory
+_RX_INITIAL = 256 << 10
+_RX_MIN_FREE = 64 << 10
+
+Buffer = Union[bytes, bytearray, memoryview]
+Alloc = Callable[[int], memoryview]
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a node is, as exchanged in the handshake."""
+
+    node_id: str
+    listen: str = ""
+    host_id: str = ""
+    pid: int = 0
+
+
+class Message:
+    """One application frame: its kind, decoded Thrift body, and out-of-band buffers (writable memory)."""
+
+    __slots__ = ("kind", "body", "buffers")
+
+    def __init__(self, kind: int, body: Any, buffers: list[Any]) -> None:
+        self.kind = kind
+        self.body = body
+        self.buffers = buffers
+
+    def __repr__(self) -> str:
+        return f"Message({Kind._VALUES_TO_NAMES.get(self.kind, self.kind)}, {self.body!r}, {len(self.buffers)} buffers)"
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The handshake completed: the peer proved it holds the token."""
+
+    peer: Identity
+
+
+Event = Union[Message, Ready]
+
+
+def _default_alloc(n: int) -> memoryview:
+    return memoryview(bytearray(n))
+
+
+def _mac(token: bytes, label: bytes, *parts: bytes) -> bytes:
+    h = hmac.new(token, label, hashlib.sha256)
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.digest()
+
+
+def _identity_bytes(ident: Identity) -> bytes:
+    return f"{ident.node_id}\0{ident.listen}\0{ident.host_id}\0{ident.pid}".encode()
+
+
+# what may arrive next during the handshake, per role
+_EXPECT = {True: Kind.WELCOME, False: Kind.HELLO}
+_APP_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.FAILURE, Kind.CANCEL, Kind.HEARTBEAT, Kind.GOODBYE})
+_KINDS_WITH_BUFFERS = frozenset({Kind.CALL, Kind.REPLY})
+
+
+class Connection:
+    """One end of a disto connection. ``dialer`` is the side that opened it and speaks first."""
+
+    def __init__(
+        self,
+        *,
+        dialer: bool,
+        token: bytes,
+        identity: Identity,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        large: int = DEFAULT_LARGE,
+        alloc: Alloc | None = None,
+    ) -> None:
+        if not token:
+            raise AuthenticationError("an empty token is not allowed")
+        self.dialer = dialer
+        self.identity = identity
+        self.peer: Identity | None = None
+        self.state = State.HANDSHAKE
+        self._token = token
+        self._max_body = max_body
+        self._max_frame = max_frame
+        self._large = large
+        self._alloc = alloc or _default_alloc
+        self._nonce = os.urandom(NONCE_SIZE)
+        self._hello_body = b""
+        self._expect = _EXPECT[dialer]
+        self._outbox: list[Buffer] = []
+        # receive state
+        self._rx = bytearray(_RX_INITIAL)
+        self._rstart = 0
+        self._rend = 0
+        self._hdr: tuple[int, int, int, int, int] | None = None
+        self._msg: Message | None = None
+        self._pending_sizes: list[int] = []  # inline buffer sizes still to read for self._msg
+        self._direct: memoryview | None = None  # destination of a large buffer being read
+        self._direct_filled = 0
+        if dialer:
+            hello = T.Hello(version=WIRE_VERSION, nonce=self._nonce, node_id=identity.node_id,
+                            listen=identity.listen, host_id=identity.host_id, pid=identity.pid)
+            self._hello_body = encode(hello)
+            self._outbox.append(self._frame_bytes(Kind.HELLO, self._hello_body))
+
+    # ------------------------------------------------------------------ sending
+    def data_to_send(self) -> list[Buffer]:
+        """Bytes the protocol itself wants sent (handshake replies). Call after every receive."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    @staticmethod
+    def _frame_bytes(kind: int, body: bytes, oob_len: int = 0) -> bytes:
+        return HEADER.pack(len(body), WIRE_VERSION, kind, 0, oob_len) + body
+
+    def send(self, kind: int, body: Any, buffers: Sequence[Buffer] = ()) -> list[Buffer]:
+        """Frame one application message. ``buffers`` go out-of-band, after the body, without being copied."""
+        if self.state is not State.READY:
+            raise LocalProtocolError(f"cannot send {Kind._VALUES_TO_NAMES.get(kind, kind)} in state {self.state.value}")
+        if kind not in _APP_KINDS:
+            raise LocalProtocolError(f"not an application message kind: {kind}")
+        oob_len = 0
+        if buffers:
+            if kind not in _KINDS_WITH_BUFFERS:
+                raise LocalProtocolError("only CALL and REPLY carry buffers")
+            views = [b if isinstance(b, memoryview) else memoryview(b) for b in buffers]
+            descs = []
+            for v in views:
+                n = v.nbytes
+                descs.append(T.BufferDesc(size=n))
+                oob_len += n
+            body.buffers = descs
+            if oob_len > self._max_frame:
+                raise LocalProtocolError(f"frame of {oob_len} bytes exceeds max_frame {self._max_frame}")
+            data = encode(body)
+            if len(data) > self._max_body:
+                raise LocalProtocolError(f"message body of {len(data)} bytes exceeds max_body {self._max_body}")
+            out: list[Buffer] = [self._frame_bytes(kind, data, oob_len)]
+            out.extend(v.cast("B") if v.format != "B" or v.ndim != 1 else v for v in views)
+            return out
+        data = encode(body)
+        if len(data) > self._max_body:
+            raise LocalProtocolError(f"message body of {len(data)} bytes exceeds max_body {self._max_body}")
+        return [self._frame_bytes(kind, data)]
+
+    def close(self) -> None:
+        self.state = State.CLOSED
+        self._direct = None
+        self._msg = None
+
+    # ------------------------------------------------------------------ receiving
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next received bytes should be written (never empty)."""
+        if self._direct is not None:
+            return self._direct[self._direct_filled:]
+        if len(self._rx) - self._rend < _RX_MIN_FREE:
+            self._make_room(_RX_MIN_FREE)
+        return memoryview(self._rx)[self._rend:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._direct is not None:
+            self._direct_filled += nbytes
+        else:
+            self._rend += nbytes
+
+    def receive_data(self, data: Buffer) -> None:
+        """Feed received bytes (copies them; transports that can should use get_buffer/buffer_updated)."""
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            if self.state is State.CLOSED:
+                return
+            buf = self.get_buffer()
+            n = min(buf.nbytes, view.nbytes)
+            buf[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+            if self._direct is not None and self._direct_filled == self._direct.nbytes:
+                # let the parser move on from a finished direct buffer before we write more
+                self._finish_direct()
+
+    def _make_room(self, need: int) -> None:
+        used = self._rend - self._rstart
+        if self._rstart and len(self._rx) - used >= need:
+            self._rx[:used] = self._rx[self._rstart:self._rend]
+        else:
+            new = bytearray(max(len(self._rx) * 2, used + need))
+            new[:used] = self._rx[self._rstart:self._rend]
+            self._rx = new
+        self._rstart, self._rend = 0, used
+
+    def _finish_direct(self) -> None:
+        assert self._direct is not None and self._msg is not None
+        self._msg.buffers.append(self._direct)
+        self._direct = None
+        self._direct_filled = 0
+
+    def next_event(self) -> Event | None:
+        """The next complete event, or None when more bytes are needed (or the connection is closed)."""
+        try:
+            return self._next_event()
+        except (RemoteProtocolError, AuthenticationError):
+            self.close()
+            raise
+
+    def _next_event(self) -> Event | None:
+        while self.state is not State.CLOSED:
+            if self._direct is not None:
+                if self._direct_filled < self._direct.nbytes:
+                    return None
+                self._finish_direct()
+            if self._msg is not None:
+                if not self._read_buffers():
+                    return None
+                msg, self._msg = self._msg, None
+                return msg
+            avail = self._rend - self._rstart
+            if self._hdr is None:
+                if avail < HEADER_SIZE:
+                    return None
+                self._hdr = self._check_header(HEADER.unpack_from(self._rx, self._rstart))
+                self._rstart += HEADER_SIZE
+                avail -= HEADER_SIZE
+            body_len, _version, kind, _flags, oob_len = self._hdr
+            if avail < body_len:
+                if len(self._rx) - self._rstart < body_len:
+                    self._make_room(body_len - avail)
+                return None
+            body_bytes = bytes(self._rx[self._rstart:self._rstart + body_len])
+            self._rstart += body_len
+            self._hdr = None
+            if self._rstart == self._rend:
+                self._rstart = self._rend = 0
+            if self.state is State.HANDSHAKE:
+                ev = self._handshake(kind, body_bytes)
+                if ev is not None:
+                    return ev
+                continue
+            body = decode(kind, body_bytes)
+            msg = Message(kind, body, [])
+            if kind in _KINDS_WITH_BUFFERS and body.buffers:
+                sizes = []
+                total = 0
+                for d in body.buffers:
+                    if d.size is None or d.size < 0:
+                        raise RemoteProtocolError("buffer with a negative size")
+                    if d.kind in (None, BufferKind.INLINE):
+                        sizes.append(d.size)
+                        total += d.size
+                    else:
+                        raise RemoteProtocolError(f"buffer kind {d.kind} is not supported on this connection")
+                if total != oob_len:
+                    raise RemoteProtocolError(f"buffer sizes add up to {total}, frame says {oob_len}")
+                self._pending_sizes = sizes[::-1]
+                self._msg = msg
+                continue
+            if oob_len:
+                raise RemoteProtocolError("out-of-band bytes on a message that carries no buffers")
+            if kind == Kind.GOODBYE:
+                self.state = State.CLOSED
+            return msg
+        return None
+
+    def _read_buffers(self) -> bool:
+        """Move pending inline buffers into self._msg; False if more bytes are needed."""
+        sizes = self._pending_sizes
+        msg = self._msg
+        assert msg is not None
+        while sizes:
+            n = sizes[-1]
+            avail = self._rend - self._rstart
+            if n >= self._large:
+                sizes.pop()
+                dest = self._alloc(n)
+                if dest.nbytes != n or dest.readonly:
+                    raise LocalProtocolError("alloc returned a buffer of the wrong size or a read-only one")
+                take = min(avail, n)
+                dest[:take] = memoryview(self._rx)[self._rstart:self._rstart + take]
+                self._rstart += take
+                if self._rstart == self._rend:
+                    self._rstart = self._rend = 0
+                if take < n:
+                    self._direct = dest
+                    self._direct_filled = take
+                    return False
+                msg.buffers.append(dest)
+                continue
+            if avail < n:
+                if len(self._rx) - self._rstart < n:
+                    self._make_room(n - avail)
+                return False
+            sizes.pop()
+            msg.buffers.append(memoryview(bytearray(self._rx[self._rstart:self._rstart + n])))
+            self._rstart += n
+            if self._rstart == self._rend:
+                self._rstart = self._rend = 0
+        return True
+
+    def _check_header(self, hdr: tuple[int, int, int, int, int]) -> tuple[int, int, int, int, int]:
+        body_len, version, kind, flags, oob_len = hdr
+        if version != WIRE_VERSION:
+            raise RemoteProtocolError(f"unsupported wire version {version} (this side speaks {WIRE_VERSION})")
+        if kind not in STRUCT_OF_KIND:
+            raise RemoteProtocolError(f"unknown message kind {kind}")
+        if flags:
+            raise RemoteProtocolError(f"unknown frame flags {flags:#x}")
+        if self.state is State.HANDSHAKE:
+            if kind != self._expect:
+                raise AuthenticationError(
+                    f"expected {Kind._VALUES_TO_NAMES[self._expect]} during the handshake, got "
+                    f"{Kind._VALUES_TO_NAMES[kind]}")
+            if body_len > HANDSHAKE_MAX_BODY or oob_len:
+                raise RemoteProtocolError("oversized handshake frame")
+        else:
+            if kind not in _APP_KINDS:
+                raise RemoteProtocolError(f"handshake message {Kind._VALUES_TO_NAMES[kind]} after the handshake")
+            if body_len > self._max_body:
+                raise RemoteProtocolError(f"message body of {body_len} bytes exceeds max_body {self._max_body}")
+            if oob_len > self._max_frame:
+                raise RemoteProtocolError(f"frame of {oob_len} bytes exceeds max_frame {self._max_frame}")
+        return hdr
+
+    # ------------------------------------------------------------------ handshake
+    def _handshake(self, kind: int, body_bytes: bytes) -> Ready | None:
+        body = decode(kind, body_bytes)
+        if kind == Kind.HELLO:  # we are the listener
+            self._check_version(body.version)
+            self._check_nonce(body.nonce)
+            self._hello_body = body_bytes
+            self.peer = Identity(body.node_id, body.listen or "", body.host_id or "", body.pid or 0)
+            me = self.identity
+            proof = _mac(self._token, b"disto1/listener", body_bytes, self._nonce, _identity_bytes(me))
+            welcome = T.Welcome(version=WIRE_VERSION, nonce=self._nonce, node_id=me.node_id, listen=me.listen,
+                                host_id=me.host_id, pid=me.pid, proof=proof)
+            self._outbox.append(self._frame_bytes(Kind.WELCOME, encode(welcome)))
+            self._peer_nonce = body.nonce
+            self._expect = Kind.AUTH
+            return None
+        if kind == Kind.WELCOME:  # we are the dialer
+            self._check_version(body.version)
+            self._check_nonce(body.nonce)
+            peer = Identity(body.node_id, body.listen or "", body.host_id or "", body.pid or 0)
+            want = _mac(self._token, b"disto1/listener", self._hello_body, body.nonce, _identity_bytes(peer))
+            if not body.proof or not hmac.compare_digest(want, body.proof):
+                raise AuthenticationError("the listener does not hold the cluster token")
+            mine = _mac(self._token, b"disto1/dialer", self._hello_body, body.nonce, _identity_bytes(peer))
+            self._outbox.append(self._frame_bytes(Kind.AUTH, encode(T.Auth(proof=mine))))
+            return self._become_ready(peer)
+        # AUTH: we are the listener
+        assert self.peer is not None
+        want = _mac(self._token, b"disto1/dialer", self._hello_body, self._nonce, _identity_bytes(self.identity))
+        if not hmac.compare_digest(want, body.proof):
+            raise AuthenticationError("the dialer does not hold the cluster token")
+        return self._become_ready(self.peer)
+
+    def _become_ready(self, peer: Identity) -> Ready:
+        self.peer = peer
+        self.state = State.READY
+        self._token = b""  # not needed any more
+        return Ready(peer)
+
+    @staticmethod
+    def _check_version(version: int) -> None:
+        if version != WIRE_VERSION:
+            raise RemoteProtocolError(f"peer speaks wire version {version}, this side {WIRE_VERSION}")
+
+    def _check_nonce(self, nonce: bytes) -> None:
+        if len(nonce) != NONCE_SIZE:
+            raise RemoteProtocolError("bad nonce length")
+        if hmac.compare_digest(nonce, self._nonce):
+            raise AuthenticationError("the peer echoed our nonce (reflection)")
