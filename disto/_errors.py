@@ -160,6 +160,13 @@ def _rebuild_remote(original: type[BaseException] | None, args: tuple[Any, ...],
     return exc
 
 
+def original_class(exc: BaseException) -> type[BaseException]:
+    """The class a caller should be able to catch ``exc`` as: for a RemoteError, the class it wraps."""
+    if isinstance(exc, RemoteError):
+        return _remote_base(type(exc)) or RemoteError
+    return type(exc)
+
+
 def make_remote_error(
     original: type[BaseException] | None,
     type_name: str,

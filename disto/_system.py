@@ -1,0 +1,92 @@
+"""System actors: every node runs a NodeService (actor #0); the seed node also runs the Registry (actor #1).
+
+They are ordinary disto actors, reached through the same wire and mailboxes as user actors.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ActorNotFoundError, NameTakenError
+from .actor import Actor, ActorRef
+
+if TYPE_CHECKING:
+    from .node import Node
+
+
+class NodeService(Actor):
+    """Spawns and stops actors on its node; reports its state; shuts the node down on request."""
+
+    def __init__(self, node: "Node") -> None:
+        self._node = node
+
+    async def spawn(self, cls: type, args: tuple = (), kwargs: dict | None = None,
+                    name: str | None = None) -> ActorRef:
+        return await self._node.spawn_local(cls, args, kwargs or {}, name)
+
+    async def stop_actor(self, actor_id: int) -> bool:
+        return await self._node.stop_actor(actor_id)
+
+    def info(self) -> dict[str, Any]:
+        return self._node.stats()
+
+    def ping(self) -> str:
+        return "pong"
+
+    def shutdown(self, reason: str = "shutdown requested") -> bool:
+        node = self._node
+        # stop after this reply has been written
+        asyncio.get_running_loop().call_soon(lambda: node._spawn_bg(node.stop(reason)))
+        return True
+
+
+class Registry(Actor):
+    """Member list and actor names, kept by the seed node. A member whose connection to the seed is lost is
+    dropped with its names."""
+
+    def __init__(self, node: "Node") -> None:
+        self._node = node
+        self._members: dict[str, dict[str, Any]] = {}
+        self._names: dict[str, ActorRef] = {}
+        node.add_peer_lost_callback(self._peer_lost)
+
+    def join(self, info: dict[str, Any]) -> list[dict[str, Any]]:
+        info = dict(info, joined_at=time.time())
+        self._members[info["node_id"]] = info
+        return self.members()
+
+    def leave(self, node_id: str) -> None:
+        self._drop(node_id)
+
+    def members(self) -> list[dict[str, Any]]:
+        return sorted(self._members.values(), key=lambda m: m["joined_at"])
+
+    def register(self, name: str, ref: ActorRef) -> None:
+        old = self._names.get(name)
+        if old is not None and old != ref:
+            raise NameTakenError(f"the name {name!r} is taken by {old!r}", actor=name)
+        self._names[name] = ref
+
+    def unregister(self, name: str, ref: ActorRef) -> bool:
+        if self._names.get(name) == ref:
+            del self._names[name]
+            return True
+        return False
+
+    def lookup(self, name: str) -> ActorRef:
+        ref = self._names.get(name)
+        if ref is None:
+            raise ActorNotFoundError(f"no actor is named {name!r}", actor=name)
+        return ref
+
+    def names(self) -> dict[str, ActorRef]:
+        return dict(self._names)
+
+    def _drop(self, node_id: str) -> None:
+        self._members.pop(node_id, None)
+        for name in [n for n, r in self._names.items() if r.node_id == node_id]:
+            del self._names[name]
+
+    def _peer_lost(self, node_id: str, _address: str) -> None:
+        self._drop(node_id)

@@ -1,0 +1,620 @@
+"""A Node: one process's disto runtime. It owns the listener, one connection per peer, the actor table and the
+futures of calls in flight.
+
+Call path (caller side): pickle the arguments, frame a CALL on the peer's channel if the window has room (else
+queue it), keep the future in ``channel.pending`` until a REPLY or FAILURE with its call id arrives. A call to an
+actor on this node skips the wire: the arguments are passed as they are.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ._errors import (ActorDeadError, ActorNotFoundError, AuthenticationError, ClosedError, DistoError,
+                      NodeLostError, SerializationError, make_remote_error, original_class)
+from ._ids import format_address, host_id, new_node_id, parse_address
+from ._mailbox import CallItem, Mailbox, describe_exception
+from .actor import Actor, ActorRef, _current_node, _default_node, public_method
+from .futures import Future
+from .serialization import BufferPool, dumps, loads
+from .transport import Channel
+from .wire import Connection, FailureKind, Identity, Kind, Message, T
+
+log = logging.getLogger("disto.node")
+
+NODE_SERVICE_ID = 0
+REGISTRY_ID = 1
+FIRST_USER_ACTOR_ID = 16
+INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not through a Thrift field
+MIN_TOKEN_BYTES = 16
+
+
+@dataclass
+class NodeConfig:
+    """Tunables. The defaults suit a research cluster on a LAN or one host."""
+
+    max_inflight: int = 1024        # calls awaiting a reply per connection; more wait on the caller's side
+    max_queued: int = 4096          # calls received per connection and not finished before we stop reading
+    max_body: int = 16 << 20        # largest Thrift message body
+    max_frame: int = 16 << 30       # largest out-of-band payload of one frame
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    pool_bytes: int = 1 << 30       # free receive blocks kept for reuse
+
+
+def normalize_token(token: str | bytes | None) -> bytes:
+    if token is None:
+        raise AuthenticationError("a cluster token is required (argument, DISTO_TOKEN or a token file)")
+    raw = token.encode() if isinstance(token, str) else bytes(token)
+    if len(raw) < MIN_TOKEN_BYTES:
+        raise AuthenticationError(f"the cluster token must be at least {MIN_TOKEN_BYTES} bytes")
+    return raw
+
+
+class _Cell:
+    __slots__ = ("instance", "mailbox", "ref")
+
+    def __init__(self, instance: Any, mailbox: Mailbox, ref: ActorRef) -> None:
+        self.instance = instance
+        self.mailbox = mailbox
+        self.ref = ref
+
+
+def _lookup_class(type_name: str | None) -> type[BaseException] | None:
+    """Find an exception class by its printed name among already-imported modules (never imports)."""
+    if not type_name:
+        return None
+    mod, _, qual = type_name.rpartition(".")
+    module = sys.modules.get(mod or "builtins")
+    obj: Any = module
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
+
+
+class Node:
+    """One disto node. ``async with Node(token) as node`` starts it; ``listen=None`` makes a node that only dials.
+
+    ``seed`` is the address of the node that keeps the member list and the name registry; a node without a seed
+    keeps its own (it is a seed).
+    """
+
+    def __init__(self, token: str | bytes | None, *, listen: str | None = "127.0.0.1:0", seed: str | None = None,
+                 role: str = "worker", config: NodeConfig | None = None) -> None:
+        self._token = normalize_token(token)
+        self.config = config or NodeConfig()
+        self.node_id = new_node_id()
+        self.role = role
+        self._listen = listen
+        self.seed = seed
+        self.address = ""
+        self.closed = False
+        self._closing = False
+        self._started = False
+        self._server: asyncio.AbstractServer | None = None
+        self._channels: dict[str, Channel] = {}  # peer listen address -> channel
+        self._all_channels: set[Channel] = set()
+        self._actors: dict[int, _Cell] = {}
+        self._next_actor_id = FIRST_USER_ACTOR_ID
+        self._pool = BufferPool(max_free_bytes=self.config.pool_bytes)
+        self._bg: set[asyncio.Task] = set()
+        self._peer_lost_callbacks: list[Callable[[str, str], None]] = []
+        self._stopped = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.registry: ActorRef | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> "Node":
+        from ._system import NodeService, Registry
+
+        if self._started:
+            raise DistoError("node already started")
+        self._started = True
+        self.loop = asyncio.get_running_loop()
+        if self._listen is not None:
+            host, port = parse_address(self._listen)
+            self._server = await self.loop.create_server(self._accept, host, port, reuse_address=True)
+            sock = self._server.sockets[0]
+            bound = sock.getsockname()
+            self.address = format_address(host, bound[1])
+            for s in self._server.sockets:
+                if s.family in (socket.AF_INET, socket.AF_INET6):
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            self.address = f"client:{self.node_id}"  # not dialable; refs to its actors work only locally
+        self.identity = Identity(self.node_id, self.address if self._server else "", host_id(), os.getpid())
+        _default_node.append(self)
+        self._install_system_actor(NodeService(self), NODE_SERVICE_ID)
+        if self.seed is None:
+            self._install_system_actor(Registry(self), REGISTRY_ID)
+            self.registry = ActorRef("", self.address, REGISTRY_ID, "Registry", None, self)
+        else:
+            self.registry = ActorRef("", self.seed, REGISTRY_ID, "Registry", None, self)
+        try:
+            await self.registry.join(self.info_for_registry())
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    def info_for_registry(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "address": self.address, "role": self.role, "pid": os.getpid(),
+                "host_id": self.identity.host_id}
+
+    async def __aenter__(self) -> "Node":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, reason: str = "node stopping") -> None:
+        """Stop every actor (their callers get ActorDeadError), say goodbye to peers, close the listener."""
+        if self._closing:
+            await self._stopped.wait()
+            return
+        self._closing = True
+        for actor_id in [a for a in self._actors if a >= FIRST_USER_ACTOR_ID]:
+            await self.stop_actor(actor_id)
+        for cell in list(self._actors.values()):
+            cell.mailbox.stop()
+        self._actors.clear()
+        if self._server is not None:
+            self._server.close()
+        for ch in list(self._all_channels):
+            ch.goodbye(reason)
+        # transports flush what they hold before closing; wait (bounded) for them to finish
+        for _ in range(100):
+            if not self._all_channels:
+                break
+            await asyncio.sleep(0.01)
+        for ch in list(self._all_channels):
+            ch.abort()
+        for t in list(self._bg):
+            t.cancel()
+        self.closed = True
+        if self in _default_node:
+            _default_node.remove(self)
+        self._stopped.set()
+
+    def _spawn_bg(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return task
+
+    # ---------------------------------------------------------------- actors
+    def _install_system_actor(self, instance: Actor, actor_id: int) -> None:
+        ref = ActorRef(self.node_id, self.address, actor_id, type(instance).__name__, None, self)
+        instance._disto_ref = ref
+        self._actors[actor_id] = _Cell(instance, self._mailbox(instance, ref), ref)
+
+    def _mailbox(self, instance: Any, ref: ActorRef) -> Mailbox:
+        cls = type(instance)
+        label = ref._describe()
+        return Mailbox(instance, label, getattr(cls, "max_concurrency", 1), self._reply,
+                       lambda item, exc, tb: self._fail(item, exc, tb, label),
+                       lambda name: public_method(cls, name))
+
+    async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,
+                          name: str | None = None) -> ActorRef:
+        """Create an actor of class ``cls`` on this node. Its constructor and ``on_start`` run here."""
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            raise TypeError(f"spawn needs a subclass of disto.Actor, got {cls!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"an actor name must be a non-empty string, got {name!r}")
+        if self._closing:
+            raise ClosedError("node is stopping")
+        actor_id = self._next_actor_id
+        self._next_actor_id += 1
+        ref = ActorRef(self.node_id, self.address, actor_id, cls.__qualname__, name, self)
+        instance = cls.__new__(cls)
+        instance._disto_ref = ref
+        token = _current_node.set(self)
+        try:
+            instance.__init__(*args, **(kwargs or {}))
+            on_start = getattr(instance, "on_start", None)
+            if on_start is not None:
+                r = on_start()
+                if asyncio.iscoroutine(r):
+                    await r
+        finally:
+            _current_node.reset(token)
+        cell = _Cell(instance, self._mailbox(instance, ref), ref)
+        self._actors[actor_id] = cell
+        if name is not None:
+            assert self.registry is not None
+            try:
+                await self.registry.register(name, ref)
+            except BaseException:
+                self._actors.pop(actor_id, None)
+                cell.mailbox.stop()
+                raise
+        return ref
+
+    async def stop_actor(self, actor_id: int) -> bool:
+        """Stop one actor: queued calls fail with ActorDeadError, running ones are cancelled, then ``on_stop``."""
+        if actor_id < FIRST_USER_ACTOR_ID:
+            raise ValueError("system actors cannot be stopped")
+        cell = self._actors.pop(actor_id, None)
+        if cell is None:
+            return False
+        cell.mailbox.stop()
+        on_stop = getattr(cell.instance, "on_stop", None)
+        if on_stop is not None:
+            try:
+                r = on_stop()
+                if asyncio.iscoroutine(r):
+                    await r
+            except Exception:
+                log.exception("on_stop of %s raised", cell.mailbox.label)
+        if cell.ref.actor_name and self.registry is not None and not self.closed:
+            try:
+                await self.registry.unregister(cell.ref.actor_name, cell.ref)
+            except DistoError as e:
+                log.debug("could not unregister %s: %s", cell.ref.actor_name, e)
+        return True
+
+    def actors(self) -> list[ActorRef]:
+        return [c.ref for a, c in self._actors.items() if a >= FIRST_USER_ACTOR_ID]
+
+    def _missing(self, actor_id: int, node_id: str | None) -> DistoError:
+        if node_id and node_id != self.node_id:
+            return ActorDeadError(f"actor #{actor_id} lived on a node that has since restarted",
+                                  actor=f"#{actor_id}", node=self.address)
+        if FIRST_USER_ACTOR_ID <= actor_id < self._next_actor_id:
+            return ActorDeadError(f"actor #{actor_id} was stopped", actor=f"#{actor_id}", node=self.address)
+        return ActorNotFoundError(f"no actor #{actor_id} on {self.address}", actor=f"#{actor_id}",
+                                  node=self.address)
+
+    # ---------------------------------------------------------------- calling
+    def call(self, ref: ActorRef, method: str, args: tuple, kwargs: dict, oneway: bool = False) -> Future:
+        fut: Future = Future(loop=self.loop)
+        if ref.node_address == self.address:
+            self._call_local(ref, method, args, kwargs, fut, oneway)
+            return fut
+        if self._closing:
+            fut.set_exception(ClosedError("this node is stopped"))
+            return fut
+        try:
+            stream, bufs = dumps((args, kwargs))
+        except SerializationError as e:
+            fut.set_exception(e)
+            return fut
+        body = T.Call(call_id=0, actor_id=ref.actor_id, method=method, node_id=ref.node_id or None)
+        if len(stream) > INLINE_PAYLOAD_MAX:
+            body.payload_oob = True
+            bufs.insert(0, memoryview(stream))
+        else:
+            body.payload = stream
+        ch = self._channel_to(ref.node_address)
+        if not ch.waiting and ch.call_capacity():
+            self._send_call(ch, body, bufs, fut, oneway)
+        else:
+            ch.waiting.append((body, bufs, fut, oneway))
+        return fut
+
+    def _send_call(self, ch: Channel, body: Any, bufs: list, fut: Future, oneway: bool) -> None:
+        if oneway:
+            ch.send(Kind.CALL, body, bufs)
+            fut.set_result(None)
+            return
+        cid = ch.next_call_id
+        ch.next_call_id = cid + 1
+        body.call_id = cid
+        ch.pending[cid] = fut
+        fut._on_cancel = lambda: self._cancel_remote(ch, cid)
+        ch.send(Kind.CALL, body, bufs)
+
+    def drain_waiting(self, ch: Channel) -> None:
+        waiting = ch.waiting
+        while waiting and ch.call_capacity():
+            body, bufs, fut, oneway = waiting.popleft()
+            if not fut.done():  # skip calls cancelled while they waited
+                self._send_call(ch, body, bufs, fut, oneway)
+
+    def _cancel_remote(self, ch: Channel, cid: int) -> None:
+        # the pending entry stays until the peer answers, so the window still counts the call
+        if not ch.closed and ch.ready:
+            ch.send(Kind.CANCEL, T.Cancel(call_id=cid))
+
+    def _call_local(self, ref: ActorRef, method: str, args: tuple, kwargs: dict, fut: Future, oneway: bool) -> None:
+        cell = self._actors.get(ref.actor_id)
+        if cell is None or (ref.node_id and ref.node_id != self.node_id):
+            fut.set_exception(self._missing(ref.actor_id, ref.node_id))
+            return
+        item = CallItem(None, 0, method, args, kwargs, None if oneway else fut)
+        if oneway:
+            fut.set_result(None)
+        else:
+            mailbox = cell.mailbox
+            fut._on_cancel = lambda: mailbox.cancel(lambda it: it is item)
+        token = _current_node.set(self)
+        try:
+            cell.mailbox.post(item)
+        finally:
+            _current_node.reset(token)
+
+    # ---------------------------------------------------------------- replies from our actors
+    def _reply(self, item: CallItem, value: Any) -> None:
+        ch = item.ch
+        if ch is None:
+            fut = item.fut
+            if fut is not None and not fut.done():
+                fut.set_result(value)
+            return
+        ch.call_finished()
+        if item.call_id == 0 or ch.closed:
+            return
+        try:
+            stream, bufs = dumps(value)
+        except SerializationError as e:
+            self._send_failure(ch, item.call_id, FailureKind.SERIALIZATION, e, "", None, item.method)
+            return
+        body = T.Reply(call_id=item.call_id)
+        if len(stream) > INLINE_PAYLOAD_MAX:
+            body.payload_oob = True
+            bufs.insert(0, memoryview(stream))
+        else:
+            body.payload = stream
+        ch.send(Kind.REPLY, body, bufs)
+
+    def _fail(self, item: CallItem, exc: BaseException, tb: str, label: str) -> None:
+        runtime = not tb and isinstance(exc, (DistoError, asyncio.CancelledError))
+        ch = item.ch
+        if ch is None:
+            fut = item.fut
+            if fut is None:
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.warning("one-way call %s.%s failed: %s", label, item.method, exc, exc_info=bool(tb))
+                return
+            if fut.done():
+                return
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()
+            elif runtime:
+                fut.set_exception(exc)
+            else:
+                fut.set_exception(make_remote_error(original_class(exc), describe_exception(exc), str(exc), tb,
+                                                    label, item.method, self.address, exc))
+            return
+        ch.call_finished()
+        if item.call_id == 0:
+            if not isinstance(exc, asyncio.CancelledError):
+                log.warning("one-way call %s.%s from %s failed: %s\n%s", label, item.method, ch.peer_name(),
+                            exc, tb)
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            kind = FailureKind.CANCELLED
+        elif runtime and isinstance(exc, ActorDeadError):
+            kind = FailureKind.ACTOR_DEAD
+        elif runtime and isinstance(exc, ActorNotFoundError):
+            kind = FailureKind.ACTOR_NOT_FOUND
+        else:
+            kind = FailureKind.REMOTE
+        self._send_failure(ch, item.call_id, kind, exc, tb, label, item.method)
+
+    def _send_failure(self, ch: Channel, call_id: int, kind: int, exc: BaseException, tb: str,
+                      actor: str | None, method: str | None) -> None:
+        pickled = None
+        if kind == FailureKind.REMOTE:
+            try:
+                stream, bufs = dumps(exc)
+                if not bufs and len(stream) <= INLINE_PAYLOAD_MAX:
+                    pickled = stream
+            except SerializationError:
+                pass
+        msg = str(exc) if not isinstance(exc, ActorNotFoundError) else exc.args[0] if exc.args else ""
+        ch.send(Kind.FAILURE, T.Failure(call_id=call_id, kind=kind, type_name=describe_exception(exc),
+                                        message=msg, traceback=tb, actor=actor, method=method,
+                                        node=self.address, error=pickled))
+
+    # ---------------------------------------------------------------- channel owner
+    def _accept(self) -> Channel:
+        ch = self._new_channel(dialer=False, address="")
+        ch.start_handshake_timer(self.config.handshake_timeout)
+        return ch
+
+    def _new_channel(self, dialer: bool, address: str) -> Channel:
+        cfg = self.config
+        conn = Connection(dialer=dialer, token=self._token, identity=self.identity, max_body=cfg.max_body,
+                          max_frame=cfg.max_frame, alloc=self._pool.alloc)
+        ch = Channel(self, conn, address=address, max_inflight=cfg.max_inflight, max_queued=cfg.max_queued)
+        self._all_channels.add(ch)
+        return ch
+
+    def _channel_to(self, address: str) -> Channel:
+        ch = self._channels.get(address)
+        if ch is not None and not ch.closed:
+            return ch
+        ch = self._new_channel(dialer=True, address=address)
+        self._channels[address] = ch
+        self._spawn_bg(self._dial(ch, address))
+        return ch
+
+    async def _dial(self, ch: Channel, address: str) -> None:
+        assert self.loop is not None
+        try:
+            host, port = parse_address(address)
+            await asyncio.wait_for(self.loop.create_connection(lambda: ch, host, port),
+                                   self.config.connect_timeout)
+        except (OSError, ValueError, asyncio.TimeoutError) as e:
+            ch.closed = True
+            ch.lost_reason = NodeLostError(f"cannot reach {address}: {type(e).__name__}: {e}", node=address)
+            self.on_lost(ch, ch.lost_reason)
+            return
+        sock = ch.transport.get_extra_info("socket") if ch.transport else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ch.start_handshake_timer(self.config.handshake_timeout)
+
+    async def wait_ready(self, address: str) -> Channel:
+        """Connect to ``address`` (if not yet) and wait until the handshake is done."""
+        ch = self._channel_to(address)
+        if not ch.ready:
+            w = asyncio.get_running_loop().create_future()
+            ch.ready_waiters.append(w)
+            await w
+        return ch
+
+    def on_ready(self, ch: Channel) -> None:
+        peer = ch.conn.peer
+        assert peer is not None
+        if not ch.address and peer.listen:
+            ch.address = peer.listen
+            existing = self._channels.get(peer.listen)
+            if existing is None or existing.closed:
+                self._channels[peer.listen] = ch
+        if ch.waiting:
+            self.drain_waiting(ch)
+
+    def on_message(self, ch: Channel, msg: Message) -> None:
+        token = _current_node.set(self)
+        try:
+            kind = msg.kind
+            if kind == Kind.REPLY:
+                self._on_reply(ch, msg)
+            elif kind == Kind.CALL:
+                self._on_call(ch, msg)
+            elif kind == Kind.FAILURE:
+                self._on_failure(ch, msg.body)
+            elif kind == Kind.CANCEL:
+                cid = msg.body.call_id
+                for cell in list(self._actors.values()):
+                    if cell.mailbox.cancel(lambda it: it.ch is ch and it.call_id == cid):
+                        break
+            elif kind == Kind.HEARTBEAT:
+                if not msg.body.is_reply:
+                    ch.send(Kind.HEARTBEAT, T.Heartbeat(seq=msg.body.seq, sent_at=msg.body.sent_at, is_reply=True))
+            elif kind == Kind.GOODBYE:
+                ch.lost_reason = NodeLostError(f"node {ch.peer_name()} left: {msg.body.reason or 'goodbye'}",
+                                               node=ch.address)
+                ch.close()
+        finally:
+            _current_node.reset(token)
+
+    @staticmethod
+    def _payload(body: Any, buffers: list) -> tuple[Any, list]:
+        if body.payload_oob:
+            if not buffers:
+                raise SerializationError("payload marked out-of-band but no buffer came")
+            return buffers[0], buffers[1:]
+        return body.payload or b"", buffers
+
+    def _on_call(self, ch: Channel, msg: Message) -> None:
+        body = msg.body
+        cell = self._actors.get(body.actor_id)
+        if cell is None or (body.node_id and body.node_id != self.node_id) or self._closing:
+            if body.call_id:
+                err = self._missing(body.actor_id, body.node_id) if not self._closing else \
+                    ActorDeadError("node is stopping", node=self.address)
+                kind = FailureKind.ACTOR_NOT_FOUND if isinstance(err, ActorNotFoundError) else FailureKind.ACTOR_DEAD
+                self._send_failure(ch, body.call_id, kind, err, "", err.actor, body.method)
+            return
+        try:
+            stream, bufs = self._payload(body, msg.buffers)
+            args, kwargs = loads(stream, bufs)
+            if type(args) is not tuple or type(kwargs) is not dict:
+                raise SerializationError("call arguments must be (tuple, dict)")
+        except (SerializationError, ValueError, TypeError) as e:
+            if body.call_id:
+                self._send_failure(ch, body.call_id, FailureKind.SERIALIZATION, e, "", cell.mailbox.label,
+                                   body.method)
+            else:
+                log.warning("dropping one-way call with bad arguments from %s: %s", ch.peer_name(), e)
+            return
+        ch.call_received()
+        cell.mailbox.post(CallItem(ch, body.call_id, body.method, args, kwargs, None))
+
+    def _on_reply(self, ch: Channel, msg: Message) -> None:
+        body = msg.body
+        fut = ch.pending.pop(body.call_id, None)
+        if ch.waiting:
+            self.drain_waiting(ch)
+        if fut is None or fut.done():
+            return  # cancelled, or a stale id
+        try:
+            stream, bufs = self._payload(body, msg.buffers)
+            fut.set_result(loads(stream, bufs))
+        except SerializationError as e:
+            fut.set_exception(e)
+
+    def _on_failure(self, ch: Channel, body: Any) -> None:
+        fut = ch.pending.pop(body.call_id, None)
+        if ch.waiting:
+            self.drain_waiting(ch)
+        if fut is None or fut.done():
+            return
+        fut.set_exception(self._exception_from(body, ch))
+
+    def _exception_from(self, body: Any, ch: Channel) -> BaseException:
+        kind = body.kind
+        message = body.message or ""
+        node = body.node or ch.address
+        if kind == FailureKind.REMOTE:
+            cause: Any = None
+            if body.error:
+                try:
+                    cause = loads(body.error)
+                except SerializationError:
+                    cause = None
+            original = original_class(cause) if isinstance(cause, BaseException) else _lookup_class(body.type_name)
+            return make_remote_error(original, body.type_name or "Exception", message, body.traceback or "",
+                                     body.actor, body.method, node,
+                                     cause if isinstance(cause, BaseException) else None)
+        if kind == FailureKind.ACTOR_NOT_FOUND:
+            return ActorNotFoundError(message, actor=body.actor, node=node)
+        if kind == FailureKind.ACTOR_DEAD:
+            return ActorDeadError(message, actor=body.actor, node=node)
+        if kind == FailureKind.CANCELLED:
+            return asyncio.CancelledError(message or "cancelled on the remote side")
+        if kind == FailureKind.SERIALIZATION:
+            return SerializationError(message)
+        return NodeLostError(message, node=node)
+
+    def on_lost(self, ch: Channel, exc: BaseException | None) -> None:
+        self._all_channels.discard(ch)
+        if self._channels.get(ch.address) is ch:
+            del self._channels[ch.address]
+        if ch.pending or ch.waiting:
+            if self._closing:
+                err: DistoError = ClosedError("this node was stopped")
+            elif isinstance(exc, NodeLostError):
+                err = exc
+            else:
+                why = f"{type(exc).__name__}: {exc}" if exc else "connection closed"
+                err = NodeLostError(f"connection to {ch.peer_name()} lost ({why})", node=ch.address)
+            pending, ch.pending = ch.pending, {}
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            while ch.waiting:
+                fut = ch.waiting.popleft()[2]
+                if not fut.done():
+                    fut.set_exception(err)
+        peer = ch.conn.peer
+        if peer is not None and ch.ready:
+            for cb in list(self._peer_lost_callbacks):
+                try:
+                    cb(peer.node_id, ch.address)
+                except Exception:
+                    log.exception("peer-lost callback failed")
+
+    def add_peer_lost_callback(self, cb: Callable[[str, str], None]) -> None:
+        self._peer_lost_callbacks.append(cb)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id, "address": self.address, "role": self.role, "pid": os.getpid(),
+            "actors": [{"id": r.actor_id, "class": r.actor_class, "name": r.actor_name} for r in self.actors()],
+            "peers": sorted(ch.address or ch.peer_name() for ch in self._all_channels if ch.ready),
+            "pending_calls": sum(len(ch.pending) + len(ch.waiting) for ch in self._all_channels),
+            "buffer_pool": self._pool.stats(),
+        }

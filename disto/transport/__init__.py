@@ -1,0 +1,4 @@
+"""asyncio transports for the sans-IO wire layer."""
+from .channel import Channel
+
+__all__ = ["Channel"]
