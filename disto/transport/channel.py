@@ -51,6 +51,7 @@ class Channel(asyncio.BufferedProtocol):
         self.queued = 0
         self.max_queued = max_queued
         self._reading_paused = False
+        self._processing = False
         # writing
         self._batch: list[Any] | None = None
         self._wq: list[Any] = []
@@ -67,11 +68,18 @@ class Channel(asyncio.BufferedProtocol):
         return self.conn.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.conn.buffer_updated(nbytes)
+        self._process()
+
+    def _process(self) -> None:
+        """Handle every complete event that has arrived, unless the callee side asked to stop reading."""
+        if self._processing:
+            return  # re-entered from a reply sent inline; the outer loop carries on
         conn = self.conn
-        conn.buffer_updated(nbytes)
+        self._processing = True
         self._batch = batch = []
         try:
-            while True:
+            while not self._reading_paused and not self.closed:
                 ev = conn.next_event()
                 if ev is None:
                     break
@@ -80,8 +88,6 @@ class Channel(asyncio.BufferedProtocol):
                 elif type(ev) is Ready:
                     batch.extend(conn.data_to_send())
                     self._on_ready()
-                if self.closed:
-                    break
             if conn.state is State.HANDSHAKE:
                 batch.extend(conn.data_to_send())
         except (ProtocolError, AuthenticationError) as e:
@@ -92,6 +98,8 @@ class Channel(asyncio.BufferedProtocol):
                 self._write_now(batch)
             self.close()
             return
+        finally:
+            self._processing = False
         self._batch = None
         if batch:
             self._write_now(batch)
@@ -191,7 +199,14 @@ class Channel(asyncio.BufferedProtocol):
         self.queued -= 1
         if self._reading_paused and self.queued <= self.max_queued // 2 and not self.closed:
             self._reading_paused = False
-            assert self.transport is not None
+            # frames already received come first; then the socket (unless they filled the bound again)
+            self.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        if self.closed or self._reading_paused:
+            return
+        self._process()
+        if not self._reading_paused and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
     # ----------------------------------------------------------------- closing

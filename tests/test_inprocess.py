@@ -1,0 +1,342 @@
+"""Level 3: several nodes in one process and one event loop: calls, ordering, errors, cancellation, stop."""
+from __future__ import annotations
+
+import asyncio
+import pickle
+
+import numpy as np
+import pytest
+
+import disto
+from disto.node import NodeConfig
+from helpers import TOKEN, Counter, nodes, spawn
+
+
+class Gate(disto.Actor):
+    """Holds calls until released, to observe what is running and what is queued."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.event = asyncio.Event()
+        self.cancelled: list[int] = []
+
+    async def wait(self, i: int) -> int:
+        self.started.append(i)
+        try:
+            await self.event.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(i)
+            raise
+        return i
+
+    def release(self) -> None:
+        self.event.set()
+
+    def seen(self) -> tuple[list[int], list[int]]:
+        return self.started, self.cancelled
+
+
+class Concurrent(Gate):
+    max_concurrency = 8
+
+
+async def test_remote_calls_and_tell() -> None:
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Counter, 10)
+        assert await ref.add(5) == 15
+        assert await ref.add_sync(1) == 16
+        sent = ref.add.tell(4)
+        await sent
+        assert await ref.get() == 20
+        assert await ref.echo({"k": [1, 2, (3,)]}) == {"k": [1, 2, (3,)]}
+
+
+async def test_refs_are_picklable_and_callable_from_other_actors() -> None:
+    class Caller(disto.Actor):
+        async def poke(self, target: disto.ActorRef, k: int) -> int:
+            return await target.add(k)
+
+    async with nodes(3) as (a, b, c):
+        counter = await spawn(a, b, Counter, 0)
+        caller = await spawn(a, c, Caller)
+        assert await caller.poke(counter, 3) == 3
+        assert pickle.loads(pickle.dumps(counter)) == counter
+
+
+async def test_local_call_skips_the_wire_and_passes_objects_as_is() -> None:
+    async with nodes(1) as (a,):
+        ref = await a.spawn_local(Counter)
+        obj = {"big": np.zeros(10)}
+        assert await ref.echo(obj) is obj
+        assert a.stats()["peers"] == []
+
+
+async def test_order_of_calls_from_one_caller() -> None:
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Counter)
+        futs = []
+        for i in range(300):
+            # mix sync, async, and async methods that await: all run in the order sent
+            if i % 3 == 2:
+                futs.append(ref.slow_add(i, 0.0))
+            else:
+                futs.append((ref.add, ref.add_sync)[i % 3](i))
+        await disto.collect(futs)
+        assert await ref.history() == list(range(300))
+
+
+def instance(node: disto.Node, ref: disto.ActorRef):
+    """The actor object itself (in-process tests may look inside)."""
+    return node._actors[ref.actor_id].instance
+
+
+async def until(pred, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+async def test_default_actor_runs_one_call_at_a_time_and_opt_in_concurrency() -> None:
+    async with nodes(2) as (a, b):
+        serial = await spawn(a, b, Gate)
+        futs = [serial.wait(i) for i in range(3)]
+        g = instance(b, serial)
+        await until(lambda: g.started == [0])
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert g.started == [0]  # the others wait for the first to return
+        g.event.set()
+        assert await disto.collect(futs) == [0, 1, 2] and g.started == [0, 1, 2]
+
+        conc = await spawn(a, b, Concurrent)
+        cfuts = [conc.wait(i) for i in range(3)]
+        c = instance(b, conc)
+        await until(lambda: len(c.started) == 3)
+        assert c.started == [0, 1, 2]  # all three running at once, started in arrival order
+        c.event.set()
+        assert await disto.collect(cfuts) == [0, 1, 2]
+
+
+async def test_remote_error_fields_and_catch_as_original_class() -> None:
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Counter)
+        with pytest.raises(ValueError) as info:
+            await ref.fail("bad input")
+        err = info.value
+        assert isinstance(err, disto.RemoteError) and isinstance(err, disto.DistoError)
+        assert err.type_name == "ValueError" and err.message == "bad input"
+        assert err.method == "fail" and err.node == b.address and "Counter#" in err.actor
+        assert "raise ValueError(msg)" in err.remote_traceback
+        assert isinstance(err.cause, ValueError)
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is type(err) and again.__dict__.keys() == err.__dict__.keys()
+        assert isinstance(again, ValueError) and again.remote_traceback == err.remote_traceback
+
+
+async def test_local_calls_raise_the_same_remote_error() -> None:
+    async with nodes(1) as (a,):
+        ref = await a.spawn_local(Counter)
+        with pytest.raises(ValueError) as info:
+            await ref.fail("x")
+        assert isinstance(info.value, disto.RemoteError)
+
+
+async def test_unpicklable_exception_still_arrives() -> None:
+    import threading
+
+    class Weird(Exception):
+        def __init__(self, msg: str) -> None:
+            super().__init__(msg)
+            self.lock = threading.Lock()  # cannot be pickled
+
+    class Thrower(disto.Actor):
+        def go(self) -> None:
+            raise Weird("odd")
+
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Thrower)
+        with pytest.raises(disto.RemoteError) as info:
+            await ref.go()
+        assert "Weird" in info.value.type_name and info.value.message == "odd" and info.value.cause is None
+
+
+async def test_unknown_method_private_method_unknown_actor() -> None:
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Counter)
+        with pytest.raises(AttributeError):
+            await ref.nope()
+        with pytest.raises(AttributeError):
+            await ref["_private"]()
+        ghost = disto.ActorRef(b.node_id, b.address, 9999, "Counter")
+        with pytest.raises(disto.ActorNotFoundError):
+            await ghost.get()
+
+
+async def test_stop_drains_callers_with_actor_dead() -> None:
+    async with nodes(2) as (a, b):
+        gate = await spawn(a, b, Gate)
+        futs = [gate.wait(i) for i in range(5)]
+        await asyncio.sleep(0.05)
+        assert await b.stop_actor(gate.actor_id)
+        results = await disto.collect_all(futs)
+        assert all(isinstance(r, disto.ActorDeadError) for r in results), results
+        with pytest.raises(disto.ActorDeadError):
+            await gate.wait(9)
+
+
+async def test_cancel_reaches_the_remote_task() -> None:
+    async with nodes(2) as (a, b):
+        gate = await spawn(a, b, Concurrent)
+        fut = gate.wait(1)
+        for _ in range(100):
+            if (await gate.seen())[0]:
+                break
+            await asyncio.sleep(0.01)
+        fut.cancel()
+        for _ in range(100):
+            if (await gate.seen())[1] == [1]:
+                break
+            await asyncio.sleep(0.01)
+        assert (await gate.seen())[1] == [1]
+        with pytest.raises(asyncio.CancelledError):
+            await fut
+
+
+async def test_asyncio_timeout_and_within_cancel_remotely() -> None:
+    async with nodes(2) as (a, b):
+        gate = await spawn(a, b, Concurrent)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await gate.wait(1)
+        with pytest.raises(disto.TimeoutError):
+            await disto.within(gate.wait(2), 0.1)
+        with pytest.raises(disto.TimeoutError):
+            await gate.wait(3).within(0.1)
+        for _ in range(100):
+            if sorted((await gate.seen())[1]) == [1, 2, 3]:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted((await gate.seen())[1]) == [1, 2, 3]
+
+
+async def test_gather_wait_and_combinators_on_remote_futures() -> None:
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Counter)
+        assert await asyncio.gather(ref.add(1), ref.add(1)) == [1, 2]
+        done, _ = await asyncio.wait([ref.get(), ref.get()])
+        assert {f.result() for f in done} == {2}
+        assert await ref.get().then(lambda v: v * 2) == 4
+        assert await ref.get().map(str) == "2"
+        assert await ref.fail("x").recover(lambda e: "recovered", ValueError) == "recovered"
+        assert await disto.collect_any([ref.get(), ref.get()]) == 2
+        assert await disto.window([lambda i=i: ref.add(i) for i in range(10)], 3) == \
+            [2 + sum(range(i + 1)) for i in range(10)]
+        assert isinstance(ref.get(), disto.Future) and isinstance(ref.get(), asyncio.Future)
+        await asyncio.sleep(0.01)  # let the two futures above finish
+
+
+async def test_named_actors_and_lookup() -> None:
+    async with nodes(3) as (a, b, c):
+        ref = await spawn(a, b, Counter, 5, name="counter")
+        found = await c.registry.lookup("counter")
+        assert found == ref and await found.get() == 5
+        with pytest.raises(disto.NameTakenError):
+            await spawn(a, c, Counter, name="counter")
+        await b.stop_actor(ref.actor_id)
+        with pytest.raises(disto.ActorNotFoundError):
+            await a.registry.lookup("counter")
+
+
+async def test_pending_calls_fail_at_once_when_the_node_goes_away() -> None:
+    a = disto.Node(TOKEN)
+    await a.start()
+    b = disto.Node(TOKEN, seed=a.address)
+    await b.start()
+    try:
+        gate = await spawn(a, b, Gate)
+        futs = [gate.wait(i) for i in range(50)]
+        await asyncio.sleep(0.05)
+        await b.stop()
+        results = await disto.collect_all(futs)
+        assert all(isinstance(r, (disto.NodeLostError, disto.ActorDeadError)) for r in results), results
+        with pytest.raises((disto.NodeLostError, disto.ActorDeadError)):
+            await gate.wait(99)
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_unreachable_node_fails_fast() -> None:
+    async with nodes(1) as (a,):
+        ghost = disto.ActorRef("x", "127.0.0.1:1", 16, "Counter")
+        with pytest.raises(disto.NodeLostError, match="cannot reach"):
+            await ghost.get()
+
+
+async def test_wrong_token_cannot_join() -> None:
+    async with nodes(1) as (a,):
+        intruder = disto.Node("another-token-0123456789", seed=a.address, config=NodeConfig(connect_timeout=2))
+        with pytest.raises((disto.NodeLostError, disto.AuthenticationError)):
+            await intruder.start()
+
+
+async def test_window_bounds_calls_in_flight_and_memory() -> None:
+    cfg = NodeConfig(max_inflight=4)
+    async with nodes(2, config=cfg) as (a, b):
+        gate = await spawn(a, b, Concurrent)
+        futs = [gate.wait(i) for i in range(20)]
+        await asyncio.sleep(0.1)
+        ch = a._channels[b.address]
+        assert len(ch.pending) == 4 and len(ch.waiting) == 16
+        await b.spawn_local(Counter)  # the node itself is not blocked
+        gate2 = disto.ActorRef(gate.node_id, gate.node_address, gate.actor_id, "Concurrent", None, b)
+        await gate2.release()  # released via b's local path, since a's window is full
+        assert await disto.collect(futs) == list(range(20))
+
+
+async def test_receiver_stops_reading_when_flooded() -> None:
+    cfg = NodeConfig(max_queued=8, max_inflight=100_000)
+    async with nodes(2, config=cfg) as (a, b):
+        gate = await spawn(a, b, Gate)  # one at a time: everything else queues on b
+        futs = [gate.wait(i) for i in range(2000)]
+        await asyncio.sleep(0.2)
+        queued = sum(ch.queued for ch in b._all_channels)
+        assert queued <= 8 + 1, queued  # b read no more than its bound; the rest waits in sockets and on a
+        instance(b, gate).event.set()  # (a release() call would queue behind the waiters)
+        assert await disto.collect(futs) == list(range(2000))
+
+
+async def test_tensors_and_arrays_travel_out_of_band() -> None:
+    import torch
+
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Counter)
+        t = torch.randn(256, 1024)
+        back = await ref.echo({"t": t, "a": t.numpy()[::2], "p": torch.nn.Parameter(t[:3])})
+        assert torch.equal(back["t"], t) and np.array_equal(back["a"], t.numpy()[::2])
+        assert isinstance(back["p"], torch.nn.Parameter) and back["p"].requires_grad
+
+
+async def test_unpicklable_argument_fails_the_future_not_the_node() -> None:
+    import threading
+
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Counter)
+        with pytest.raises(disto.SerializationError):
+            await ref.echo(threading.Lock())
+        assert await ref.get() == 0  # the connection and the actor are fine
+
+
+async def test_unpicklable_result_fails_with_serialization_error() -> None:
+    class Leaky(disto.Actor):
+        def lock(self) -> object:
+            import threading
+            return threading.Lock()
+
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Leaky)
+        with pytest.raises(disto.SerializationError):
+            await ref.lock()

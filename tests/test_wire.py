@@ -1,0 +1,312 @@
+"""Level 1: the sans-IO wire layer, with no event loop. Bytes in, events out."""
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from disto._errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from disto.wire import Connection, Identity, Kind, Message, Ready, State, T
+from disto.wire.connection import HEADER, HANDSHAKE_MAX_BODY
+from disto.wire.messages import decode, encode, validate
+
+TOKEN = b"a-test-token-of-enough-length!!"
+
+
+def make_pair(token_a: bytes = TOKEN, token_b: bytes = TOKEN, **kw) -> tuple[Connection, Connection]:
+    a = Connection(dialer=True, token=token_a, identity=Identity("A", "127.0.0.1:1", "host", 1), **kw)
+    b = Connection(dialer=False, token=token_b, identity=Identity("B", "127.0.0.1:2", "host", 2), **kw)
+    return a, b
+
+
+def pump(src: Connection, dst: Connection) -> list:
+    for data in src.data_to_send():
+        dst.receive_data(data)
+    out = []
+    while (ev := dst.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def handshake(a: Connection, b: Connection) -> None:
+    assert pump(a, b) == []
+    ev_a = pump(b, a)
+    ev_b = pump(a, b)
+    assert ev_a == [Ready(Identity("B", "127.0.0.1:2", "host", 2))]
+    assert ev_b == [Ready(Identity("A", "127.0.0.1:1", "host", 1))]
+    assert a.state is State.READY and b.state is State.READY
+
+
+def feed(conn: Connection, frames: list, chunk: int | None = None) -> list:
+    data = b"".join(bytes(f) for f in frames)
+    events = []
+    step = chunk or len(data) or 1
+    for i in range(0, len(data), step):
+        conn.receive_data(data[i:i + step])
+        while (ev := conn.next_event()) is not None:
+            events.append(ev)
+    return events
+
+
+def test_handshake_both_sides_ready() -> None:
+    a, b = make_pair()
+    handshake(a, b)
+
+
+def test_wrong_token_fails_on_both_sides() -> None:
+    a, b = make_pair(token_b=b"another-token-of-enough-length!")
+    pump(a, b)
+    with pytest.raises(AuthenticationError):
+        pump(b, a)  # the dialer checks the listener's proof first
+    assert a.state is State.CLOSED
+    # and a listener facing a dialer with the wrong token refuses its AUTH
+    a, b = make_pair(token_a=b"another-token-of-enough-length!")
+    pump(a, b)
+    for data in b.data_to_send():
+        a.receive_data(data)
+    with pytest.raises(AuthenticationError):
+        a.next_event()
+
+
+def test_listener_rejects_forged_auth() -> None:
+    a, b = make_pair()
+    pump(a, b)
+    b.data_to_send()
+    forged = encode(T.Auth(proof=b"\0" * 32))
+    b.receive_data(HEADER.pack(len(forged), 1, Kind.AUTH, 0, 0) + forged)
+    with pytest.raises(AuthenticationError):
+        b.next_event()
+    assert b.state is State.CLOSED
+
+
+def test_replayed_handshake_is_refused() -> None:
+    a, b = make_pair()
+    hello = a.data_to_send()
+    b.receive_data(hello[0])
+    b.next_event()
+    for d in b.data_to_send():
+        a.receive_data(d)
+    a.next_event()
+    auth = a.data_to_send()
+    # a recorder replays HELLO and AUTH to a fresh listener: its nonce differs, so AUTH no longer verifies
+    b2 = Connection(dialer=False, token=TOKEN, identity=Identity("B"))
+    b2.receive_data(hello[0])
+    assert b2.next_event() is None
+    b2.data_to_send()
+    b2.receive_data(auth[0])
+    with pytest.raises(AuthenticationError):
+        b2.next_event()
+
+
+def test_application_frame_before_handshake_is_never_decoded() -> None:
+    _, b = make_pair()
+    body = encode(T.Call(call_id=1, actor_id=1, method="m", payload=b"\x80\x05N."))
+    b.receive_data(HEADER.pack(len(body), 1, Kind.CALL, 0, 0) + body)
+    with pytest.raises(AuthenticationError):
+        b.next_event()
+    assert b.state is State.CLOSED
+    b.receive_data(b"more bytes")  # ignored once closed
+    assert b.next_event() is None
+
+
+def test_handshake_frame_size_is_bounded() -> None:
+    _, b = make_pair()
+    b.receive_data(HEADER.pack(HANDSHAKE_MAX_BODY + 1, 1, Kind.HELLO, 0, 0))
+    with pytest.raises(RemoteProtocolError):
+        b.next_event()
+    _, b = make_pair()
+    b.receive_data(HEADER.pack(10, 1, Kind.HELLO, 0, 1 << 40))
+    with pytest.raises(RemoteProtocolError):
+        b.next_event()
+
+
+def test_version_mismatch() -> None:
+    _, b = make_pair()
+    b.receive_data(HEADER.pack(10, 99, Kind.HELLO, 0, 0))
+    with pytest.raises(RemoteProtocolError, match="version"):
+        b.next_event()
+
+
+def test_oversized_frames_after_handshake() -> None:
+    a, b = make_pair(max_body=1000, max_frame=10_000)
+    handshake(a, b)
+    b.receive_data(HEADER.pack(1001, 1, Kind.CALL, 0, 0))
+    with pytest.raises(RemoteProtocolError, match="max_body"):
+        b.next_event()
+    a, b = make_pair(max_body=1000, max_frame=10_000)
+    handshake(a, b)
+    b.receive_data(HEADER.pack(10, 1, Kind.CALL, 0, 10_001))
+    with pytest.raises(RemoteProtocolError, match="max_frame"):
+        b.next_event()
+    with pytest.raises(LocalProtocolError):
+        a.send(Kind.CALL, T.Call(call_id=1, actor_id=1, method="m"), [b"x" * 10_001])
+
+
+def call_frames(a: Connection, buffers: list) -> list:
+    return a.send(Kind.CALL, T.Call(call_id=7, actor_id=3, method="add", payload=b"stream"), buffers)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7, 4096])
+def test_frames_whole_and_split(chunk: int | None) -> None:
+    a, b = make_pair(large=1000)
+    handshake(a, b)
+    big = np.arange(5000, dtype=np.float64)
+    frames = call_frames(a, [b"small-buffer", memoryview(big)]) + a.send(Kind.CANCEL, T.Cancel(call_id=7))
+    events = feed(b, frames, chunk)
+    assert [e.kind for e in events] == [Kind.CALL, Kind.CANCEL]
+    call = events[0]
+    assert call.body.method == "add" and call.body.payload == b"stream"
+    assert bytes(call.buffers[0]) == b"small-buffer"
+    assert np.array_equal(np.frombuffer(call.buffers[1], dtype=np.float64), big)
+    assert all(not memoryview(buf).readonly for buf in call.buffers)
+
+
+def test_large_buffers_land_in_alloc_memory_without_copy() -> None:
+    blocks = []
+
+    def alloc(n: int) -> memoryview:
+        blocks.append(bytearray(n))
+        return memoryview(blocks[-1])
+
+    a, b = make_pair(large=1000, alloc=alloc)
+    handshake(a, b)
+    payload = os.urandom(100_000)
+    frames = call_frames(a, [payload])
+    # the sender's frames reference the payload's own memory, not a copy
+    assert any(isinstance(f, memoryview) and f.obj is payload for f in frames)
+    data = b"".join(bytes(f) for f in frames)
+    # the receiver asks for the destination as soon as the body is parsed, and bytes go straight there
+    header_and_body = len(data) - len(payload)
+    b.receive_data(data[:header_and_body + 10])
+    assert b.next_event() is None
+    dest = b.get_buffer()
+    assert dest.obj is blocks[0]
+    rest = data[header_and_body + 10:]
+    dest[:len(rest)] = rest
+    b.buffer_updated(len(rest))
+    msg = b.next_event()
+    assert isinstance(msg, Message) and msg.buffers[0].obj is blocks[0]
+    assert bytes(blocks[0]) == payload
+
+
+def test_trailing_garbage_after_valid_frames() -> None:
+    a, b = make_pair()
+    handshake(a, b)
+    frames = a.send(Kind.HEARTBEAT, T.Heartbeat(seq=1))
+    b.receive_data(b"".join(bytes(f) for f in frames) + b"\xff" * 40)
+    assert b.next_event().kind == Kind.HEARTBEAT
+    with pytest.raises(RemoteProtocolError):
+        b.next_event()
+    assert b.state is State.CLOSED
+
+
+def test_buffer_sizes_must_match_header() -> None:
+    a, b = make_pair()
+    handshake(a, b)
+    body = encode(T.Call(call_id=1, actor_id=1, method="m", buffers=[T.BufferDesc(size=10)]))
+    b.receive_data(HEADER.pack(len(body), 1, Kind.CALL, 0, 11) + body)
+    with pytest.raises(RemoteProtocolError, match="add up"):
+        b.next_event()
+
+
+def test_missing_required_field() -> None:
+    a, b = make_pair()
+    handshake(a, b)
+    body = encode(T.Reply())  # call_id missing
+    b.receive_data(HEADER.pack(len(body), 1, Kind.REPLY, 0, 0) + body)
+    with pytest.raises(RemoteProtocolError, match="call_id"):
+        b.next_event()
+
+
+def test_goodbye_closes() -> None:
+    a, b = make_pair()
+    handshake(a, b)
+    feed(b, a.send(Kind.GOODBYE, T.Goodbye(reason="bye")))
+    assert b.state is State.CLOSED
+    with pytest.raises(LocalProtocolError):
+        b.send(Kind.HEARTBEAT, T.Heartbeat(seq=1))
+
+
+def test_send_before_ready_is_a_local_error() -> None:
+    a, _ = make_pair()
+    with pytest.raises(LocalProtocolError):
+        a.send(Kind.CALL, T.Call(call_id=1, actor_id=1, method="m"))
+
+
+@pytest.mark.parametrize("blob", [
+    struct.pack("!bhi", 11, 2, 2**31 - 1) + b"abc",           # binary length far past the data
+    struct.pack("!bhi", 11, 2, -5) + b"abc",                   # negative length
+    struct.pack("!bhbi", 15, 5, 12, 2**31 - 1) + b"\0" * 10,  # list count far past the data
+    struct.pack("!bh", 12, 99) * 5000,                         # deep nesting
+    struct.pack("!bhbbi", 13, 9, 11, 11, 2**30),               # map count
+    b"",
+])
+def test_validator_bounds_lengths(blob: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(Kind.HELLO, blob)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_random_bodies_only_raise_protocol_errors(blob: bytes) -> None:
+    for kind in (Kind.HELLO, Kind.CALL, Kind.REPLY, Kind.FAILURE):
+        try:
+            decode(kind, blob)
+        except RemoteProtocolError:
+            pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000), st.booleans())
+def test_random_streams_only_raise_protocol_errors(blob: bytes, authenticated: bool) -> None:
+    a, b = make_pair()
+    if authenticated:
+        handshake(a, b)
+    try:
+        b.receive_data(blob)
+        while b.next_event() is not None:
+            pass
+    except (RemoteProtocolError, AuthenticationError):
+        assert b.state is State.CLOSED
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    calls=st.lists(st.tuples(st.integers(1, 2**62), st.integers(0, 2**62), st.text(max_size=30),
+                             st.binary(max_size=200), st.lists(st.binary(max_size=3000), max_size=3)),
+                   min_size=1, max_size=5),
+    cuts=st.lists(st.integers(0, 20_000), max_size=6),
+)
+def test_roundtrip_any_split(calls: list, cuts: list) -> None:
+    a, b = make_pair(large=1024)
+    handshake(a, b)
+    frames = []
+    for cid, actor, method, payload, bufs in calls:
+        frames += a.send(Kind.CALL, T.Call(call_id=cid, actor_id=actor, method=method, payload=payload), bufs)
+    data = b"".join(bytes(f) for f in frames)
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    events = []
+    for lo, hi in zip(points, points[1:]):
+        b.receive_data(data[lo:hi])
+        while (ev := b.next_event()) is not None:
+            events.append(ev)
+    assert len(events) == len(calls)
+    for ev, (cid, actor, method, payload, bufs) in zip(events, calls):
+        assert (ev.body.call_id, ev.body.actor_id, ev.body.method, ev.body.payload or b"") == \
+            (cid, actor, method, payload)
+        assert [bytes(x) for x in ev.buffers] == bufs
+
+
+def test_validate_accepts_every_message_kind() -> None:
+    samples = [
+        T.Hello(version=1, nonce=b"n" * 32, node_id="x"), T.Welcome(version=1, nonce=b"n" * 32, node_id="y"),
+        T.Auth(proof=b"p"), T.Call(call_id=1, actor_id=2, method="m", buffers=[T.BufferDesc(size=3)]),
+        T.Reply(call_id=1, payload=b"x"), T.Failure(call_id=1, kind=1, type_name="E", message="m"),
+        T.Cancel(call_id=1), T.Heartbeat(seq=1, sent_at=1.5), T.Goodbye(reason="r"),
+    ]
+    for s in samples:
+        validate(encode(s))
