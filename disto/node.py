@@ -81,7 +81,8 @@ class Node:
     """One disto node. ``async with Node(token) as node`` starts it; ``listen=None`` makes a node that only dials.
 
     ``seed`` is the address of the node that keeps the member list and the name registry; a node without a seed
-    keeps its own (it is a seed).
+    keeps its own (it is a seed). ``role`` is "worker" (gets actors from ``cluster.spawn``), "driver" (a program
+    that joined to use the cluster) or "client" (does not join at all: command-line tools).
     """
 
     def __init__(self, token: str | bytes | None, *, listen: str | None = "127.0.0.1:0", seed: str | None = None,
@@ -135,6 +136,8 @@ class Node:
             self.registry = ActorRef("", self.address, REGISTRY_ID, "Registry", None, self)
         else:
             self.registry = ActorRef("", self.seed, REGISTRY_ID, "Registry", None, self)
+        if self.role == "client":
+            return self  # a command-line client talks to the cluster without becoming a member
         try:
             await self.registry.join(self.info_for_registry())
         except BaseException:
@@ -586,7 +589,7 @@ class Node:
         if ch.pending or ch.waiting:
             if self._closing:
                 err: DistoError = ClosedError("this node was stopped")
-            elif isinstance(exc, NodeLostError):
+            elif isinstance(exc, (NodeLostError, AuthenticationError)):
                 err = exc
             else:
                 why = f"{type(exc).__name__}: {exc}" if exc else "connection closed"

@@ -1,0 +1,53 @@
+"""Actors used by the multi-process tests (importable by the node processes: tests/ is on their PYTHONPATH)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+
+import disto
+
+
+class Worker(disto.Actor):
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.value = 0
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def wait(self, i: int) -> int:
+        await self.event.wait()
+        return i
+
+    def release(self) -> None:
+        self.event.set()
+
+    def add(self, k: int) -> int:
+        self.value += k
+        return self.value
+
+    async def relay(self, target: disto.ActorRef, k: int) -> int:
+        return await target.add(k)
+
+    def fail(self) -> None:
+        raise KeyError("missing-key")
+
+    def maxrss_mb(self) -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def import_torch(self) -> str:
+        import torch
+        return torch.__version__
+
+    def total(self, x: object) -> tuple[float, float]:
+        """Sum of an array or tensor, and this process's peak RSS in MB afterwards."""
+        s = float(x.sum())
+        return s, self.maxrss_mb()
+
+    def crash(self) -> None:
+        os._exit(3)
+
+
+class Concurrent(Worker):
+    max_concurrency = 1000
