@@ -1,0 +1,109 @@
+"""Hostile peers against a live node: nothing an unauthenticated peer sends is ever unpickled, and the node keeps
+serving its real peers throughout."""
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+
+import pytest
+
+import disto
+from disto.node import NodeConfig
+from disto.wire import Connection, Identity, Kind, T
+from disto.wire.connection import HEADER
+from disto.wire.messages import encode
+from helpers import TOKEN, Counter, nodes, spawn
+
+
+class _Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))  # unpickling this creates the file
+
+
+def evil_call_frame(path: str) -> bytes:
+    payload = pickle.dumps(((_Evil(path),), {}), protocol=5)
+    body = encode(T.Call(call_id=1, actor_id=16, method="echo", payload=payload))
+    return HEADER.pack(len(body), 1, Kind.CALL, 0, 0) + body
+
+
+async def raw_connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = address.rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port))
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(65536):
+                pass
+        return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+async def still_serving(a: disto.Node, b: disto.Node) -> None:
+    ref = await spawn(a, b, Counter, 1)
+    assert await ref.add(1) == 2
+
+
+async def test_pickle_before_handshake_is_never_unpickled(tmp_path) -> None:
+    target = str(tmp_path / "pwned")
+    async with nodes(2) as (a, b):
+        await spawn(a, b, Counter)
+        reader, writer = await raw_connect(b.address)
+        writer.write(evil_call_frame(target))
+        await writer.drain()
+        assert await closed_by_peer(reader)
+        writer.close()
+        assert not os.path.exists(target)
+        await still_serving(a, b)
+
+
+async def test_wrong_token_peer_cannot_get_a_pickle_decoded(tmp_path) -> None:
+    target = str(tmp_path / "pwned")
+    async with nodes(2) as (a, b):
+        reader, writer = await raw_connect(b.address)
+        fake = Connection(dialer=True, token=b"not-the-cluster-token!!", identity=Identity("evil"))
+        for d in fake.data_to_send():
+            writer.write(d)
+        await writer.drain()
+        # skip the listener's WELCOME, then send a forged AUTH followed by a pickle
+        forged = encode(T.Auth(proof=os.urandom(32)))
+        writer.write(HEADER.pack(len(forged), 1, Kind.AUTH, 0, 0) + forged + evil_call_frame(target))
+        await writer.drain()
+        assert await closed_by_peer(reader)
+        writer.close()
+        assert not os.path.exists(target)
+        await still_serving(a, b)
+
+
+@pytest.mark.parametrize("junk", [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    os.urandom(4096),
+    HEADER.pack(0xFFFFFFFF, 1, Kind.HELLO, 0, 0),
+    HEADER.pack(100, 1, Kind.HELLO, 0, 1 << 62),
+])
+async def test_garbage_closes_only_that_connection(junk: bytes) -> None:
+    async with nodes(2) as (a, b):
+        reader, writer = await raw_connect(b.address)
+        writer.write(junk)
+        await writer.drain()
+        assert await closed_by_peer(reader)
+        writer.close()
+        await still_serving(a, b)
+
+
+async def test_stalled_handshake_times_out_while_others_are_served() -> None:
+    async with nodes(2, config=NodeConfig(handshake_timeout=0.3)) as (a, b):
+        conns = [await raw_connect(b.address) for _ in range(20)]
+        half = Connection(dialer=True, token=TOKEN.encode(), identity=Identity("slow")).data_to_send()[0]
+        for _, w in conns:
+            w.write(bytes(half)[:7])  # half a frame, then nothing
+        await still_serving(a, b)
+        for r, w in conns:
+            assert await closed_by_peer(r, timeout=5)
+            w.close()

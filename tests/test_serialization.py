@@ -1,0 +1,125 @@
+"""Payload serialization: out-of-band buffers without copies, every tensor shape and dtype, pooled buffers."""
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from disto import SerializationError
+from disto.serialization import BufferPool, dumps, loads
+
+
+def roundtrip(obj):
+    stream, bufs = dumps(obj)
+    # a receiver gets its own writable memory for each buffer
+    return loads(stream, [memoryview(bytearray(b)) for b in bufs]), bufs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8,
+                                   torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool,
+                                   torch.complex64, torch.complex128])
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2), (7,), (33, 65)])
+def test_tensor_dtypes_and_shapes(dtype, shape) -> None:
+    t = (torch.randn(shape) * 10).to(dtype) if dtype != torch.bool else torch.randn(shape) > 0
+    back, _ = roundtrip(t)
+    assert back.dtype == dtype and back.shape == t.shape and torch.equal(back, t)
+
+
+def test_non_contiguous_views_and_flags() -> None:
+    base = torch.arange(4096, dtype=torch.float32).reshape(64, 64)
+    for t in (base.t(), base[::2, 1::3], base[5], base.conj(), torch.randn(8, 8, dtype=torch.complex64).conj()):
+        back, _ = roundtrip(t)
+        assert torch.equal(back, t.resolve_conj()) and back.is_contiguous()
+    p = torch.nn.Parameter(torch.randn(512))
+    back, _ = roundtrip(p)
+    assert type(back) is torch.nn.Parameter and back.requires_grad and torch.equal(back, p)
+    g = torch.randn(512, requires_grad=True)
+    back, _ = roundtrip(g)
+    assert back.requires_grad and back.is_leaf
+
+
+def test_nested_containers_and_dataclasses() -> None:
+    @dataclasses.dataclass
+    class Batch:
+        x: torch.Tensor
+        y: np.ndarray
+        meta: dict
+
+    b = Batch(torch.randn(100, 100), np.arange(1000), {"ids": [torch.ones(300), (np.zeros(500),)]})
+    back, bufs = roundtrip({"batch": b, "list": [b.x, b.y]})
+    assert len(bufs) >= 4
+    assert torch.equal(back["batch"].x, b.x) and np.array_equal(back["batch"].y, b.y)
+    assert torch.equal(back["batch"].meta["ids"][0], torch.ones(300))
+
+
+def test_large_buffers_are_views_of_the_original_memory() -> None:
+    a = np.random.rand(1 << 16)
+    t = torch.randn(1 << 16)
+    _, bufs = dumps((a, t))
+    assert len(bufs) == 2
+    assert np.shares_memory(np.frombuffer(bufs[0], dtype=np.float64), a)
+    assert np.shares_memory(np.frombuffer(bufs[1], dtype=np.float32), t.numpy())
+
+
+def test_received_values_use_the_received_memory() -> None:
+    a = np.random.rand(1 << 16)
+    stream, bufs = dumps(a)
+    recv = bytearray(bufs[0])
+    back = loads(stream, [memoryview(recv)])
+    assert np.shares_memory(back, np.frombuffer(recv, dtype=np.float64)) and back.flags.writeable
+    t = torch.randn(1 << 16)
+    stream, bufs = dumps(t)
+    recv = bytearray(bufs[0])
+    back = loads(stream, [memoryview(recv)])
+    assert back.data_ptr() == np.frombuffer(recv, dtype=np.uint8).ctypes.data
+
+
+def test_small_buffers_stay_in_band_and_simple_calls_use_the_c_pickler() -> None:
+    stream, bufs = dumps((np.arange(10), torch.ones(3)))
+    assert bufs == []
+    stream, bufs = dumps(((1, "a", 2.5, None, b"x"), {"k": True}))
+    assert bufs == [] and pickle.loads(stream) == ((1, "a", 2.5, None, b"x"), {"k": True})
+
+
+def test_closures_and_local_classes() -> None:
+    k = 3
+
+    class Local:
+        def f(self, x):
+            return x + k
+
+    back, _ = roundtrip((lambda x: x * k, Local()))
+    assert back[0](2) == 6 and back[1].f(1) == 4
+
+
+def test_errors_are_serialization_errors() -> None:
+    import threading
+
+    with pytest.raises(SerializationError):
+        dumps(threading.Lock())
+    with pytest.raises(SerializationError):
+        loads(b"\x80\x05garbage")
+
+
+def test_pool_reuses_free_blocks_and_keeps_used_ones() -> None:
+    pool = BufferPool(min_size=1 << 10)
+    v = pool.alloc(100_000)
+    arr = np.frombuffer(v, dtype=np.uint8)
+    del v
+    v2 = pool.alloc(100_000)  # arr still uses the first block
+    assert pool.allocated == 2
+    del arr, v2
+    v3 = pool.alloc(90_000)  # both free again: one is reused
+    assert pool.allocated == 2 and v3.nbytes == 90_000
+    small = pool.alloc(100)
+    assert isinstance(small.obj, bytearray)
+
+
+def test_pool_trims_free_blocks_beyond_its_budget() -> None:
+    pool = BufferPool(max_free_bytes=300_000, min_size=1 << 10)
+    for n in (100_000, 200_000, 400_000, 800_000):
+        pool.alloc(n)
+    assert pool.stats()["bytes"] <= 300_000 + 800_000 + 4096
