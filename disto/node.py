@@ -291,37 +291,37 @@ class Node:
         except SerializationError as e:
             fut.set_exception(e)
             return fut
-        body = T.Call(call_id=0, actor_id=ref.actor_id, method=method, node_id=ref.node_id or None)
-        if len(stream) > INLINE_PAYLOAD_MAX:
-            body.payload_oob = True
+        oob = len(stream) > INLINE_PAYLOAD_MAX
+        if oob:
             bufs.insert(0, memoryview(stream))
-        else:
-            body.payload = stream
+        call = (ref.actor_id, method, None if oob else stream, bufs, oob, ref.node_id or None)
         ch = self._channel_to(ref.node_address)
         if not ch.waiting and ch.call_capacity():
-            self._send_call(ch, body, bufs, fut, oneway)
+            self._send_call(ch, call, fut, oneway)
         else:
-            ch.waiting.append((body, bufs, fut, oneway))
+            ch.waiting.append((call, fut, oneway))
         return fut
 
-    def _send_call(self, ch: Channel, body: Any, bufs: list, fut: Future, oneway: bool) -> None:
+    def _send_call(self, ch: Channel, call: tuple, fut: Future, oneway: bool) -> None:
+        actor_id, method, payload, bufs, oob, node_id = call
         if oneway:
-            ch.send(Kind.CALL, body, bufs)
+            if ch.can_send():
+                ch.write(ch.conn.send_call(0, actor_id, method, payload, bufs, oob, node_id))
             fut.set_result(None)
             return
         cid = ch.next_call_id
         ch.next_call_id = cid + 1
-        body.call_id = cid
         ch.pending[cid] = fut
         fut._on_cancel = lambda: self._cancel_remote(ch, cid)
-        ch.send(Kind.CALL, body, bufs)
+        if ch.can_send():
+            ch.write(ch.conn.send_call(cid, actor_id, method, payload, bufs, oob, node_id))
 
     def drain_waiting(self, ch: Channel) -> None:
         waiting = ch.waiting
         while waiting and ch.call_capacity():
-            body, bufs, fut, oneway = waiting.popleft()
+            call, fut, oneway = waiting.popleft()
             if not fut.done():  # skip calls cancelled while they waited
-                self._send_call(ch, body, bufs, fut, oneway)
+                self._send_call(ch, call, fut, oneway)
 
     def _cancel_remote(self, ch: Channel, cid: int) -> None:
         # the pending entry stays until the peer answers, so the window still counts the call
@@ -354,20 +354,18 @@ class Node:
                 fut.set_result(value)
             return
         ch.call_finished()
-        if item.call_id == 0 or ch.closed:
+        if item.call_id == 0 or not ch.can_send():
             return
         try:
             stream, bufs = dumps(value)
         except SerializationError as e:
             self._send_failure(ch, item.call_id, FailureKind.SERIALIZATION, e, "", None, item.method)
             return
-        body = T.Reply(call_id=item.call_id)
         if len(stream) > INLINE_PAYLOAD_MAX:
-            body.payload_oob = True
             bufs.insert(0, memoryview(stream))
+            ch.write(ch.conn.send_reply(item.call_id, None, bufs, True))
         else:
-            body.payload = stream
-        ch.send(Kind.REPLY, body, bufs)
+            ch.write(ch.conn.send_reply(item.call_id, stream, bufs))
 
     def _fail(self, item: CallItem, exc: BaseException, tb: str, label: str) -> None:
         runtime = not tb and isinstance(exc, (DistoError, asyncio.CancelledError))
@@ -599,7 +597,7 @@ class Node:
                 if not fut.done():
                     fut.set_exception(err)
             while ch.waiting:
-                fut = ch.waiting.popleft()[2]
+                fut = ch.waiting.popleft()[1]
                 if not fut.done():
                     fut.set_exception(err)
         peer = ch.conn.peer

@@ -22,20 +22,33 @@ from .._errors import SerializationError
 PROTOCOL = 5
 OOB_MIN = 1024  # smaller buffers stay in the pickle stream: a descriptor costs more than copying them
 
-_SIMPLE = (int, float, str, bool, type(None))
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
-def _is_simple(obj: Any) -> bool:
-    """True for the common call shape ``(args, kwargs)`` of plain scalars, which the C pickler handles alone."""
+def _is_simple(obj: Any, depth: int = 0) -> bool:
+    """True for plain scalars and small containers of them, which the C pickler handles alone (and which any
+    receiver can unpickle: no class is pickled by reference to a module the receiver may lack)."""
     t = type(obj)
-    if t in _SIMPLE:
+    if t in _SCALARS:
+        return True
+    if depth > 2:
+        return False
+    if t is tuple or t is list:
+        if len(obj) > 16:
+            return False
+        for x in obj:
+            if type(x) not in _SCALARS and not _is_simple(x, depth + 1):
+                return False
+        return True
+    if t is dict:
+        if len(obj) > 16:
+            return False
+        for k, v in obj.items():
+            if type(k) is not str or (type(v) not in _SCALARS and not _is_simple(v, depth + 1)):
+                return False
         return True
     if t is bytes:
         return len(obj) < OOB_MIN
-    if t is tuple or t is list:
-        return len(obj) <= 16 and all(_is_simple(x) for x in obj)
-    if t is dict:
-        return len(obj) <= 16 and all(type(k) is str and _is_simple(v) for k, v in obj.items())
     return False
 
 

@@ -163,7 +163,13 @@ class Channel(asyncio.BufferedProtocol):
     def send(self, kind: int, body: Any, buffers: Sequence[Any] = ()) -> None:
         if self.closed or self.conn.state is not State.READY:
             return  # the peer is gone or said goodbye; on_lost fails whatever was waiting for it
-        frames = self.conn.send(kind, body, buffers)
+        self.write(self.conn.send(kind, body, buffers))
+
+    def can_send(self) -> bool:
+        return not self.closed and self.conn.state is State.READY
+
+    def write(self, frames: list[Any]) -> None:
+        """Write framed bytes: coalesced with others of this loop tick, or at once if first."""
         batch = self._batch
         if batch is not None:
             batch.extend(frames)

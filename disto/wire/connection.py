@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
 from .._errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from .fastcodec import decode_call, decode_reply, encode_call, encode_reply
 from .messages import STRUCT_OF_KIND, WIRE_VERSION, BufferKind, Kind, T, decode, encode
 
 HEADER = struct.Struct("!IBBHQ")  # body_len, version, kind, flags, oob_len
@@ -186,6 +187,49 @@ class Connection:
             raise LocalProtocolError(f"message body of {len(data)} bytes exceeds max_body {self._max_body}")
         return [self._frame_bytes(kind, data)]
 
+    def send_call(self, call_id: int, actor_id: int, method: str, payload: Buffer | None,
+                  buffers: Sequence[Buffer] = (), payload_oob: bool = False, node_id: str | None = None
+                  ) -> list[Buffer]:
+        """Frame a CALL (the hot path: no thriftpy2 object is built). ``call_id`` 0 means one-way."""
+        if self.state is not State.READY:
+            raise LocalProtocolError(f"cannot send CALL in state {self.state.value}")
+        if not buffers:
+            body = encode_call(call_id, actor_id, method, payload, (), payload_oob, node_id)
+            return [self._checked_frame(Kind.CALL, body, 0)]
+        views, sizes, total = self._views(buffers)
+        body = encode_call(call_id, actor_id, method, payload, sizes, payload_oob, node_id)
+        return [self._checked_frame(Kind.CALL, body, total), *views]
+
+    def send_reply(self, call_id: int, payload: Buffer | None, buffers: Sequence[Buffer] = (),
+                   payload_oob: bool = False) -> list[Buffer]:
+        """Frame a REPLY (the hot path)."""
+        if self.state is not State.READY:
+            raise LocalProtocolError(f"cannot send REPLY in state {self.state.value}")
+        if not buffers:
+            return [self._checked_frame(Kind.REPLY, encode_reply(call_id, payload, (), payload_oob), 0)]
+        views, sizes, total = self._views(buffers)
+        body = encode_reply(call_id, payload, sizes, payload_oob)
+        return [self._checked_frame(Kind.REPLY, body, total), *views]
+
+    @staticmethod
+    def _views(buffers: Sequence[Buffer]) -> tuple[list[memoryview], list[int], int]:
+        views = []
+        sizes = []
+        for b in buffers:
+            v = b if isinstance(b, memoryview) else memoryview(b)
+            if v.format != "B" or v.ndim != 1:
+                v = v.cast("B")
+            views.append(v)
+            sizes.append(v.nbytes)
+        return views, sizes, sum(sizes)
+
+    def _checked_frame(self, kind: int, body: bytes, oob_len: int) -> bytes:
+        if len(body) > self._max_body:
+            raise LocalProtocolError(f"message body of {len(body)} bytes exceeds max_body {self._max_body}")
+        if oob_len > self._max_frame:
+            raise LocalProtocolError(f"frame of {oob_len} bytes exceeds max_frame {self._max_frame}")
+        return HEADER.pack(len(body), WIRE_VERSION, kind, 0, oob_len) + body
+
     def close(self) -> None:
         self.state = State.CLOSED
         self._direct = None
@@ -256,43 +300,43 @@ class Connection:
                     return None
                 msg, self._msg = self._msg, None
                 return msg
-            avail = self._rend - self._rstart
-            if self._hdr is None:
+            rx = self._rx
+            start = self._rstart
+            avail = self._rend - start
+            hdr = self._hdr
+            if hdr is None:
                 if avail < HEADER_SIZE:
                     return None
-                self._hdr = self._check_header(HEADER.unpack_from(self._rx, self._rstart))
-                self._rstart += HEADER_SIZE
+                hdr = self._hdr = self._check_header(HEADER.unpack_from(rx, start))
+                start = self._rstart = start + HEADER_SIZE
                 avail -= HEADER_SIZE
-            body_len, _version, kind, _flags, oob_len = self._hdr
+            body_len, _version, kind, _flags, oob_len = hdr
             if avail < body_len:
-                if len(self._rx) - self._rstart < body_len:
+                if len(rx) - start < body_len:
                     self._make_room(body_len - avail)
                 return None
-            body_bytes = bytes(self._rx[self._rstart:self._rstart + body_len])
-            self._rstart += body_len
+            end = start + body_len
             self._hdr = None
-            if self._rstart == self._rend:
-                self._rstart = self._rend = 0
             if self.state is State.HANDSHAKE:
+                body_bytes = bytes(rx[start:end])
+                self._consume(end)
                 ev = self._handshake(kind, body_bytes)
                 if ev is not None:
                     return ev
                 continue
-            body = decode(kind, body_bytes)
+            sizes: list[int] | None = None
+            if kind == Kind.CALL or kind == Kind.REPLY:
+                got = (decode_call if kind == Kind.CALL else decode_reply)(rx, start, end)
+                if got is not None:
+                    body, sizes = got
+            if sizes is None:
+                body = decode(kind, bytes(rx[start:end]))
+                sizes = self._inline_sizes(body) if kind in _KINDS_WITH_BUFFERS else []
+            self._consume(end)
             msg = Message(kind, body, [])
-            if kind in _KINDS_WITH_BUFFERS and body.buffers:
-                sizes = []
-                total = 0
-                for d in body.buffers:
-                    if d.size is None or d.size < 0:
-                        raise RemoteProtocolError("buffer with a negative size")
-                    if d.kind in (None, BufferKind.INLINE):
-                        sizes.append(d.size)
-                        total += d.size
-                    else:
-                        raise RemoteProtocolError(f"buffer kind {d.kind} is not supported on this connection")
-                if total != oob_len:
-                    raise RemoteProtocolError(f"buffer sizes add up to {total}, frame says {oob_len}")
+            if sizes:
+                if sum(sizes) != oob_len:
+                    raise RemoteProtocolError(f"buffer sizes add up to {sum(sizes)}, frame says {oob_len}")
                 self._pending_sizes = sizes[::-1]
                 self._msg = msg
                 continue
@@ -302,6 +346,23 @@ class Connection:
                 self.state = State.CLOSED
             return msg
         return None
+
+    def _consume(self, end: int) -> None:
+        if end == self._rend:
+            self._rstart = self._rend = 0
+        else:
+            self._rstart = end
+
+    @staticmethod
+    def _inline_sizes(body: Any) -> list[int]:
+        sizes = []
+        for d in body.buffers or ():
+            if d.size is None or d.size < 0:
+                raise RemoteProtocolError("buffer with a negative size")
+            if d.kind not in (None, BufferKind.INLINE):
+                raise RemoteProtocolError(f"buffer kind {d.kind} is not supported on this connection")
+            sizes.append(d.size)
+        return sizes
 
     def _read_buffers(self) -> bool:
         """Move pending inline buffers into self._msg; False if more bytes are needed."""

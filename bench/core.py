@@ -1,0 +1,157 @@
+"""Core runtime benchmark: W1 round trip, W2 pipelined calls, W3 two callers -> one actor, local calls.
+
+Each disto figure is printed next to the raw uvloop TCP echo floor measured in the same run. Every measurement is
+repeated ``--repeat`` times, interleaved (floor, disto, floor, disto, ...), and the median is shown.
+
+    python bench/core.py                 # full run (about a minute)
+    python bench/core.py --quick         # smoke test (CI)
+    python bench/core.py --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import disto
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RAW = os.path.join(HERE, "_raw_echo.py")
+
+
+class Echo(disto.Actor):
+    def ping(self, x: int) -> int:
+        return x
+
+
+class Caller(disto.Actor):
+    async def flood(self, target: disto.ActorRef, n: int, inflight: int) -> float:
+        return await pipelined(target, n, inflight)
+
+
+async def pipelined(ref: disto.ActorRef, n: int, inflight: int) -> float:
+    """n calls to ref.ping with `inflight` outstanding at all times; returns elapsed seconds."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    issued = completed = 0
+
+    def on_done(f: asyncio.Future) -> None:
+        nonlocal completed
+        completed += 1
+        if f.exception() is not None and not done.done():
+            done.set_exception(f.exception())
+        if issued < n:
+            issue()
+        elif completed == n and not done.done():
+            done.set_result(None)
+
+    def issue() -> None:
+        nonlocal issued
+        issued += 1
+        ref.ping(issued).add_done_callback(on_done)
+
+    t0 = time.perf_counter()
+    for _ in range(min(inflight, n)):
+        issue()
+    await done
+    return time.perf_counter() - t0
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def raw(*args: str) -> object:
+    out = subprocess.run([sys.executable, RAW, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+async def run_raw_w3(port: int, n: int, inflight: int) -> float:
+    t0 = time.perf_counter()
+    procs = [await asyncio.create_subprocess_exec(sys.executable, RAW, "w2", str(port), str(n // 2),
+                                                  str(inflight // 2), stdout=asyncio.subprocess.PIPE)
+             for _ in range(2)]
+    await asyncio.gather(*(p.communicate() for p in procs))
+    return time.perf_counter() - t0
+
+
+async def main(args: argparse.Namespace) -> dict:
+    n1, n2, repeat = (200, 5_000, 1) if args.quick else (3_000, 50_000, args.repeat)
+    inflight = 1_000
+    server = subprocess.Popen([sys.executable, RAW, "server"], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    res: dict[str, list[float]] = {k: [] for k in
+                                   ("raw_w1_p50", "raw_w1_p99", "w1_p50", "w1_p99", "raw_w2", "w2", "raw_w3", "w3",
+                                    "local")}
+    try:
+        async with disto.LocalCluster(nodes=3) as cluster:
+            target = await cluster.nodes[0].spawn(Echo)
+            callers = [await cluster.nodes[i].spawn(Caller) for i in (1, 2)]
+            local = await cluster.node.spawn_local(Echo)
+            await pipelined(target, 2_000, inflight)  # warm up connections and code paths
+            for _ in range(repeat):
+                lat = await asyncio.get_running_loop().run_in_executor(None, raw, "w1", str(port), str(n1))
+                res["raw_w1_p50"].append(pct(lat, 0.5) / 1e3)
+                res["raw_w1_p99"].append(pct(lat, 0.99) / 1e3)
+                lat = []
+                for i in range(n1):
+                    t0 = time.perf_counter_ns()
+                    await target.ping(i)
+                    lat.append(time.perf_counter_ns() - t0)
+                res["w1_p50"].append(pct(lat, 0.5) / 1e3)
+                res["w1_p99"].append(pct(lat, 0.99) / 1e3)
+
+                el = await asyncio.get_running_loop().run_in_executor(None, raw, "w2", str(port), str(n2),
+                                                                      str(inflight))
+                res["raw_w2"].append(n2 / el)
+                res["w2"].append(n2 / await pipelined(target, n2, inflight))
+
+                res["raw_w3"].append(n2 / await run_raw_w3(port, n2, inflight))
+                t0 = time.perf_counter()
+                await disto.collect([c.flood(target, n2 // 2, inflight // 2) for c in callers])
+                res["w3"].append(n2 / (time.perf_counter() - t0))
+
+                t0 = time.perf_counter()
+                for i in range(n1):
+                    await local.ping(i)
+                res["local"].append((time.perf_counter() - t0) / n1 * 1e6)
+    finally:
+        server.kill()
+        server.wait()
+    med = {k: statistics.median(v) for k, v in res.items()}
+    rows = [
+        ("W1 round trip p50 (µs)", med["raw_w1_p50"], med["w1_p50"], med["w1_p50"] / med["raw_w1_p50"]),
+        ("W1 round trip p99 (µs)", med["raw_w1_p99"], med["w1_p99"], med["w1_p99"] / med["raw_w1_p99"]),
+        ("W2 pipelined calls/s (1000 in flight)", med["raw_w2"], med["w2"], med["w2"] / med["raw_w2"]),
+        ("W3 2 callers -> 1 actor, calls/s", med["raw_w3"], med["w3"], med["w3"] / med["raw_w3"]),
+        ("local call, same process (µs)", float("nan"), med["local"], float("nan")),
+    ]
+    print(f"\ndisto core benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  "
+          f"{os.cpu_count()} cores  python {platform.python_version()}  repeats={repeat} (medians)")
+    print(f"{'workload':<40} {'raw uvloop echo':>16} {'disto':>12} {'disto/raw':>10}")
+    for name, floor, ours, ratio in rows:
+        f = "-" if floor != floor else f"{floor:,.1f}"
+        r = "-" if ratio != ratio else f"{ratio:.2f}x"
+        print(f"{name:<40} {f:>16} {ours:>12,.1f} {r:>10}")
+    print(f"load average: {os.getloadavg()}")
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(), "cores": os.cpu_count(),
+            "repeat": repeat, "raw": res, "median": med}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (smoke test)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", help="write raw and median results here")
+    a = ap.parse_args()
+    result = disto.run(main(a))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=2)
