@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("disto.transport")
 
+FLUSH_EVERY = 32  # frames written while a received batch is still being processed
+
 
 class ChannelOwner(Protocol):
     def on_ready(self, ch: "Channel") -> None: ...
@@ -85,6 +87,11 @@ class Channel(asyncio.BufferedProtocol):
                     break
                 if type(ev) is Message:
                     self.owner.on_message(self, ev)
+                    if len(batch) >= FLUSH_EVERY:
+                        # hand the peer the first replies while we work on the rest: both sides then work
+                        # in parallel instead of in turns
+                        self._write_now(batch)
+                        batch.clear()
                 elif type(ev) is Ready:
                     batch.extend(conn.data_to_send())
                     self._on_ready()
