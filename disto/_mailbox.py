@@ -46,7 +46,7 @@ FailFn = Callable[[CallItem, BaseException, str], None]
 
 class Mailbox:
     def __init__(self, instance: Any, label: str, limit: int, reply: ReplyFn, fail: FailFn,
-                 resolve: Callable[[str], Any]) -> None:
+                 methods: dict[str, str]) -> None:
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, got {limit!r}")
         self.instance = instance
@@ -58,11 +58,14 @@ class Mailbox:
         self.stopped = False
         self._reply = reply
         self._fail = fail
-        self._resolve = resolve  # method name -> attribute name or None
+        self._methods = methods  # public method name -> attribute name
 
     def post(self, item: CallItem) -> None:
         if self.stopped:
             self._fail(item, ActorDeadError(f"actor {self.label} is stopped", actor=self.label), "")
+            return
+        if self.running < self.limit and not self.queue:
+            self._start(item)  # idle: run now, no queue hop
             return
         self.queue.append(item)
         if self.running < self.limit:
@@ -74,7 +77,7 @@ class Mailbox:
             self._start(queue.popleft())
 
     def _start(self, item: CallItem) -> None:
-        attr = self._resolve(item.method)
+        attr = self._methods.get(item.method)
         if attr is None:
             err = AttributeError(f"{type(self.instance).__name__} has no public method {item.method!r}")
             self._fail(item, err, "")

@@ -55,8 +55,8 @@ class Actor:
 _RESERVED = frozenset(dir(Actor))
 
 
-def public_method(cls: type, name: str) -> Any:
-    """The function implementing public method ``name`` of actor class ``cls``, or None."""
+def public_methods(cls: type) -> dict[str, str]:
+    """Public method name -> attribute name, for actor class ``cls`` (computed once per class)."""
     table = cls.__dict__.get("_disto_methods")
     if table is None:
         table = {}
@@ -67,7 +67,7 @@ def public_method(cls: type, name: str) -> Any:
             if callable(fn):
                 table[attr] = attr
         cls._disto_methods = table  # type: ignore[attr-defined]
-    return table.get(name)
+    return table
 
 
 class MethodRef:

@@ -19,7 +19,7 @@ from ._errors import (ActorDeadError, ActorNotFoundError, AuthenticationError, C
                       NodeLostError, SerializationError, make_remote_error, original_class)
 from ._ids import format_address, host_id, new_node_id, parse_address
 from ._mailbox import CallItem, Mailbox, describe_exception
-from .actor import Actor, ActorRef, _current_node, _default_node, public_method
+from .actor import Actor, ActorRef, _current_node, _default_node, public_methods
 from .futures import Future
 from .serialization import BufferPool, dumps, loads
 from .transport import Channel
@@ -203,8 +203,7 @@ class Node:
         cls = type(instance)
         label = ref._describe()
         return Mailbox(instance, label, getattr(cls, "max_concurrency", 1), self._reply,
-                       lambda item, exc, tb: self._fail(item, exc, tb, label),
-                       lambda name: public_method(cls, name))
+                       lambda item, exc, tb: self._fail(item, exc, tb, label), public_methods(cls))
 
     async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,
                           name: str | None = None) -> ActorRef:

@@ -29,6 +29,8 @@ from .messages import STRUCT_OF_KIND, WIRE_VERSION, BufferKind, Kind, T, decode,
 
 HEADER = struct.Struct("!IBBHQ")  # body_len, version, kind, flags, oob_len
 HEADER_SIZE = HEADER.size
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
 HANDSHAKE_MAX_BODY = 4096
 NONCE_SIZE = 32
 DEFAULT_MAX_BODY = 16 << 20
@@ -45,6 +47,9 @@ class State(enum.Enum):
     HANDSHAKE = "handshake"
     READY = "ready"
     CLOSED = "closed"
+
+
+_READY = State.READY
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ def _identity_bytes(ident: Identity) -> bytes:
 
 # what may arrive next during the handshake, per role
 _EXPECT = {True: Kind.WELCOME, False: Kind.HELLO}
+_CALL = Kind.CALL
+_REPLY = Kind.REPLY
 _APP_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.FAILURE, Kind.CANCEL, Kind.HEARTBEAT, Kind.GOODBYE})
 _KINDS_WITH_BUFFERS = frozenset({Kind.CALL, Kind.REPLY})
 
@@ -195,6 +202,8 @@ class Connection:
             raise LocalProtocolError(f"cannot send CALL in state {self.state.value}")
         if not buffers:
             body = encode_call(call_id, actor_id, method, payload, (), payload_oob, node_id)
+            if len(body) <= self._max_body:
+                return [_pack_header(len(body), WIRE_VERSION, _CALL, 0, 0) + body]
             return [self._checked_frame(Kind.CALL, body, 0)]
         views, sizes, total = self._views(buffers)
         body = encode_call(call_id, actor_id, method, payload, sizes, payload_oob, node_id)
@@ -206,7 +215,10 @@ class Connection:
         if self.state is not State.READY:
             raise LocalProtocolError(f"cannot send REPLY in state {self.state.value}")
         if not buffers:
-            return [self._checked_frame(Kind.REPLY, encode_reply(call_id, payload, (), payload_oob), 0)]
+            body = encode_reply(call_id, payload, (), payload_oob)
+            if len(body) <= self._max_body:
+                return [_pack_header(len(body), WIRE_VERSION, _REPLY, 0, 0) + body]
+            return [self._checked_frame(Kind.REPLY, body, 0)]
         views, sizes, total = self._views(buffers)
         body = encode_reply(call_id, payload, sizes, payload_oob)
         return [self._checked_frame(Kind.REPLY, body, total), *views]
@@ -284,6 +296,28 @@ class Connection:
     def next_event(self) -> Event | None:
         """The next complete event, or None when more bytes are needed (or the connection is closed)."""
         try:
+            # Fast path for the common case: a whole CALL or REPLY without out-of-band buffers is waiting.
+            if self.state is _READY and self._msg is None and self._direct is None and self._hdr is None:
+                start = self._rstart
+                if self._rend - start >= HEADER_SIZE:
+                    rx = self._rx
+                    body_len, version, kind, flags, oob_len = _unpack_header(rx, start)
+                    begin = start + HEADER_SIZE
+                    end = begin + body_len
+                    if (not oob_len and end <= self._rend and version == WIRE_VERSION and not flags
+                            and body_len <= self._max_body):
+                        if kind == _CALL:
+                            got = decode_call(rx, begin, end)
+                        elif kind == _REPLY:
+                            got = decode_reply(rx, begin, end)
+                        else:
+                            got = None
+                        if got is not None and not got[1]:
+                            if end == self._rend:
+                                self._rstart = self._rend = 0
+                            else:
+                                self._rstart = end
+                            return Message(kind, got[0], [])
             return self._next_event()
         except (RemoteProtocolError, AuthenticationError):
             self.close()
