@@ -24,15 +24,21 @@ U = TypeVar("U")
 class Future(asyncio.Future, Generic[T]):  # type: ignore[type-arg]
     """An asyncio future with combinators. Returned by every remote call."""
 
-    _on_cancel: Callable[[], None] | None = None
+    # Slots, not a __dict__: a call creates one Future, and a dict per call is measurable on the hot path.
+    # _on_cancel is called (with _cancel_arg, if set) when this future is cancelled: it sends the remote cancel.
+    __slots__ = ("_on_cancel", "_cancel_arg")
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
             return False
-        hook = self._on_cancel
+        hook = getattr(self, "_on_cancel", None)
         if hook is not None:
             self._on_cancel = None
-            hook()
+            arg = getattr(self, "_cancel_arg", None)
+            if arg is None:
+                hook()
+            else:
+                hook(arg)
         return True
 
     # -- chaining -----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import socket
 import sys
 from dataclasses import dataclass
@@ -32,6 +33,15 @@ REGISTRY_ID = 1
 FIRST_USER_ACTOR_ID = 16
 INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not through a Thrift field
 MIN_TOKEN_BYTES = 16
+_pickle_dumps = pickle.dumps
+_SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
+
+
+def _scalars(args: tuple) -> bool:
+    for a in args:
+        if type(a) not in _SCALAR_TYPES:
+            return False
+    return True
 
 
 @dataclass
@@ -285,11 +295,14 @@ class Node:
         if self._closing:
             fut.set_exception(ClosedError("this node is stopped"))
             return fut
-        try:
-            stream, bufs = dumps((args, kwargs))
-        except SerializationError as e:
-            fut.set_exception(e)
-            return fut
+        if not kwargs and _scalars(args):
+            stream, bufs = _pickle_dumps((args, kwargs), 5), []
+        else:
+            try:
+                stream, bufs = dumps((args, kwargs))
+            except SerializationError as e:
+                fut.set_exception(e)
+                return fut
         oob = len(stream) > INLINE_PAYLOAD_MAX
         if oob:
             bufs.insert(0, memoryview(stream))
@@ -311,7 +324,8 @@ class Node:
         cid = ch.next_call_id
         ch.next_call_id = cid + 1
         ch.pending[cid] = fut
-        fut._on_cancel = lambda: self._cancel_remote(ch, cid)
+        fut._on_cancel = ch.send_cancel
+        fut._cancel_arg = cid
         if ch.can_send():
             ch.write(ch.conn.send_call(cid, actor_id, method, payload, bufs, oob, node_id))
 
@@ -321,11 +335,6 @@ class Node:
             call, fut, oneway = waiting.popleft()
             if not fut.done():  # skip calls cancelled while they waited
                 self._send_call(ch, call, fut, oneway)
-
-    def _cancel_remote(self, ch: Channel, cid: int) -> None:
-        # the pending entry stays until the peer answers, so the window still counts the call
-        if not ch.closed and ch.ready:
-            ch.send(Kind.CANCEL, T.Cancel(call_id=cid))
 
     def _call_local(self, ref: ActorRef, method: str, args: tuple, kwargs: dict, fut: Future, oneway: bool) -> None:
         cell = self._actors.get(ref.actor_id)
@@ -354,6 +363,9 @@ class Node:
             return
         ch.call_finished()
         if item.call_id == 0 or not ch.can_send():
+            return
+        if type(value) in _SCALAR_TYPES:
+            ch.write(ch.conn.send_reply(item.call_id, _pickle_dumps(value, 5)))
             return
         try:
             stream, bufs = dumps(value)

@@ -172,6 +172,13 @@ class Channel(asyncio.BufferedProtocol):
             return  # the peer is gone or said goodbye; on_lost fails whatever was waiting for it
         self.write(self.conn.send(kind, body, buffers))
 
+    def send_cancel(self, call_id: int) -> None:
+        """Ask the peer to cancel a call. Its pending entry stays until the peer answers, so the window still
+        counts it."""
+        if self.ready and self.can_send():
+            from ..wire import T
+            self.send(Kind.CANCEL, T.Cancel(call_id=call_id))
+
     def can_send(self) -> bool:
         return not self.closed and self.conn.state is State.READY
 
