@@ -60,3 +60,34 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         msgs = "; ".join(f"{c.get('message')}: {c.get('exception')!r}" for c in errors)
         pytest.fail(f"unhandled event-loop errors: {msgs}")
     return True
+
+
+def _disto_node_processes() -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if "-m disto node start" in cmd and state != "Z":
+            out.append(f"{pid}: {cmd.strip()}")
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_node_processes_left_behind():
+    """Fail the run if any test left a node process running."""
+    before = set(_disto_node_processes())
+    yield
+    deadline = __import__("time").monotonic() + 10
+    while True:
+        left = [p for p in _disto_node_processes() if p not in before]
+        if not left or __import__("time").monotonic() > deadline:
+            break
+        __import__("time").sleep(0.1)
+    assert not left, f"node processes left behind: {left}"
