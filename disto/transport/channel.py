@@ -37,6 +37,7 @@ class Channel(asyncio.BufferedProtocol):
                  max_queued: int = 1024) -> None:
         self.owner = owner
         self.conn = conn
+        self.get_buffer = conn.get_buffer  # asyncio calls it for every read: skip one Python frame
         self.address = address  # the peer's listen address, once known
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
@@ -66,8 +67,6 @@ class Channel(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
         self._write_now(self.conn.data_to_send())
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         self.conn.buffer_updated(nbytes)

@@ -299,25 +299,26 @@ class Connection:
             # Fast path for the common case: a whole CALL or REPLY without out-of-band buffers is waiting.
             if self.state is _READY and self._msg is None and self._direct is None and self._hdr is None:
                 start = self._rstart
-                if self._rend - start >= HEADER_SIZE:
-                    rx = self._rx
-                    body_len, version, kind, flags, oob_len = _unpack_header(rx, start)
-                    begin = start + HEADER_SIZE
-                    end = begin + body_len
-                    if (not oob_len and end <= self._rend and version == WIRE_VERSION and not flags
-                            and body_len <= self._max_body):
-                        if kind == _CALL:
-                            got = decode_call(rx, begin, end)
-                        elif kind == _REPLY:
-                            got = decode_reply(rx, begin, end)
+                if self._rend - start < HEADER_SIZE:
+                    return None
+                rx = self._rx
+                body_len, version, kind, flags, oob_len = _unpack_header(rx, start)
+                begin = start + HEADER_SIZE
+                end = begin + body_len
+                if (not oob_len and end <= self._rend and version == WIRE_VERSION and not flags
+                        and body_len <= self._max_body):
+                    if kind == _CALL:
+                        got = decode_call(rx, begin, end)
+                    elif kind == _REPLY:
+                        got = decode_reply(rx, begin, end)
+                    else:
+                        got = None
+                    if got is not None and not got[1]:
+                        if end == self._rend:
+                            self._rstart = self._rend = 0
                         else:
-                            got = None
-                        if got is not None and not got[1]:
-                            if end == self._rend:
-                                self._rstart = self._rend = 0
-                            else:
-                                self._rstart = end
-                            return Message(kind, got[0], [])
+                            self._rstart = end
+                        return Message(kind, got[0], [])
             return self._next_event()
         except (RemoteProtocolError, AuthenticationError):
             self.close()
