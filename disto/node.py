@@ -8,6 +8,9 @@ actor on this node skips the wire: the arguments are passed as they are.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import logging
 import os
 import pickle
@@ -22,9 +25,10 @@ from ._ids import format_address, host_id, new_node_id, parse_address
 from ._mailbox import CallItem, Mailbox, describe_exception
 from .actor import Actor, ActorRef, _current_node, _default_node, public_methods
 from .futures import Future
-from .serialization import BufferPool, dumps, loads
+from .serialization import BufferPool, Route, ShmExporter, ShmImporter, dumps, dumps_for, janitor, loads, route
+from .serialization.shm import _address
 from .transport import Channel
-from .wire import Connection, FailureKind, Identity, Kind, Message, T
+from .wire import BufferKind, Connection, FailureKind, Identity, Kind, Message, T
 
 log = logging.getLogger("disto.node")
 
@@ -55,6 +59,28 @@ class NodeConfig:
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
     pool_bytes: int = 1 << 30       # free receive blocks kept for reuse
+    transfer: str = "auto"          # "auto", "tcp" (always bytes on the socket) or "shm" (see disto.transfer)
+    shm_min: int = 1 << 16          # CPU buffers this big go through shared memory to peers on this host
+    shm_pool_bytes: int = 2 << 30   # free shared-memory segments kept for reuse
+
+
+_transfer_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar("disto_transfer", default=None)
+
+
+@contextlib.contextmanager
+def transfer(mode: str) -> Any:
+    """Force how buffers of the calls made inside the block travel: "tcp" (bytes on the socket), "shm" (shared
+    memory to peers on this host, whatever the size) or "auto" (the placement policy)."""
+    if mode not in ("auto", "tcp", "shm"):
+        raise ValueError(f"transfer mode must be 'auto', 'tcp' or 'shm', not {mode!r}")
+    token = _transfer_mode.set(mode)
+    try:
+        yield
+    finally:
+        _transfer_mode.reset(token)
+
+
+_DESC = T.BufferDesc
 
 
 def normalize_token(token: str | bytes | None) -> bytes:
@@ -118,6 +144,8 @@ class Node:
         self._stopped = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.registry: ActorRef | None = None
+        self._shm_out: ShmExporter | None = None
+        self._shm_in: ShmImporter | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> "Node":
@@ -139,6 +167,9 @@ class Node:
         else:
             self.address = f"client:{self.node_id}"  # not dialable; refs to its actors work only locally
         self.identity = Identity(self.node_id, self.address if self._server else "", host_id(), os.getpid())
+        janitor()
+        self._shm_out = ShmExporter(self.node_id, max_free_bytes=self.config.shm_pool_bytes)
+        self._shm_in = ShmImporter()
         _default_node.append(self)
         self._install_system_actor(NodeService(self), NODE_SERVICE_ID)
         if self.seed is None:
@@ -192,6 +223,10 @@ class Node:
             ch.abort()
         for t in list(self._bg):
             t.cancel()
+        if self._shm_out is not None:
+            self._shm_out.close()
+            self._shm_in.close()
+        janitor()
         self.closed = True
         if self in _default_node:
             _default_node.remove(self)
@@ -295,19 +330,8 @@ class Node:
         if self._closing:
             fut.set_exception(ClosedError("this node is stopped"))
             return fut
-        if not kwargs and _scalars(args):
-            stream, bufs = _pickle_dumps((args, kwargs), 5), []
-        else:
-            try:
-                stream, bufs = dumps((args, kwargs))
-            except SerializationError as e:
-                fut.set_exception(e)
-                return fut
-        oob = len(stream) > INLINE_PAYLOAD_MAX
-        if oob:
-            bufs.insert(0, memoryview(stream))
-        call = (ref.actor_id, method, None if oob else stream, bufs, oob, ref.node_id or None)
         ch = self._channel_to(ref.node_address)
+        call = (ref, method, args, kwargs, _transfer_mode.get())
         if not ch.waiting and ch.call_capacity():
             self._send_call(ch, call, fut, oneway)
         else:
@@ -315,10 +339,21 @@ class Node:
         return fut
 
     def _send_call(self, ch: Channel, call: tuple, fut: Future, oneway: bool) -> None:
-        actor_id, method, payload, bufs, oob, node_id = call
+        ref, method, args, kwargs, mode = call
+        if not kwargs and _scalars(args):
+            stream, bufs, oob = _pickle_dumps((args, kwargs), 5), (), False
+        else:
+            try:
+                stream, bufs, oob = self._serialize(ch, (args, kwargs), mode)
+            except SerializationError as e:
+                fut.set_exception(e)
+                return
+        if oob:
+            stream = None
+        node_id = ref.node_id or None
         if oneway:
             if ch.can_send():
-                ch.write(ch.conn.send_call(0, actor_id, method, payload, bufs, oob, node_id))
+                ch.write(ch.conn.send_call(0, ref.actor_id, method, stream, bufs, oob, node_id))
             fut.set_result(None)
             return
         cid = ch.next_call_id
@@ -327,7 +362,96 @@ class Node:
         fut._on_cancel = ch.send_cancel
         fut._cancel_arg = cid
         if ch.can_send():
-            ch.write(ch.conn.send_call(cid, actor_id, method, payload, bufs, oob, node_id))
+            ch.write(ch.conn.send_call(cid, ref.actor_id, method, stream, bufs, oob, node_id))
+
+    def _serialize(self, ch: Channel, obj: Any, mode: str | None) -> tuple[bytes, list, bool]:
+        """Pickle for this channel's peer: (stream, buffers, stream is out of band). Buffers for a peer on this
+        host go through shared memory as the placement policy says."""
+        if ch.same_host:
+            stream, bufs, shared = dumps_for(obj, same_host=True)
+            if bufs:
+                bufs = self._export(ch, bufs, shared, mode or self.config.transfer)
+        else:
+            stream, bufs = dumps(obj)
+        if len(stream) > INLINE_PAYLOAD_MAX:
+            bufs.insert(0, memoryview(stream))
+            return stream, bufs, True
+        return stream, bufs, False
+
+    def _export(self, ch: Channel, bufs: list, shared: dict, mode: str) -> list:
+        assert self._shm_out is not None and self._shm_in is not None
+        out: list[Any] = []
+        for v in bufs:
+            n = v.nbytes
+            ref = None
+            if mode != "tcp":
+                if shared:
+                    ref = shared.get(_address(v))
+                if ref is None:
+                    ref = self._shm_out.find_shared(v) or self._shm_in.find_shared(v)
+            r = route(same_process=False, same_host=True, is_cuda=False, already_shared=ref is not None, size=n,
+                      mode=mode, shm_min=self.config.shm_min)
+            if r is Route.SHM_SHARED:
+                assert ref is not None
+                out.append(_DESC(size=n, kind=BufferKind.SHM_SHARED, segment=ref[0], offset=ref[1]))
+            elif r is Route.SHM:
+                name, offset, _ = self._shm_out.export_copy(v)
+                ch.leases[name] = ch.leases.get(name, 0) + 1
+                out.append(_DESC(size=n, kind=BufferKind.SHM, segment=name, offset=offset))
+            else:
+                out.append(v)
+        return out
+
+    def _import(self, ch: Channel, bufs: list) -> list:
+        """Turn shared-memory descriptors into memory; SHM blocks are released to the sender when dropped."""
+        assert self._shm_in is not None
+        out = []
+        for b in bufs:
+            if type(b) is not _DESC:
+                out.append(b)
+            elif b.kind == BufferKind.SHM:
+                out.append(self._shm_in.import_(b.segment or "", b.offset or 0, b.size,
+                                                functools.partial(self._release_later, ch, b.segment)))
+            elif b.kind == BufferKind.SHM_SHARED:
+                out.append(self._shm_in.import_(b.segment or "", b.offset or 0, b.size, None, shared=True))
+            else:
+                raise SerializationError(f"buffer kind {b.kind} is not supported here")
+        return out
+
+    def _release_later(self, ch: Channel, name: str) -> None:
+        # runs from a finalizer, in whatever thread dropped the last reference
+        loop = self.loop
+        if loop is None or ch.closed or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._release_now, ch, name)
+        except RuntimeError:
+            pass  # the loop is closing
+
+    def _release_now(self, ch: Channel, name: str) -> None:
+        if ch.closed:
+            return
+        if not ch.releases:
+            asyncio.get_running_loop().call_soon(self._flush_releases, ch)
+        ch.releases.append(name)
+
+    @staticmethod
+    def _flush_releases(ch: Channel) -> None:
+        names, ch.releases = ch.releases, []
+        if names and ch.can_send():
+            ch.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n) for n in names]))
+
+    def _on_release(self, ch: Channel, body: Any) -> None:
+        assert self._shm_out is not None
+        for d in body.buffers:
+            name = d.segment or ""
+            count = ch.leases.get(name, 0)
+            if count > 0:  # only what we leased to this very peer
+                if count == 1:
+                    del ch.leases[name]
+                else:
+                    ch.leases[name] = count - 1
+                self._shm_out.release(name)
 
     def drain_waiting(self, ch: Channel) -> None:
         waiting = ch.waiting
@@ -368,15 +492,11 @@ class Node:
             ch.write(ch.conn.send_reply(item.call_id, _pickle_dumps(value, 5)))
             return
         try:
-            stream, bufs = dumps(value)
+            stream, bufs, oob = self._serialize(ch, value, None)
         except SerializationError as e:
             self._send_failure(ch, item.call_id, FailureKind.SERIALIZATION, e, "", None, item.method)
             return
-        if len(stream) > INLINE_PAYLOAD_MAX:
-            bufs.insert(0, memoryview(stream))
-            ch.write(ch.conn.send_reply(item.call_id, None, bufs, True))
-        else:
-            ch.write(ch.conn.send_reply(item.call_id, stream, bufs))
+        ch.write(ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob))
 
     def _fail(self, item: CallItem, exc: BaseException, tb: str, label: str) -> None:
         runtime = not tb and isinstance(exc, (DistoError, asyncio.CancelledError))
@@ -479,6 +599,7 @@ class Node:
     def on_ready(self, ch: Channel) -> None:
         peer = ch.conn.peer
         assert peer is not None
+        ch.same_host = bool(peer.host_id) and peer.host_id == self.identity.host_id
         if not ch.address and peer.listen:
             ch.address = peer.listen
             existing = self._channels.get(peer.listen)
@@ -502,6 +623,8 @@ class Node:
                 for cell in list(self._actors.values()):
                     if cell.mailbox.cancel(lambda it: it.ch is ch and it.call_id == cid):
                         break
+            elif kind == Kind.RELEASE:
+                self._on_release(ch, msg.body)
             elif kind == Kind.HEARTBEAT:
                 if not msg.body.is_reply:
                     ch.send(Kind.HEARTBEAT, T.Heartbeat(seq=msg.body.seq, sent_at=msg.body.sent_at, is_reply=True))
@@ -532,6 +655,8 @@ class Node:
             return
         try:
             stream, bufs = self._payload(body, msg.buffers)
+            if body.buffers is not None:  # descriptors were decoded: some buffers may live in shared memory
+                bufs = self._import(ch, bufs)
             args, kwargs = loads(stream, bufs)
             if type(args) is not tuple or type(kwargs) is not dict:
                 raise SerializationError("call arguments must be (tuple, dict)")
@@ -554,6 +679,8 @@ class Node:
             return  # cancelled, or a stale id
         try:
             stream, bufs = self._payload(body, msg.buffers)
+            if body.buffers is not None:
+                bufs = self._import(ch, bufs)
             fut.set_result(loads(stream, bufs))
         except SerializationError as e:
             fut.set_exception(e)
@@ -593,6 +720,11 @@ class Node:
 
     def on_lost(self, ch: Channel, exc: BaseException | None) -> None:
         self._all_channels.discard(ch)
+        if ch.leases and self._shm_out is not None:  # the peer can no longer release what it held
+            for name, count in ch.leases.items():
+                for _ in range(count):
+                    self._shm_out.release(name)
+            ch.leases.clear()
         if self._channels.get(ch.address) is ch:
             del self._channels[ch.address]
         if ch.pending or ch.waiting:
@@ -629,4 +761,5 @@ class Node:
             "peers": sorted(ch.address or ch.peer_name() for ch in self._all_channels if ch.ready),
             "pending_calls": sum(len(ch.pending) + len(ch.waiting) for ch in self._all_channels),
             "buffer_pool": self._pool.stats(),
+            "shm": self._shm_out.stats() if self._shm_out is not None else {},
         }

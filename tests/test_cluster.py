@@ -111,9 +111,10 @@ async def test_actor_that_kills_its_process_fails_the_call() -> None:
 
 
 @pytest.mark.loops("uvloop")
-@pytest.mark.async_timeout(120)
-async def test_256mb_array_and_tensor_are_not_copied_in_python() -> None:
-    """Peak memory of the sender and of the receiver while 256 MB travel stays well under 2x the payload."""
+@pytest.mark.async_timeout(150)
+async def test_256mb_array_and_tensor_copies() -> None:
+    """Peak memory while 256 MB travel to another process. Over TCP there is no Python-level copy on either
+    side; through shared memory the sender makes exactly one copy (into the segment) and the receiver none."""
     script = textwrap.dedent("""
         import resource, sys, numpy as np, torch, disto
         sys.path.insert(0, %r)
@@ -124,22 +125,30 @@ async def test_256mb_array_and_tensor_are_not_copied_in_python() -> None:
             async with disto.LocalCluster(nodes=1, env=%r) as cluster:
                 w = await cluster.spawn(Worker)
                 await w.import_torch()
-                for kind in ("numpy", "torch"):
-                    x = np.ones(256 * MB // 8) if kind == "numpy" else torch.ones(256 * MB // 4)
-                    before_send, before_recv = rss(), await w.maxrss_mb()
-                    total, after_recv = await w.total(x)
-                    assert total == x.size if kind == "numpy" else x.numel()
-                    print(kind, rss() - before_send, after_recv - before_recv, flush=True)
-                    del x
+                for mode in ("tcp", "shm"):
+                    for kind in ("numpy", "torch"):
+                        x = np.ones(256 * MB // 8) if kind == "numpy" else torch.ones(256 * MB // 4)
+                        before_send, before_recv = rss(), await w.maxrss_mb()
+                        with disto.transfer(mode):
+                            total, after_recv = await w.total(x)
+                        assert total == (x.size if kind == "numpy" else x.numel())
+                        print(mode, kind, rss() - before_send, after_recv - before_recv, flush=True)
+                        del x
         disto.run(main())
     """) % (HERE, ENV)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=110)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=140)
     assert out.returncode == 0, out.stderr
-    for line in out.stdout.strip().splitlines():
-        kind, sender_growth, receiver_growth = line.split()
-        # the sender already holds the 256 MB; the receiver needs one 256 MB block to read into
-        assert float(sender_growth) < 64, line
-        assert float(receiver_growth) < 256 * 1.25, line
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 4, out.stdout
+    for line in lines:
+        mode, kind, sender_growth, receiver_growth = line.split()
+        # ru_maxrss is a high-water mark: the first run of a mode pays for the memory it needs
+        if mode == "tcp":
+            assert float(sender_growth) < 64, line          # the socket reads the array's own memory
+            assert float(receiver_growth) < 256 * 1.25, line  # one receive block, reused
+        else:
+            assert float(sender_growth) < 256 * 1.25, line  # one copy into the segment
+            assert float(receiver_growth) < 256 * 1.25, line  # the segment's pages, mapped, not copied
 
 
 def _run_cli(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:

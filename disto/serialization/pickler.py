@@ -10,6 +10,7 @@ stream that holds tensors imports it when it is unpickled.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 from typing import Any
@@ -52,7 +53,8 @@ def _is_simple(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad: bool, param: bool) -> Any:
+def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad: bool, param: bool,
+                    device: str | None = None) -> Any:
     import torch
 
     view = memoryview(buf)
@@ -60,6 +62,8 @@ def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad:
         view = memoryview(bytearray(view))
     t = torch.from_numpy(np.frombuffer(view, dtype=np.uint8))
     t = t.view(dtype).reshape(shape)
+    if device is not None:  # a CUDA tensor that crossed hosts: back onto a GPU here, if there is one
+        t = _to_local_device(t, device)
     if param:
         return torch.nn.Parameter(t, requires_grad=requires_grad)
     if requires_grad:
@@ -67,7 +71,23 @@ def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad:
     return t
 
 
-def _reduce_tensor(t: Any) -> Any:
+# Where CUDA tensors that arrive from another host go: {remote device index: local device index}.
+DEVICE_MAP: dict[int, int] = {}
+
+
+def _to_local_device(t: Any, device: str) -> Any:
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return t  # no GPU here: the tensor stays in host memory
+    index = int(device.split(":")[1]) if ":" in device else 0
+    index = DEVICE_MAP.get(index, index)
+    if index >= torch.cuda.device_count():
+        index = 0
+    return t.to(f"cuda:{index}")
+
+
+def _reduce_tensor(t: Any, pickler: "_Pickler") -> Any:
     import torch
 
     if t.layout != torch.strided or t.is_quantized or t.device.type == "meta" or t.is_nested:
@@ -76,19 +96,55 @@ def _reduce_tensor(t: Any) -> Any:
     param = cls is torch.nn.Parameter
     if cls is not torch.Tensor and not param:
         return NotImplemented
+    device = None
+    if t.device.type == "cuda":
+        if pickler.same_host:
+            return _reduce_cuda_ipc(t)
+        device = str(t.device)
     data = t.detach()
     if data.device.type != "cpu":
         data = data.cpu()
     data = data.resolve_conj().resolve_neg().contiguous().reshape(-1)
+    if pickler.same_host and data.numel() and data.is_shared():
+        pickler.note_torch_shared(data)
     raw = data.view(torch.uint8).numpy() if data.numel() else np.empty(0, dtype=np.uint8)
-    return (_rebuild_tensor, (pickle.PickleBuffer(raw), t.dtype, tuple(t.shape), t.requires_grad, param))
+    args = (pickle.PickleBuffer(raw), t.dtype, tuple(t.shape), t.requires_grad, param)
+    return (_rebuild_tensor, args + (device,) if device else args)
+
+
+def _reduce_cuda_ipc(t: Any) -> Any:
+    """torch's own CUDA IPC reduction: the producer keeps the storage alive until the consumer lets go (a shared
+    ref counter), and the consumer waits on the producer's event before using the memory."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    try:
+        return reduce_tensor(t)
+    except RuntimeError as e:
+        raise SerializationError(f"cannot share this CUDA tensor over CUDA IPC: {e} "
+                                 f"(a CUDA tensor received from another process must be cloned before sending)"
+                                 ) from None
 
 
 class _Pickler(cloudpickle.Pickler):
+    def __init__(self, *args: Any, same_host: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.same_host = same_host
+        self.shared: dict[int, tuple[str, int]] = {}  # data address -> (path to map, offset) of shared tensors
+
+    def note_torch_shared(self, data: Any) -> None:
+        """A CPU tensor in torch shared memory (``share_memory_()``): remember how another process on this
+        host can map the same memory, so the buffer travels by reference."""
+        storage = data.untyped_storage()
+        try:
+            fd, _size = storage._share_fd_cpu_()
+        except (RuntimeError, AttributeError):
+            return  # another sharing strategy: the buffer goes by value
+        self.shared[data.data_ptr()] = (f"/proc/{os.getpid()}/fd/{fd}", data.data_ptr() - storage.data_ptr())
+
     def reducer_override(self, obj: Any) -> Any:
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(obj, torch.Tensor):
-            return _reduce_tensor(obj)
+            return _reduce_tensor(obj, self)
         return super().reducer_override(obj)
 
 
@@ -96,6 +152,14 @@ def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
     """Pickle ``obj``; return the stream and the out-of-band buffers (views of the caller's memory, not copies)."""
     if _is_simple(obj):
         return pickle.dumps(obj, PROTOCOL), []
+    stream, buffers, _ = dumps_for(obj, same_host=False)
+    return stream, buffers
+
+
+def dumps_for(obj: Any, same_host: bool) -> tuple[bytes, list[memoryview], dict[int, tuple[str, int]]]:
+    """Like :func:`dumps`, for a destination on this host (``same_host``) or not. On the same host CUDA tensors
+    become CUDA IPC handles, and the third result maps the address of each buffer that already lives in torch
+    shared memory to how the receiver can map it. Elsewhere CUDA tensors travel through host memory."""
     buffers: list[memoryview] = []
 
     def keep(pb: pickle.PickleBuffer) -> bool:
@@ -106,11 +170,14 @@ def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
         return False
 
     f = io.BytesIO()
+    pickler = _Pickler(f, protocol=PROTOCOL, buffer_callback=keep, same_host=same_host)
     try:
-        _Pickler(f, protocol=PROTOCOL, buffer_callback=keep).dump(obj)
+        pickler.dump(obj)
+    except SerializationError:
+        raise
     except Exception as e:
         raise SerializationError(f"cannot pickle {type(obj).__name__}: {type(e).__name__}: {e}") from e
-    return f.getvalue(), buffers
+    return f.getvalue(), buffers, pickler.shared
 
 
 def loads(data: Any, buffers: list[Any] | tuple[Any, ...] = ()) -> Any:

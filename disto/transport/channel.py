@@ -61,6 +61,10 @@ class Channel(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self.writing_paused = False
         self._handshake_timer: asyncio.TimerHandle | None = None
+        # shared memory
+        self.same_host = False
+        self.leases: dict[str, int] = {}   # SHM blocks we lent the peer: segment -> count
+        self.releases: list[str] = []      # SHM blocks of the peer's that we no longer use, to tell it
 
     # ----------------------------------------------------------------- asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -106,7 +106,9 @@ def _identity_bytes(ident: Identity) -> bytes:
 _EXPECT = {True: Kind.WELCOME, False: Kind.HELLO}
 _CALL = Kind.CALL
 _REPLY = Kind.REPLY
-_APP_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.FAILURE, Kind.CANCEL, Kind.HEARTBEAT, Kind.GOODBYE})
+_APP_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.FAILURE, Kind.CANCEL, Kind.HEARTBEAT, Kind.GOODBYE,
+                        Kind.RELEASE})
+_EXTERNAL_KINDS = frozenset({BufferKind.SHM, BufferKind.SHM_SHARED, BufferKind.CUDA_IPC})
 _KINDS_WITH_BUFFERS = frozenset({Kind.CALL, Kind.REPLY})
 
 
@@ -170,29 +172,13 @@ class Connection:
             raise LocalProtocolError(f"cannot send {Kind._VALUES_TO_NAMES.get(kind, kind)} in state {self.state.value}")
         if kind not in _APP_KINDS:
             raise LocalProtocolError(f"not an application message kind: {kind}")
-        oob_len = 0
         if buffers:
             if kind not in _KINDS_WITH_BUFFERS:
                 raise LocalProtocolError("only CALL and REPLY carry buffers")
-            views = [b if isinstance(b, memoryview) else memoryview(b) for b in buffers]
-            descs = []
-            for v in views:
-                n = v.nbytes
-                descs.append(T.BufferDesc(size=n))
-                oob_len += n
-            body.buffers = descs
-            if oob_len > self._max_frame:
-                raise LocalProtocolError(f"frame of {oob_len} bytes exceeds max_frame {self._max_frame}")
-            data = encode(body)
-            if len(data) > self._max_body:
-                raise LocalProtocolError(f"message body of {len(data)} bytes exceeds max_body {self._max_body}")
-            out: list[Buffer] = [self._frame_bytes(kind, data, oob_len)]
-            out.extend(v.cast("B") if v.format != "B" or v.ndim != 1 else v for v in views)
-            return out
-        data = encode(body)
-        if len(data) > self._max_body:
-            raise LocalProtocolError(f"message body of {len(data)} bytes exceeds max_body {self._max_body}")
-        return [self._frame_bytes(kind, data)]
+            views, sizes, total, descs = self._views(buffers)
+            body.buffers = descs if descs is not None else [T.BufferDesc(size=n) for n in sizes]
+            return [self._checked_frame(kind, encode(body), total), *views]
+        return [self._checked_frame(kind, encode(body), 0)]
 
     def send_call(self, call_id: int, actor_id: int, method: str, payload: Buffer | None,
                   buffers: Sequence[Buffer] = (), payload_oob: bool = False, node_id: str | None = None
@@ -205,8 +191,12 @@ class Connection:
             if len(body) <= self._max_body:
                 return [_pack_header(len(body), WIRE_VERSION, _CALL, 0, 0) + body]
             return [self._checked_frame(Kind.CALL, body, 0)]
-        views, sizes, total = self._views(buffers)
-        body = encode_call(call_id, actor_id, method, payload, sizes, payload_oob, node_id)
+        views, sizes, total, descs = self._views(buffers)
+        if descs is None:
+            body = encode_call(call_id, actor_id, method, payload, sizes, payload_oob, node_id)
+        else:
+            body = encode(T.Call(call_id=call_id, actor_id=actor_id, method=method, payload=payload,
+                                 buffers=descs, payload_oob=payload_oob, node_id=node_id))
         return [self._checked_frame(Kind.CALL, body, total), *views]
 
     def send_reply(self, call_id: int, payload: Buffer | None, buffers: Sequence[Buffer] = (),
@@ -219,21 +209,36 @@ class Connection:
             if len(body) <= self._max_body:
                 return [_pack_header(len(body), WIRE_VERSION, _REPLY, 0, 0) + body]
             return [self._checked_frame(Kind.REPLY, body, 0)]
-        views, sizes, total = self._views(buffers)
-        body = encode_reply(call_id, payload, sizes, payload_oob)
+        views, sizes, total, descs = self._views(buffers)
+        if descs is None:
+            body = encode_reply(call_id, payload, sizes, payload_oob)
+        else:
+            body = encode(T.Reply(call_id=call_id, payload=payload, buffers=descs, payload_oob=payload_oob))
         return [self._checked_frame(Kind.REPLY, body, total), *views]
 
     @staticmethod
-    def _views(buffers: Sequence[Buffer]) -> tuple[list[memoryview], list[int], int]:
+    def _views(buffers: Sequence[Any]) -> tuple[list[memoryview], list[int], int, list[Any] | None]:
+        """Views to write after the body, their sizes, their total, and (only if some buffers are external
+        descriptors that live elsewhere: shared memory, CUDA IPC) the full descriptor list."""
         views = []
         sizes = []
-        for b in buffers:
+        descs: list[Any] | None = None
+        for i, b in enumerate(buffers):
+            if isinstance(b, T.BufferDesc):
+                if b.kind not in _EXTERNAL_KINDS:
+                    raise LocalProtocolError(f"an external buffer descriptor needs an external kind, not {b.kind}")
+                if descs is None:
+                    descs = [T.BufferDesc(size=n) for n in sizes]
+                descs.append(b)
+                continue
             v = b if isinstance(b, memoryview) else memoryview(b)
             if v.format != "B" or v.ndim != 1:
                 v = v.cast("B")
             views.append(v)
             sizes.append(v.nbytes)
-        return views, sizes, sum(sizes)
+            if descs is not None:
+                descs.append(T.BufferDesc(size=v.nbytes))
+        return views, sizes, sum(sizes), descs
 
     def _checked_frame(self, kind: int, body: bytes, oob_len: int) -> bytes:
         if len(body) > self._max_body:
@@ -370,8 +375,9 @@ class Connection:
             self._consume(end)
             msg = Message(kind, body, [])
             if sizes:
-                if sum(sizes) != oob_len:
-                    raise RemoteProtocolError(f"buffer sizes add up to {sum(sizes)}, frame says {oob_len}")
+                inline = sum(n for n in sizes if type(n) is int)
+                if inline != oob_len:
+                    raise RemoteProtocolError(f"buffer sizes add up to {inline}, frame says {oob_len}")
                 self._pending_sizes = sizes[::-1]
                 self._msg = msg
                 continue
@@ -389,15 +395,19 @@ class Connection:
             self._rstart = end
 
     @staticmethod
-    def _inline_sizes(body: Any) -> list[int]:
-        sizes = []
+    def _inline_sizes(body: Any) -> list[Any]:
+        """Per buffer: its size if it follows in this frame, or its descriptor if it lives elsewhere."""
+        items: list[Any] = []
         for d in body.buffers or ():
             if d.size is None or d.size < 0:
                 raise RemoteProtocolError("buffer with a negative size")
-            if d.kind not in (None, BufferKind.INLINE):
-                raise RemoteProtocolError(f"buffer kind {d.kind} is not supported on this connection")
-            sizes.append(d.size)
-        return sizes
+            if d.kind in (None, BufferKind.INLINE):
+                items.append(d.size)
+            elif d.kind in _EXTERNAL_KINDS:
+                items.append(d)
+            else:
+                raise RemoteProtocolError(f"unknown buffer kind {d.kind}")
+        return items
 
     def _read_buffers(self) -> bool:
         """Move pending inline buffers into self._msg; False if more bytes are needed."""
@@ -406,6 +416,9 @@ class Connection:
         assert msg is not None
         while sizes:
             n = sizes[-1]
+            if type(n) is not int:  # an external descriptor: nothing to read here
+                msg.buffers.append(sizes.pop())
+                continue
             avail = self._rend - self._rstart
             if n >= self._large:
                 sizes.pop()

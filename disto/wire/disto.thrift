@@ -27,13 +27,17 @@ enum MessageKind {
   CANCEL = 7,
   HEARTBEAT = 8,
   GOODBYE = 9,
+  RELEASE = 10,
 }
 
 /* Where an out-of-band buffer lives. INLINE buffers follow the body in the same frame. */
 enum BufferKind {
   INLINE = 0,
-  SHM = 1,       // same host: shared-memory segment `segment` at `offset`
-  CUDA_IPC = 2,  // same host: CUDA IPC handle in `handle`
+  SHM = 1,       // same host, value: a block of the sender's segment pool, `segment` at `offset`; the
+                 // receiver maps it and sends RELEASE when the value built on it is gone
+  SHM_SHARED = 2, // same host, by reference: memory both sides share (a tensor in shared memory); `segment`
+                 // names a file to map ("/dev/shm/..." name or "/proc/PID/fd/N"), no RELEASE
+  CUDA_IPC = 3,  // same host: CUDA IPC handle and event in `handle` (torch's reduction, pickled)
 }
 
 struct BufferDesc {
@@ -123,4 +127,9 @@ struct Heartbeat {
 
 struct Goodbye {
   1: optional string reason,
+}
+
+/* The receiver no longer uses these SHM blocks (their values were dropped): the sender may reuse them. */
+struct Release {
+  1: required list<BufferDesc> buffers,
 }

@@ -35,6 +35,7 @@ STRUCT_OF_KIND: dict[int, type] = {
     Kind.CANCEL: T.Cancel,
     Kind.HEARTBEAT: T.Heartbeat,
     Kind.GOODBYE: T.Goodbye,
+    Kind.RELEASE: T.Release,
 }
 
 # Thrift binary type ids

@@ -1,0 +1,34 @@
+"""Arrays and tensors in shared memory: sent to processes on the same host by reference, not by value.
+
+A receiver on the same host maps the same memory, so writes on either side are visible to the other (as with
+``torch.multiprocessing`` and ``share_memory_()``). To other hosts they travel by value, like any array.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .actor import current_node
+
+
+def shared_array(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    """A zero-filled numpy array in this node's shared memory."""
+    dt = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    node = current_node()
+    assert node._shm_out is not None
+    raw, _ = node._shm_out.allocate_shared(n)
+    return raw.view(dt).reshape(shape)
+
+
+def shared_tensor(shape: int | tuple[int, ...], dtype: Any = None) -> Any:
+    """A zero-filled torch CPU tensor in this node's shared memory (default dtype: torch's default)."""
+    import torch
+
+    dtype = dtype or torch.get_default_dtype()
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    raw = shared_array(int(np.prod(shape, dtype=np.int64)) * itemsize, np.uint8)
+    return torch.from_numpy(raw).view(dtype).reshape(shape)
