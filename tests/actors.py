@@ -51,3 +51,21 @@ class Worker(disto.Actor):
 
 class Concurrent(Worker):
     max_concurrency = 1000
+
+
+class Holder(disto.Actor):
+    """Keeps what it is sent; makes big tensors on request."""
+
+    def __init__(self) -> None:
+        self.kept: list = []
+
+    def keep(self, x: object) -> int:
+        self.kept.append(x)
+        return len(self.kept)
+
+    def make(self, n: int) -> object:
+        import torch
+        return torch.full((n,), 7.0)
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -212,3 +212,44 @@ def test_token_file_must_be_private(tmp_path) -> None:
     assert out.returncode == 1 and "readable by others" in out.stderr
     out = _run_cli("status", "127.0.0.1:1", env={"DISTO_TOKEN_FILE": "", "DISTO_TOKEN": ""})
     assert out.returncode == 1 and "no cluster token" in out.stderr
+
+
+def disto_segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("disto-")}
+
+
+@pytest.mark.loops("uvloop")
+async def test_kill_9_of_a_receiver_frees_its_shared_memory_leases() -> None:
+    import torch
+
+    from actors import Holder
+
+    before = disto_segments()
+    async with disto.LocalCluster(nodes=2, env=ENV) as cluster:
+        h = await cluster.nodes[1].spawn(Holder)
+        for _ in range(3):
+            await h.keep(torch.ones(1 << 20))
+        exporter = cluster.node._shm_out
+        assert exporter.stats()["leased"] == 3
+        os.kill(cluster.nodes[1].pid, signal.SIGKILL)
+        with pytest.raises(disto.NodeLostError):
+            await h.keep(1)
+        assert exporter.stats()["leased"] == 0  # the dead peer's leases went back to the pool
+    assert disto_segments() - before == set()
+
+
+@pytest.mark.loops("uvloop")
+async def test_kill_9_of_a_sender_leaves_its_values_readable_and_no_segments() -> None:
+    from actors import Holder
+
+    before = disto_segments()
+    async with disto.LocalCluster(nodes=2, env=ENV) as cluster:
+        h = await cluster.nodes[1].spawn(Holder)
+        t = await h.make(1 << 20)  # came through node 1's segment pool
+        os.kill(cluster.nodes[1].pid, signal.SIGKILL)
+        with pytest.raises(disto.NodeLostError):
+            await h.pid()
+        assert float(t.sum()) == 7.0 * (1 << 20)  # our mapping outlives the sender
+        del t
+    # the janitor of the nodes that stopped removed the dead sender's segments
+    assert disto_segments() - before == set()

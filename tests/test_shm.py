@@ -1,0 +1,211 @@
+"""Same-host transfers through shared memory: placement, value and reference semantics, leases, cleanup."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import disto
+from disto.serialization import Route, ShmExporter, ShmImporter, janitor, route
+from disto.serialization.shm import PREFIX
+from helpers import Counter, nodes, spawn
+
+MB = 1 << 20
+
+
+@pytest.mark.parametrize("facts,mode,expected", [
+    (dict(same_process=True, same_host=True, is_cuda=False, already_shared=False, size=MB), "auto", Route.OBJECT),
+    (dict(same_process=True, same_host=True, is_cuda=True, already_shared=False, size=MB), "tcp", Route.OBJECT),
+    (dict(same_process=False, same_host=True, is_cuda=False, already_shared=False, size=MB), "auto", Route.SHM),
+    (dict(same_process=False, same_host=True, is_cuda=False, already_shared=False, size=100), "auto", Route.INLINE),
+    (dict(same_process=False, same_host=True, is_cuda=False, already_shared=False, size=100), "shm", Route.SHM),
+    (dict(same_process=False, same_host=True, is_cuda=False, already_shared=True, size=100), "auto",
+     Route.SHM_SHARED),
+    (dict(same_process=False, same_host=True, is_cuda=False, already_shared=True, size=MB), "tcp", Route.INLINE),
+    (dict(same_process=False, same_host=True, is_cuda=False, already_shared=False, size=MB), "tcp", Route.INLINE),
+    (dict(same_process=False, same_host=True, is_cuda=True, already_shared=False, size=MB), "auto",
+     Route.CUDA_IPC),
+    (dict(same_process=False, same_host=True, is_cuda=True, already_shared=False, size=MB), "tcp",
+     Route.CUDA_VIA_HOST),
+    (dict(same_process=False, same_host=False, is_cuda=True, already_shared=False, size=MB), "auto",
+     Route.CUDA_VIA_HOST),
+    (dict(same_process=False, same_host=False, is_cuda=False, already_shared=True, size=MB), "shm", Route.INLINE),
+    (dict(same_process=False, same_host=False, is_cuda=False, already_shared=False, size=MB), "auto", Route.INLINE),
+])
+def test_placement_table(facts: dict, mode: str, expected: Route) -> None:
+    assert route(mode=mode, shm_min=1 << 16, **facts) is expected
+
+
+def test_placement_rejects_unknown_mode() -> None:
+    with pytest.raises(ValueError):
+        route(same_process=False, same_host=True, is_cuda=False, already_shared=False, size=1, mode="udp")
+
+
+def disto_segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(PREFIX)}
+
+
+def test_exporter_reuses_released_segments_and_cleans_up() -> None:
+    before = disto_segments()
+    ex, im = ShmExporter("t1"), ShmImporter()
+    a = np.arange(MB // 8, dtype=np.float64)
+    name, off, n = ex.export_copy(memoryview(a))
+    released = []
+    mem = im.import_(name, off, n, lambda: released.append(name))
+    got = np.frombuffer(mem, dtype=np.float64)
+    assert np.array_equal(got, a) and got.flags.writeable
+    del mem
+    assert released == []  # the array still uses the block
+    del got
+    gc.collect()
+    assert released == [name]
+    ex.release(name)
+    again, _, _ = ex.export_copy(memoryview(a))
+    assert again == name and ex.stats()["segments"] == 1  # reused, not a new segment
+    ex.close()
+    im.close()
+    assert disto_segments() == before
+
+
+def test_janitor_removes_segments_of_dead_processes(tmp_path) -> None:
+    dead = tmp_path / f"{PREFIX}999999999-x-1"
+    dead.write_bytes(b"x")
+    mine = tmp_path / f"{PREFIX}{os.getpid()}-x-1"
+    mine.write_bytes(b"x")
+    assert janitor(str(tmp_path)) == [dead.name]
+    assert mine.exists() and not dead.exists()
+
+
+def test_importer_refuses_paths_outside_shm() -> None:
+    im = ShmImporter()
+    with pytest.raises(disto.SerializationError):
+        im.import_("../etc/passwd", 0, 1, None)
+    with pytest.raises(disto.SerializationError):
+        im.import_("not-disto", 0, 1, None)
+
+
+class Keeper(disto.Actor):
+    def __init__(self) -> None:
+        self.kept: list = []
+
+    def keep(self, x: object) -> float:
+        self.kept.append(x)
+        return float(x.sum())
+
+    def kept_sum(self) -> float:
+        return float(sum(float(x.sum()) for x in self.kept))
+
+    def drop(self) -> None:
+        self.kept.clear()
+        gc.collect()
+
+    def scale(self, t: torch.Tensor, k: float) -> None:
+        t.mul_(k)  # in place: visible to the sender only if the memory is shared
+
+    def echo(self, x: object) -> object:
+        return x
+
+
+async def settle(pred, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def test_value_semantics_and_block_reuse() -> None:
+    async with nodes(2) as (a, b):
+        k = await spawn(a, b, Keeper)
+        x = torch.ones(MB)  # 4 MB
+        assert await k.keep(x) == MB
+        x.fill_(2.0)  # the sender changes its tensor after the call: the receiver has a value
+        assert await k.kept_sum() == MB
+        stats = a._shm_out.stats()
+        assert stats["copies"] == 1 and stats["leased"] == 1
+        await k.drop()
+        await settle(lambda: a._shm_out.stats()["leased"] == 0)  # RELEASE came back
+        assert await k.keep(x) == 2 * MB
+        assert a._shm_out.stats()["segments"] == 1  # the released segment was reused
+
+
+async def test_replies_use_shared_memory_too() -> None:
+    async with nodes(2) as (a, b):
+        k = await spawn(a, b, Keeper)
+        x = torch.randn(512, 512)
+        back = await k.echo(x)
+        assert torch.equal(back, x)
+        assert b._shm_out.stats()["copies"] == 1  # the reply went b -> a through b's pool
+        del back
+        gc.collect()
+        await settle(lambda: b._shm_out.stats()["leased"] == 0)
+
+
+async def test_shared_tensors_travel_by_reference() -> None:
+    async with nodes(2) as (a, b):
+        k = await spawn(a, b, Keeper)
+        from disto.actor import _current_node
+
+        token = _current_node.set(a)
+        try:
+            t = disto.shared_tensor((256, 256))
+        finally:
+            _current_node.reset(token)
+        t.fill_(1.0)
+        await k.scale(t, 3.0)
+        assert float(t[0, 0]) == 3.0 and a._shm_out.stats()["copies"] == 0
+        torch_shared = torch.ones(300_000).share_memory_()
+        await k.scale(torch_shared, 5.0)
+        assert float(torch_shared[0]) == 5.0 and a._shm_out.stats()["copies"] == 0
+
+
+async def test_transfer_tcp_forces_bytes_on_the_socket() -> None:
+    async with nodes(2) as (a, b):
+        k = await spawn(a, b, Keeper)
+        with disto.transfer("tcp"):
+            assert await k.keep(torch.ones(MB)) == MB
+        assert a._shm_out.stats()["copies"] == 0
+        with disto.transfer("shm"):
+            assert await k.keep(torch.ones(1000)) == 1000  # small, but forced through shared memory
+        assert a._shm_out.stats()["copies"] == 1
+        with pytest.raises(ValueError):
+            with disto.transfer("carrier-pigeon"):
+                pass
+
+
+@pytest.mark.parametrize("mode", ["tcp", "shm"])
+async def test_tensor_kinds_round_trip_through_each_path(mode: str) -> None:
+    base = torch.arange(100_000, dtype=torch.float32)
+    values = {
+        "strided": base.reshape(100, 1000).t(),
+        "view": base[10:50_000:3],
+        "bf16": torch.randn(70_000).to(torch.bfloat16),
+        "bool": torch.rand(100_000) > 0.5,
+        "complex": torch.randn(20_000, dtype=torch.complex64),
+        "empty": torch.zeros(0, 5),
+        "param": torch.nn.Parameter(torch.randn(50_000)),
+        "grad": torch.randn(50_000, requires_grad=True),
+        "nested": {"list": [np.arange(100_000), (torch.ones(40_000),)]},
+    }
+    async with nodes(2) as (a, b):
+        k = await spawn(a, b, Keeper)
+        with disto.transfer(mode):
+            back = await k.echo(values)
+    for key in ("strided", "view", "bf16", "bool", "complex", "empty"):
+        assert back[key].dtype == values[key].dtype and torch.equal(back[key], values[key]), key
+    assert isinstance(back["param"], torch.nn.Parameter) and back["param"].requires_grad
+    assert back["grad"].requires_grad and torch.equal(back["grad"].detach(), values["grad"].detach())
+    assert np.array_equal(back["nested"]["list"][0], values["nested"]["list"][0])
+
+
+async def test_node_stop_leaves_no_segments() -> None:
+    before = disto_segments()
+    async with nodes(2) as (a, b):
+        k = await spawn(a, b, Keeper)
+        await k.keep(torch.ones(MB))
+        assert disto_segments() - before
+    assert disto_segments() - before == set()
