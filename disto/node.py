@@ -170,6 +170,7 @@ class Node:
         janitor()
         self._shm_out = ShmExporter(self.node_id, max_free_bytes=self.config.shm_pool_bytes)
         self._shm_in = ShmImporter()
+        self._spawn_bg(self._housekeeping())
         _default_node.append(self)
         self._install_system_actor(NodeService(self), NODE_SERVICE_ID)
         if self.seed is None:
@@ -231,6 +232,17 @@ class Node:
         if self in _default_node:
             _default_node.remove(self)
         self._stopped.set()
+
+    async def _housekeeping(self) -> None:
+        """Periodic chores: let torch free CUDA memory whose IPC consumers are done with it."""
+        from .serialization import pickler
+
+        while True:
+            await asyncio.sleep(1.0)
+            if pickler.CUDA_IPC_USED:
+                torch = sys.modules.get("torch")
+                if torch is not None:
+                    torch.cuda.ipc_collect()
 
     def _spawn_bg(self, coro: Any) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -367,10 +379,11 @@ class Node:
     def _serialize(self, ch: Channel, obj: Any, mode: str | None) -> tuple[bytes, list, bool]:
         """Pickle for this channel's peer: (stream, buffers, stream is out of band). Buffers for a peer on this
         host go through shared memory as the placement policy says."""
-        if ch.same_host:
+        mode = mode or self.config.transfer
+        if ch.same_host and mode != "tcp":
             stream, bufs, shared = dumps_for(obj, same_host=True)
             if bufs:
-                bufs = self._export(ch, bufs, shared, mode or self.config.transfer)
+                bufs = self._export(ch, bufs, shared, mode)
         else:
             stream, bufs = dumps(obj)
         if len(stream) > INLINE_PAYLOAD_MAX:

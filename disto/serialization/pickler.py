@@ -112,11 +112,16 @@ def _reduce_tensor(t: Any, pickler: "_Pickler") -> Any:
     return (_rebuild_tensor, args + (device,) if device else args)
 
 
+CUDA_IPC_USED = False  # set once this process has shared a CUDA tensor: its node then calls ipc_collect()
+
+
 def _reduce_cuda_ipc(t: Any) -> Any:
     """torch's own CUDA IPC reduction: the producer keeps the storage alive until the consumer lets go (a shared
     ref counter), and the consumer waits on the producer's event before using the memory."""
     from torch.multiprocessing.reductions import reduce_tensor
 
+    global CUDA_IPC_USED
+    CUDA_IPC_USED = True
     try:
         return reduce_tensor(t)
     except RuntimeError as e:

@@ -1,0 +1,160 @@
+"""CUDA checks for disto, to run on a machine with a GPU (scripts/gpu_check.sh). Prints a report; exits non-zero
+if a check fails. Without CUDA it says so and exits 0.
+
+Checks: CUDA tensors of 1 MB / 64 MB / 1 GB both ways between two processes on one host over CUDA IPC (contents,
+and event ordering: the producer writes on a side stream and sends without synchronizing), time per call against
+the same tensors forced through host memory over TCP, memory returned to the producer after the consumer lets go,
+re-sharing a received CUDA tensor refused, and a consumer killed with SIGKILL leaving the producer running.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import sys
+import time
+
+import torch
+
+import disto
+
+MB = 1 << 20
+SIZES = [1 * MB, 64 * MB, 1024 * MB]
+failures: list[str] = []
+
+
+def check(cond: bool, what: str) -> None:
+    print(("  ok   " if cond else "  FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+class GpuPeer(disto.Actor):
+    def __init__(self) -> None:
+        self.kept: list = []
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def inspect(self, t: torch.Tensor, expect: float) -> tuple[str, bool]:
+        # reads on this process's current stream: correct only if the producer's event was waited on
+        return str(t.device), bool((t == expect).all().item())
+
+    def keep(self, t: torch.Tensor) -> int:
+        self.kept.append(t)
+        return len(self.kept)
+
+    def drop(self) -> None:
+        self.kept.clear()
+        torch.cuda.synchronize()
+
+    def make(self, nbytes: int, value: float) -> torch.Tensor:
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            t = torch.empty(nbytes // 4, device="cuda")
+            torch.cuda._sleep(50_000_000)  # keep the side stream busy: a consumer that did not wait sees garbage
+            t.fill_(value)
+        # the reply is pickled after we return, on the current stream: order it after the side stream's work
+        # (the documented contract, as for any cross-stream use in torch); no host synchronization
+        torch.cuda.current_stream().wait_stream(side)
+        self.kept.append(t)
+        return t
+
+    def send_back(self) -> torch.Tensor:
+        return self.kept[-1]  # a received CUDA tensor: must be refused
+
+
+async def timed(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+async def main() -> int:
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; nothing to check")
+        return 0
+    print(f"gpu_check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, disto {disto.__version__}")
+    async with disto.LocalCluster(nodes=1, env={"PYTHONPATH": os.pathsep.join(sys.path)}) as cluster:
+        peer = await cluster.nodes[0].spawn(GpuPeer)
+        rows = []
+        for size in SIZES:
+            n = size // 4
+            # producer (this process) writes on a side stream, then sends without synchronizing
+            side = torch.cuda.Stream()
+            with torch.cuda.stream(side):
+                t = torch.empty(n, device="cuda")
+                torch.cuda._sleep(50_000_000)
+                t.fill_(3.0)
+                device, ok = await peer.inspect(t, 3.0)
+            check(ok and device.startswith("cuda"), f"{size // MB} MB driver -> peer over IPC: contents after the "
+                                                   f"producer's side-stream write")
+            back = await peer.make(size, 5.0)
+            check(back.is_cuda and bool((back == 5.0).all().item()),
+                  f"{size // MB} MB peer -> driver over IPC: contents after the peer's side-stream write")
+            del back
+            ipc = await timed(lambda: peer.inspect(t, 3.0), 5)
+            with disto.transfer("tcp"):
+                device, ok = await peer.inspect(t, 3.0)
+                check(ok and device.startswith("cuda"), f"{size // MB} MB forced over TCP: rebuilt on the GPU")
+                tcp = await timed(lambda: peer.inspect(t, 3.0), 3 if size < 1024 * MB else 1)
+            rows.append((size, ipc, tcp))
+            del t
+            await peer.drop()
+        print(f"\n{'size':>8} {'CUDA IPC per call':>18} {'via host + TCP':>16}")
+        for size, ipc, tcp in rows:
+            print(f"{size // MB:>6}MB {ipc * 1e3:>15.2f} ms {tcp * 1e3:>13.1f} ms")
+        check(rows[-1][1] < 20 * rows[0][1] + 0.005, "IPC time per call does not grow with the size "
+                                                     f"({rows[0][1] * 1e3:.2f} ms at 1 MB, {rows[-1][1] * 1e3:.2f} "
+                                                     f"ms at 1 GB)")
+
+        # memory goes back to the producer once the consumer lets go
+        torch.cuda.synchronize()
+        torch.cuda.ipc_collect()
+        base = torch.cuda.memory_allocated()
+        big = torch.ones(256 * MB, device="cuda")
+        await peer.keep(big)
+        del big
+        torch.cuda.ipc_collect()
+        held = torch.cuda.memory_allocated() - base
+        check(held >= 1024 * MB, f"while the consumer holds it the producer keeps the storage ({held / MB:.0f} MB)")
+        await peer.drop()
+        for _ in range(50):
+            torch.cuda.ipc_collect()
+            if torch.cuda.memory_allocated() - base < 16 * MB:
+                break
+            await asyncio.sleep(0.1)
+        check(torch.cuda.memory_allocated() - base < 16 * MB,
+              f"after the consumer lets go the memory returns ({(torch.cuda.memory_allocated() - base) / MB:.0f} MB"
+              f" left)")
+
+        # re-sharing a received CUDA tensor is refused with a clear error
+        await peer.keep(torch.ones(1000, device="cuda"))
+        try:
+            await peer.send_back()
+            check(False, "re-sharing a received CUDA tensor is refused")
+        except disto.SerializationError as e:
+            check("clone" in str(e), f"re-sharing a received CUDA tensor is refused: {str(e)[:90]}...")
+
+        # a consumer killed with SIGKILL while it holds our memory: the producer keeps running
+        await peer.keep(torch.ones(64 * MB, device="cuda"))
+        pid = await peer.pid()
+        os.kill(pid, signal.SIGKILL)
+        try:
+            await peer.pid()
+            check(False, "calls to the killed consumer fail")
+        except disto.NodeLostError:
+            check(True, "calls to the killed consumer fail with NodeLostError")
+        x = torch.randn(1024, 1024, device="cuda")
+        torch.cuda.ipc_collect()
+        check(bool(torch.isfinite(x @ x).all().item()), "the producer keeps computing after its consumer died")
+    print("\ngpu_check:", "all checks passed" if not failures else f"{len(failures)} FAILED: {failures}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(disto.run(main()))
