@@ -32,6 +32,9 @@ class Summer(disto.Actor):
     def total(self, t: torch.Tensor) -> float:
         return float(t.sum())
 
+    def count(self, t: torch.Tensor) -> float:
+        return float(t.numel())  # receives the tensor without reading it: the cost of the transfer alone
+
 
 def raw_floor(port: int, size: int, n: int) -> list[float]:
     out = subprocess.run([sys.executable, os.path.join(HERE, "_raw_bulk.py"), "client", str(port), str(size),
@@ -57,7 +60,7 @@ async def main(args: argparse.Namespace) -> dict:
                 shared.fill_(1.0)
                 dst = np.empty(size, dtype=np.uint8)
                 src = t.numpy().view(np.uint8)
-                times: dict[str, list[float]] = {k: [] for k in ("memcpy", "raw", "shm", "shared", "tcp")}
+                times: dict[str, list[float]] = {k: [] for k in ("memcpy", "raw", "shm", "shared", "shared0", "tcp")}
                 iters = 3 if size >= 256 * MB else 5
                 for _ in range(repeat):
                     for _ in range(iters):
@@ -66,11 +69,13 @@ async def main(args: argparse.Namespace) -> dict:
                         times["memcpy"].append(time.perf_counter() - t0)
                     times["raw"] += await asyncio.get_running_loop().run_in_executor(None, raw_floor, port, size,
                                                                                      iters)
-                    for name, value, mode in (("shm", t, "auto"), ("shared", shared, "auto"), ("tcp", t, "tcp")):
+                    for name, value, mode in (("shm", t, "auto"), ("shared", shared, "auto"),
+                                              ("shared0", shared, "auto"), ("tcp", t, "tcp")):
+                        method = s.count if name == "shared0" else s.total
                         with disto.transfer(mode):
                             for _ in range(iters):
                                 t0 = time.perf_counter()
-                                total = await s.total(value)
+                                total = await method(value)
                                 times[name].append(time.perf_counter() - t0)
                                 assert total == n
                 med = {k: statistics.median(v) for k, v in times.items()}
@@ -81,12 +86,13 @@ async def main(args: argparse.Namespace) -> dict:
         server.wait()
     print(f"\nW4 tensor to an actor in another process, which returns its sum  {time.strftime('%Y-%m-%d %H:%M')}  "
           f"{platform.node()}  {os.cpu_count()} cores  (medians; GB/s = size / time per call)")
-    print(f"{'size':>7} | {'memcpy':>19} | {'raw socket':>19} | {'disto shm':>19} | {'disto shared':>19} | "
-          f"{'disto tcp':>19} | tcp/raw")
+    print(f"{'size':>7} | {'memcpy':>19} | {'raw socket':>19} | {'disto shm (value)':>19} | "
+          f"{'disto shared (ref)':>19} | {'shared, not read':>19} | {'disto tcp':>19} | tcp/raw")
     for size, med in rows:
         def cell(k: str) -> str:
             return f"{size / med[k] / 1e9:5.2f}GB/s {med[k] * 1e3:7.2f}ms"
-        print(f"{size // MB:>5}MB | " + " | ".join(cell(k) for k in ("memcpy", "raw", "shm", "shared", "tcp"))
+        print(f"{size // MB:>5}MB | " + " | ".join(cell(k) for k in ("memcpy", "raw", "shm", "shared", "shared0",
+                                                                      "tcp"))
               + f" | {med['raw'] / med['tcp']:.2f}x")
     print(f"load average: {os.getloadavg()}")
     return {"rows": [{"size": s, **m} for s, m in rows]}

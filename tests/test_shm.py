@@ -209,3 +209,18 @@ async def test_node_stop_leaves_no_segments() -> None:
         await k.keep(torch.ones(MB))
         assert disto_segments() - before
     assert disto_segments() - before == set()
+
+
+@pytest.mark.parametrize("mode", ["tcp", "shm"])
+async def test_views_that_share_storage_arrive_with_their_values(mode: str) -> None:
+    base = torch.arange(200_000, dtype=torch.float32)
+    msg = (base, base[1000:50_000], base.view(400, 500)[:, ::7], base)  # the same tensor twice: one object
+    async with nodes(2) as (a, b):
+        k = await spawn(a, b, Keeper)
+        with disto.transfer(mode):
+            back = await k.echo(msg)
+    assert torch.equal(back[0], base) and torch.equal(back[1], base[1000:50_000])
+    assert torch.equal(back[2], base.view(400, 500)[:, ::7])
+    assert back[3] is back[0]  # pickle's memo: one object in, one object out
+    # a view travels as its own data (a small view of a big tensor does not drag the whole storage along)
+    assert back[1].untyped_storage().nbytes() == 49_000 * 4
