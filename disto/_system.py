@@ -34,6 +34,9 @@ class NodeService(Actor):
     def ping(self) -> str:
         return "pong"
 
+    def members_changed(self, members: list[dict[str, Any]]) -> None:
+        self._node._on_members(members)
+
     def shutdown(self, reason: str = "shutdown requested") -> bool:
         node = self._node
         # stop after this reply has been written
@@ -54,10 +57,22 @@ class Registry(Actor):
     def join(self, info: dict[str, Any]) -> list[dict[str, Any]]:
         info = dict(info, joined_at=time.time())
         self._members[info["node_id"]] = info
+        self._broadcast(skip=info["node_id"])
         return self.members()
 
     def leave(self, node_id: str) -> None:
         self._drop(node_id)
+
+    def _broadcast(self, skip: str | None = None) -> None:
+        """Tell every member the new member list (one-way: a member that is gone must not hold us up)."""
+        members = self.members()
+        for m in members:
+            if m["node_id"] == skip or m["node_id"] == self._node.node_id or m["address"].startswith("client:"):
+                continue
+            service = ActorRef(m["node_id"], m["address"], 0, "NodeService", None, self._node)
+            service.members_changed.tell(members)
+        if skip != self._node.node_id:
+            self._node._on_members(members)
 
     def members(self) -> list[dict[str, Any]]:
         return sorted(self._members.values(), key=lambda m: m["joined_at"])
@@ -84,9 +99,11 @@ class Registry(Actor):
         return dict(self._names)
 
     def _drop(self, node_id: str) -> None:
-        self._members.pop(node_id, None)
+        if self._members.pop(node_id, None) is None:
+            return
         for name in [n for n, r in self._names.items() if r.node_id == node_id]:
             del self._names[name]
+        self._broadcast()
 
     def _peer_lost(self, node_id: str, _address: str) -> None:
         self._drop(node_id)

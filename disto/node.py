@@ -16,6 +16,7 @@ import os
 import pickle
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from ._ids import format_address, host_id, new_node_id, parse_address
 from ._mailbox import CallItem, Mailbox, describe_exception
 from .actor import Actor, ActorRef, _current_node, _default_node, public_methods
 from .futures import Future
+from .membership import FailureDetector
 from .serialization import BufferPool, Route, ShmExporter, ShmImporter, dumps, dumps_for, janitor, loads, route
 from .serialization.shm import _address
 from .transport import Channel
@@ -39,6 +41,13 @@ INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not 
 MIN_TOKEN_BYTES = 16
 _pickle_dumps = pickle.dumps
 _SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
+
+
+def _failed(fut: Future, exc: BaseException, oneway: bool) -> Future:
+    fut.set_exception(exc)
+    if oneway:
+        fut.exception()  # a one-way call's future is usually ignored: don't warn that nobody read it
+    return fut
 
 
 def _scalars(args: tuple) -> bool:
@@ -62,6 +71,8 @@ class NodeConfig:
     transfer: str = "auto"          # "auto", "tcp" (always bytes on the socket) or "shm" (see disto.transfer)
     shm_min: int = 1 << 16          # CPU buffers this big go through shared memory to peers on this host
     shm_pool_bytes: int = 2 << 30   # free shared-memory segments kept for reuse
+    heartbeat_interval: float = 0.5  # each side of a connection sends a heartbeat this often
+    failure_timeout: float = 2.5    # a peer silent this long is declared lost (frozen, cut off, or overloaded)
 
 
 _transfer_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar("disto_transfer", default=None)
@@ -146,6 +157,10 @@ class Node:
         self.registry: ActorRef | None = None
         self._shm_out: ShmExporter | None = None
         self._shm_in: ShmImporter | None = None
+        self._fd = FailureDetector(self.config.failure_timeout, self.config.heartbeat_interval)
+        self._lost: dict[str, float] = {}  # address -> when a node there was declared lost by the detector
+        self.members: list[dict[str, Any]] = []
+        self._rejoining = False
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> "Node":
@@ -181,7 +196,7 @@ class Node:
         if self.role == "client":
             return self  # a command-line client talks to the cluster without becoming a member
         try:
-            await self.registry.join(self.info_for_registry())
+            self._on_members(await self.registry.join(self.info_for_registry()))
         except BaseException:
             await self.stop()
             raise
@@ -234,15 +249,48 @@ class Node:
         self._stopped.set()
 
     async def _housekeeping(self) -> None:
-        """Periodic chores: let torch free CUDA memory whose IPC consumers are done with it."""
+        """Periodic chores: heartbeats and failure detection; let torch free CUDA memory whose IPC consumers are
+        done with it."""
         from .serialization import pickler
 
+        loop = asyncio.get_running_loop()
+        period = min(0.1, self.config.heartbeat_interval / 2)  # detection lags the timeout by at most this
+        last_collect = loop.time()
         while True:
-            await asyncio.sleep(1.0)
-            if pickler.CUDA_IPC_USED:
+            await asyncio.sleep(period)
+            now = loop.time()
+            fd = self._fd
+            for ch in list(self._all_channels):
+                if ch.ready and ch in fd:
+                    fd.heard(ch, ch.last_heard)
+            for ch in fd.due(now):
+                if ch.can_send():
+                    ch.send(Kind.HEARTBEAT, T.Heartbeat(seq=0, sent_at=time.time()))
+            for ch in fd.tick(now):
+                self._declare_lost(ch, now)
+            if pickler.CUDA_IPC_USED and now - last_collect >= 1.0:
+                last_collect = now
                 torch = sys.modules.get("torch")
                 if torch is not None:
                     torch.cuda.ipc_collect()
+
+    def _declare_lost(self, ch: Channel, now: float) -> None:
+        """The failure detector heard nothing from this peer for too long: fail everything pending on it now,
+        and fail new calls to its actors at once until it joins again."""
+        silence = self.config.failure_timeout
+        name = ch.peer_name()
+        log.warning("declaring %s lost: silent for %.1f s", name, silence)
+        ch.lost_reason = NodeLostError(f"node {name} is not responding (silent for {silence:.1f} s: frozen, "
+                                       f"partitioned or overloaded)", node=ch.address)
+        if ch.address:
+            self._lost[ch.address] = now
+        ch.abort()
+
+    def _on_members(self, members: list[dict[str, Any]]) -> None:
+        """The registry's member list changed: nodes that joined again are reachable again."""
+        self.members = members
+        for m in members:
+            self._lost.pop(m.get("address", ""), None)
 
     def _spawn_bg(self, coro: Any) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -340,8 +388,11 @@ class Node:
             self._call_local(ref, method, args, kwargs, fut, oneway)
             return fut
         if self._closing:
-            fut.set_exception(ClosedError("this node is stopped"))
-            return fut
+            return _failed(fut, ClosedError("this node is stopped"), oneway)
+        if self._lost and ref.node_address in self._lost and ref.actor_id >= FIRST_USER_ACTOR_ID:
+            return _failed(fut, ActorDeadError(
+                f"the node of {ref._describe()} ({ref.node_address}) was declared lost and has not joined again",
+                actor=ref._describe(), node=ref.node_address), oneway)
         ch = self._channel_to(ref.node_address)
         call = (ref, method, args, kwargs, _transfer_mode.get())
         if not ch.waiting and ch.call_capacity():
@@ -358,7 +409,7 @@ class Node:
             try:
                 stream, bufs, oob = self._serialize(ch, (args, kwargs), mode)
             except SerializationError as e:
-                fut.set_exception(e)
+                _failed(fut, e, oneway)
                 return
         if oob:
             stream = None
@@ -476,7 +527,7 @@ class Node:
     def _call_local(self, ref: ActorRef, method: str, args: tuple, kwargs: dict, fut: Future, oneway: bool) -> None:
         cell = self._actors.get(ref.actor_id)
         if cell is None or (ref.node_id and ref.node_id != self.node_id):
-            fut.set_exception(self._missing(ref.actor_id, ref.node_id))
+            _failed(fut, self._missing(ref.actor_id, ref.node_id), oneway)
             return
         item = CallItem(None, 0, method, args, kwargs, None if oneway else fut)
         if oneway:
@@ -613,6 +664,9 @@ class Node:
         peer = ch.conn.peer
         assert peer is not None
         ch.same_host = bool(peer.host_id) and peer.host_id == self.identity.host_id
+        self._fd.add(ch, ch.loop.time())
+        if peer.listen:
+            self._lost.pop(peer.listen, None)  # it is back
         if not ch.address and peer.listen:
             ch.address = peer.listen
             existing = self._channels.get(peer.listen)
@@ -639,8 +693,7 @@ class Node:
             elif kind == Kind.RELEASE:
                 self._on_release(ch, msg.body)
             elif kind == Kind.HEARTBEAT:
-                if not msg.body.is_reply:
-                    ch.send(Kind.HEARTBEAT, T.Heartbeat(seq=msg.body.seq, sent_at=msg.body.sent_at, is_reply=True))
+                pass  # any bytes count as a sign of life (Channel.last_heard); nothing to answer
             elif kind == Kind.GOODBYE:
                 ch.lost_reason = NodeLostError(f"node {ch.peer_name()} left: {msg.body.reason or 'goodbye'}",
                                                node=ch.address)
@@ -733,6 +786,11 @@ class Node:
 
     def on_lost(self, ch: Channel, exc: BaseException | None) -> None:
         self._all_channels.discard(ch)
+        self._fd.remove(ch)
+        if (self.seed is not None and ch.address == self.seed and ch.ready and not self._closing
+                and self.role != "client" and not self._rejoining):
+            self._rejoining = True
+            self._spawn_bg(self._rejoin())
         if ch.leases and self._shm_out is not None:  # the peer can no longer release what it held
             for name, count in ch.leases.items():
                 for _ in range(count):
@@ -753,9 +811,11 @@ class Node:
                 if not fut.done():
                     fut.set_exception(err)
             while ch.waiting:
-                fut = ch.waiting.popleft()[1]
+                _, fut, oneway = ch.waiting.popleft()
                 if not fut.done():
                     fut.set_exception(err)
+                    if oneway:
+                        fut.exception()  # a one-way call's future is usually ignored: don't warn about it
         peer = ch.conn.peer
         if peer is not None and ch.ready:
             for cb in list(self._peer_lost_callbacks):
@@ -763,6 +823,23 @@ class Node:
                     cb(peer.node_id, ch.address)
                 except Exception:
                     log.exception("peer-lost callback failed")
+
+    async def _rejoin(self) -> None:
+        """The connection to the seed was lost: join again (the seed dropped us), retrying until it works."""
+        assert self.registry is not None
+        try:
+            delay = 0.2
+            while not self._closing:
+                await asyncio.sleep(delay)
+                try:
+                    self._on_members(await self.registry.join(self.info_for_registry()))
+                    log.info("joined the seed %s again", self.seed)
+                    return
+                except DistoError as e:
+                    log.debug("rejoin failed: %s", e)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._rejoining = False
 
     def add_peer_lost_callback(self, cb: Callable[[str, str], None]) -> None:
         self._peer_lost_callbacks.append(cb)
@@ -772,6 +849,8 @@ class Node:
             "node_id": self.node_id, "address": self.address, "role": self.role, "pid": os.getpid(),
             "actors": [{"id": r.actor_id, "class": r.actor_class, "name": r.actor_name} for r in self.actors()],
             "peers": sorted(ch.address or ch.peer_name() for ch in self._all_channels if ch.ready),
+            "last_heard": {ch.address or ch.peer_name(): round(ch.loop.time() - ch.last_heard, 3)
+                           for ch in self._all_channels if ch.ready},
             "pending_calls": sum(len(ch.pending) + len(ch.waiting) for ch in self._all_channels),
             "buffer_pool": self._pool.stats(),
             "shm": self._shm_out.stats() if self._shm_out is not None else {},

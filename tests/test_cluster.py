@@ -253,3 +253,38 @@ async def test_kill_9_of_a_sender_leaves_its_values_readable_and_no_segments() -
         del t
     # the janitor of the nodes that stopped removed the dead sender's segments
     assert disto_segments() - before == set()
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(60)
+async def test_sigstop_fails_pending_calls_within_the_bound_and_the_node_rejoins() -> None:
+    async with disto.LocalCluster(nodes=3, env=ENV) as cluster:
+        frozen = cluster.nodes[1]
+        w = await frozen.spawn(Concurrent)
+        other = await cluster.nodes[2].spawn(Worker)
+        pending = [w.wait(i) for i in range(100)]
+        assert await w.pid() == frozen.pid  # all 100 are on the wire
+        loop = asyncio.get_running_loop()
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            t0 = loop.time()
+            results = await disto.within(disto.collect_all(pending), 3.0)  # the bound: 3 s by default
+            elapsed = loop.time() - t0
+            assert all(isinstance(r, disto.NodeLostError) for r in results), results[:3]
+            t1 = loop.time()
+            with pytest.raises(disto.ActorDeadError):
+                await w.pid()  # new calls fail at once, no new 3 s wait
+            assert loop.time() - t1 < 0.5
+            assert await other.add(1) == 1  # the rest of the cluster is unaffected
+            print(f"SIGSTOP: 100 pending calls failed {elapsed:.2f} s after the freeze")
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        # the node comes back: it finds its connections gone, joins the seed again, and is reachable again
+        for _ in range(100):
+            try:
+                assert await w.pid() == frozen.pid
+                break
+            except (disto.ActorDeadError, disto.NodeLostError):
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the resumed node did not become reachable again")

@@ -61,6 +61,7 @@ class Channel(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self.writing_paused = False
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self.last_heard = self.loop.time()  # any bytes from the peer are a sign of life
         # shared memory
         self.same_host = False
         self.leases: dict[str, int] = {}   # SHM blocks we lent the peer: segment -> count
@@ -73,6 +74,7 @@ class Channel(asyncio.BufferedProtocol):
 
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_heard = self.loop.time()
         self.conn.buffer_updated(nbytes)
         self._process()
 
