@@ -288,3 +288,41 @@ async def test_sigstop_fails_pending_calls_within_the_bound_and_the_node_rejoins
                 await asyncio.sleep(0.1)
         else:
             raise AssertionError("the resumed node did not become reachable again")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(180)
+def test_torchrun_forms_one_cluster() -> None:
+    port = _free_port()
+    env = dict(os.environ, DISTO_TOKEN="torchrun-test-token-0123456789", DISTO_PORT=str(_free_port()),
+               PYTHONPATH=os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    script = os.path.join(os.path.dirname(HERE), "examples", "launch", "hello.py")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                          f"--master-port={port}", "-m", "disto.launch", script],
+                         capture_output=True, text=True, timeout=170, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ranks ['0', '1']" in out.stdout, out.stdout + out.stderr
+
+
+def test_launcher_environments() -> None:
+    from disto.launch import first_slurm_host, read_env
+
+    le = read_env({"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert (le.rank, le.world, le.seed_host, le.seed_port, le.host) == (1, 4, "127.0.0.1", 29501, "127.0.0.1")
+    le = read_env({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "localhost",
+                   "DISTO_PORT": "7000"})
+    assert (le.rank, le.world, le.seed_host, le.seed_port) == (3, 8, "127.0.0.1", 7000)
+    assert first_slurm_host("gpu[03-05,07],cpu1") == "gpu03"
+    assert first_slurm_host("node7") == "node7"
+    assert first_slurm_host("a-b[1,2]") == "a-b1"
+    with pytest.raises(disto.DistoError):
+        read_env({})
+    with pytest.raises(disto.DistoError):
+        read_env({"RANK": "4", "WORLD_SIZE": "4"})
