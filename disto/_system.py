@@ -22,8 +22,17 @@ class NodeService(Actor):
         self._node = node
 
     async def spawn(self, cls: type, args: tuple = (), kwargs: dict | None = None,
-                    name: str | None = None) -> ActorRef:
-        return await self._node.spawn_local(cls, args, kwargs or {}, name)
+                    name: str | None = None, max_restarts: int = 0) -> ActorRef:
+        ref = await self._node.spawn_local(cls, args, kwargs or {}, name)
+        if max_restarts:
+            # the seed remembers how to build it again if this node is lost
+            assert self._node.registry is not None
+            try:
+                await self._node.registry.supervise(ref, cls, args, kwargs or {}, max_restarts)
+            except BaseException:
+                await self._node.stop_actor(ref.actor_id)
+                raise
+        return ref
 
     async def stop_actor(self, actor_id: int) -> bool:
         return await self._node.stop_actor(actor_id)
@@ -44,6 +53,17 @@ class NodeService(Actor):
         return True
 
 
+class _Spec:
+    __slots__ = ("cls", "args", "kwargs", "name", "restarts_left")
+
+    def __init__(self, cls: type, args: tuple, kwargs: dict, name: str | None, restarts_left: int) -> None:
+        self.cls = cls
+        self.args = args
+        self.kwargs = kwargs
+        self.name = name
+        self.restarts_left = restarts_left
+
+
 class Registry(Actor):
     """Member list and actor names, kept by the seed node. A member whose connection to the seed is lost is
     dropped with its names."""
@@ -52,6 +72,8 @@ class Registry(Actor):
         self._node = node
         self._members: dict[str, dict[str, Any]] = {}
         self._names: dict[str, ActorRef] = {}
+        self._supervised: dict[tuple[str, int], _Spec] = {}  # (node id, actor id) -> how to restart it
+        self.restarts: list[dict[str, Any]] = []  # what was restarted where (for status and tests)
         node.add_peer_lost_callback(self._peer_lost)
 
     def join(self, info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,12 +120,50 @@ class Registry(Actor):
     def names(self) -> dict[str, ActorRef]:
         return dict(self._names)
 
+    def supervise(self, ref: ActorRef, cls: type, args: tuple, kwargs: dict, max_restarts: int) -> None:
+        if not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+        self._supervised[(ref.node_id, ref.actor_id)] = _Spec(cls, args, kwargs, ref.actor_name, max_restarts)
+
+    def unsupervise(self, node_id: str, actor_id: int) -> None:
+        self._supervised.pop((node_id, actor_id), None)
+
+    def restart_log(self) -> list[dict[str, Any]]:
+        return list(self.restarts)
+
     def _drop(self, node_id: str) -> None:
         if self._members.pop(node_id, None) is None:
             return
         for name in [n for n, r in self._names.items() if r.node_id == node_id]:
             del self._names[name]
         self._broadcast()
+        orphans = [(key, spec) for key, spec in self._supervised.items() if key[0] == node_id]
+        for key, spec in orphans:
+            del self._supervised[key]
+            self._node._spawn_bg(self._restart(spec, lost_node=node_id))
+
+    async def _restart(self, spec: "_Spec", lost_node: str) -> None:
+        """Build a supervised actor again (constructor rerun, state lost) on a live worker node."""
+        from ._errors import DistoError
+
+        candidates = [m for m in self.members() if m["role"] == "worker" and m["node_id"] != lost_node]
+        if not candidates:
+            self.restarts.append({"name": spec.name, "error": "no live worker node"})
+            return
+        # the least loaded by supervised actors, so restarts spread out
+        load = {m["node_id"]: 0 for m in candidates}
+        for (nid, _), _s in self._supervised.items():
+            if nid in load:
+                load[nid] += 1
+        # ties go to nodes other than the seed, which already carries the registry
+        target = min(candidates, key=lambda m: (load[m["node_id"]], m["node_id"] == self._node.node_id))
+        service = ActorRef(target["node_id"], target["address"], 0, "NodeService", None, self._node)
+        try:
+            ref = await service.spawn(spec.cls, spec.args, spec.kwargs, spec.name, spec.restarts_left - 1)
+            self.restarts.append({"name": spec.name, "node": target["address"], "actor_id": ref.actor_id,
+                                  "restarts_left": spec.restarts_left - 1})
+        except DistoError as e:
+            self.restarts.append({"name": spec.name, "error": f"{type(e).__name__}: {e}"})
 
     def _peer_lost(self, node_id: str, _address: str) -> None:
         self._drop(node_id)

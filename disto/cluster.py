@@ -29,10 +29,13 @@ class NodeHandle:
         self.pid: int = info.get("pid", 0)
         self._service = ActorRef(self.node_id, self.address, NODE_SERVICE_ID, "NodeService", None, via)
 
-    def spawn(self, cls: type, *args: Any, name: str | None = None, **kwargs: Any) -> Future[ActorRef]:
+    def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0,
+              **kwargs: Any) -> Future[ActorRef]:
         """Create an actor of ``cls`` on this node; ``args``/``kwargs`` go to its constructor. ``name`` makes it
-        findable with ``cluster.lookup(name)`` (the name must be free)."""
-        return self._service.spawn(cls, args, kwargs, name)
+        findable with ``cluster.lookup(name)`` (the name must be free). With ``max_restarts=N`` the actor is
+        built again (constructor rerun, state lost) on another live node if its node is lost, up to N times;
+        its name then resolves to the new actor. Calls in flight when it died fail (at most once)."""
+        return self._service.spawn(cls, args, kwargs, name, max_restarts)
 
     def stats(self) -> Future[dict[str, Any]]:
         return self._service.info()
@@ -59,11 +62,13 @@ class Cluster:
         self.nodes = [NodeHandle(m, self.node) for m in members if m.get("role") == "worker"]
         return self.nodes
 
-    def spawn(self, cls: type, *args: Any, name: str | None = None, **kwargs: Any) -> Future[ActorRef]:
-        """Create an actor on some node (round robin over ``nodes``)."""
+    def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0,
+              **kwargs: Any) -> Future[ActorRef]:
+        """Create an actor on some node (round robin over ``nodes``); see :meth:`NodeHandle.spawn`."""
         if not self.nodes:
             raise DistoError("the cluster has no worker nodes")
-        return self.nodes[next(self._rr) % len(self.nodes)].spawn(cls, *args, name=name, **kwargs)
+        node = self.nodes[next(self._rr) % len(self.nodes)]
+        return node.spawn(cls, *args, name=name, max_restarts=max_restarts, **kwargs)
 
     async def lookup(self, name: str) -> ActorRef:
         """The actor registered under ``name``; ActorNotFoundError if there is none."""

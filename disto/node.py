@@ -362,9 +362,11 @@ class Node:
                     await r
             except Exception:
                 log.exception("on_stop of %s raised", cell.mailbox.label)
-        if cell.ref.actor_name and self.registry is not None and not self.closed:
-            try:
-                await self.registry.unregister(cell.ref.actor_name, cell.ref)
+        if self.registry is not None and not self.closed and not self._closing:
+            try:  # a stopped actor is not restarted, and its name is free again
+                self.registry.unsupervise.tell(self.node_id, actor_id)
+                if cell.ref.actor_name:
+                    await self.registry.unregister(cell.ref.actor_name, cell.ref)
             except DistoError as e:
                 log.debug("could not unregister %s: %s", cell.ref.actor_name, e)
         return True

@@ -326,3 +326,53 @@ def test_launcher_environments() -> None:
         read_env({})
     with pytest.raises(disto.DistoError):
         read_env({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(60)
+async def test_supervised_actor_is_restarted_elsewhere_and_keeps_its_name() -> None:
+    async with disto.LocalCluster(nodes=3, env=ENV) as cluster:
+        first = await cluster.nodes[1].spawn(Worker, name="svc", max_restarts=1)
+        assert await first.add(5) == 5
+        os.kill(cluster.nodes[1].pid, signal.SIGKILL)
+        with pytest.raises(disto.NodeLostError):
+            await first.add(1)  # in flight or sent after the crash: fails, never silently retried
+
+        async def resolved_elsewhere() -> disto.ActorRef:
+            while True:
+                try:
+                    ref = await cluster.lookup("svc")
+                    if ref.node_address != first.node_address:
+                        return ref
+                except disto.ActorNotFoundError:
+                    pass
+                await asyncio.sleep(0.05)
+
+        second = await disto.within(resolved_elsewhere(), 10.0)
+        assert await second.add(1) == 1  # constructor rerun: state starts afresh
+        assert await second.pid() in (cluster.nodes[0].pid, cluster.nodes[2].pid)
+
+        # its restart budget is spent: losing its node again leaves the name unresolved
+        victim = next(h for h in cluster.nodes if h.address == second.node_address)
+        os.kill(victim.pid, signal.SIGKILL)
+        with pytest.raises(disto.NodeLostError):
+            await second.add(1)
+        for _ in range(100):
+            try:
+                await cluster.lookup("svc")
+            except disto.ActorNotFoundError:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("a spent supervised actor kept its name")
+
+
+@pytest.mark.loops("uvloop")
+async def test_stopped_supervised_actor_is_not_restarted() -> None:
+    async with disto.LocalCluster(nodes=2, env=ENV) as cluster:
+        ref = await cluster.nodes[1].spawn(Worker, name="once", max_restarts=3)
+        assert await cluster.stop(ref)
+        os.kill(cluster.nodes[1].pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        with pytest.raises(disto.ActorNotFoundError):
+            await cluster.lookup("once")
