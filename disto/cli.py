@@ -94,13 +94,14 @@ async def _status(args: argparse.Namespace) -> int:
                                                          for i in infos],
                           "names": {k: repr(v) for k, v in names.items()}}, indent=2, default=str))
         return 0
-    print(f"{'node':<18} {'address':<22} {'role':<7} {'pid':>7} {'actors':>6} {'pending':>7}")
+    print(f"{'node':<18} {'address':<22} {'role':<7} {'pid':>7} {'actors':>6} {'pending':>7}  peers (last heard)")
     for info in infos:
         if isinstance(info, BaseException):
             print(f"  unreachable: {info}")
             continue
+        heard = ", ".join(f"{peer} {age:.1f}s ago" for peer, age in sorted(info.get("last_heard", {}).items()))
         print(f"{info['node_id']:<18} {info['address']:<22} {info['role']:<7} {info['pid']:>7} "
-              f"{len(info['actors']):>6} {info['pending_calls']:>7}")
+              f"{len(info['actors']):>6} {info['pending_calls']:>7}  {heard}")
         for a in info["actors"]:
             print(f"    #{a['id']:<5} {a['class']:<24} {a['name'] or ''}")
     if names:
