@@ -67,6 +67,19 @@ def _address(buf: Any) -> int:
     return np.frombuffer(buf, dtype=np.uint8).ctypes.data if memoryview(buf).nbytes else 0
 
 
+def _find(ranges: list[tuple[int, int, str]], view: memoryview) -> tuple[str, int, int] | None:
+    """(name, offset, size) of the range (sorted by start address) that holds all of ``view``, if any."""
+    if not ranges:
+        return None
+    addr = _address(view)
+    i = bisect.bisect_right(ranges, addr, key=lambda r: r[0]) - 1
+    if i >= 0:
+        start, end, name = ranges[i]
+        if start <= addr and addr + view.nbytes <= end:
+            return name, addr - start, view.nbytes
+    return None
+
+
 class _Segment:
     __slots__ = ("name", "size", "mm", "addr", "leases", "shared")
 
@@ -89,7 +102,7 @@ class ShmExporter:
         self._n = 0
         self._segments: dict[str, _Segment] = {}
         self._free: list[_Segment] = []
-        self._ranges: list[tuple[int, int, _Segment]] = []  # shared segments by address, for by-reference
+        self._ranges: list[tuple[int, int, str]] = []  # shared segments by address, for by-reference
         self._lock = threading.Lock()
         self.copies = 0  # buffers exported by value (for tests and stats)
         self.closed = False
@@ -165,21 +178,13 @@ class ShmExporter:
         """A fresh shared segment for :func:`shared_tensor`; its memory is sent by reference."""
         with self._lock:
             seg = self._create(max(nbytes, 1), shared=True)
-            bisect.insort(self._ranges, (seg.addr, seg.addr + seg.size, seg), key=lambda r: r[0])
+            bisect.insort(self._ranges, (seg.addr, seg.addr + seg.size, seg.name), key=lambda r: r[0])
         arr = np.frombuffer(seg.mm, dtype=np.uint8, count=nbytes)
         return arr, seg.name
 
     def find_shared(self, view: memoryview) -> tuple[str, int, int] | None:
         """(segment, offset, size) if ``view`` lies inside a shared segment of ours."""
-        if not self._ranges:
-            return None
-        addr = _address(view)
-        i = bisect.bisect_right(self._ranges, addr, key=lambda r: r[0]) - 1
-        if i >= 0:
-            start, end, seg = self._ranges[i]
-            if start <= addr and addr + view.nbytes <= end:
-                return seg.name, addr - start, view.nbytes
-        return None
+        return _find(self._ranges, view)
 
     def stats(self) -> dict[str, int]:
         return {"segments": len(self._segments), "free": len(self._free), "copies": self.copies,
@@ -267,15 +272,7 @@ class ShmImporter:
 
     def find_shared(self, view: memoryview) -> tuple[str, int, int] | None:
         """(segment, offset, size) if ``view`` lies in memory we received by reference."""
-        if not self._shared:
-            return None
-        addr = _address(view)
-        i = bisect.bisect_right(self._shared, addr, key=lambda r: r[0]) - 1
-        if i >= 0:
-            start, end, name = self._shared[i]
-            if start <= addr and addr + view.nbytes <= end:
-                return name, addr - start, view.nbytes
-        return None
+        return _find(self._shared, view)
 
     def forget(self, name: str) -> None:
         self._maps.pop(name, None)
