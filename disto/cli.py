@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
 
 from ._errors import DistoError
 from ._runner import run

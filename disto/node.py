@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import logging
 import os
 import pickle
@@ -27,17 +26,16 @@ from ._mailbox import CallItem, Mailbox, describe_exception
 from .actor import Actor, ActorRef, _current_node, _default_node, public_methods
 from .futures import Future
 from .membership import FailureDetector
-from .serialization import BufferPool, Route, ShmExporter, ShmImporter, dumps, dumps_for, janitor, loads, route
-from .serialization.shm import _address
+from ._buffers import INLINE_PAYLOAD_MAX, BufferRouter
+from .serialization import BufferPool, dumps, janitor, loads
 from .transport import Channel
-from .wire import BufferKind, Connection, FailureKind, Identity, Kind, Message, T
+from .wire import Connection, FailureKind, Identity, Kind, Message, T
 
 log = logging.getLogger("disto.node")
 
 NODE_SERVICE_ID = 0
 REGISTRY_ID = 1
 FIRST_USER_ACTOR_ID = 16
-INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not through a Thrift field
 MIN_TOKEN_BYTES = 16
 _pickle_dumps = pickle.dumps
 _SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
@@ -89,9 +87,6 @@ def transfer(mode: str) -> Any:
         yield
     finally:
         _transfer_mode.reset(token)
-
-
-_DESC = T.BufferDesc
 
 
 def normalize_token(token: str | bytes | None) -> bytes:
@@ -155,8 +150,7 @@ class Node:
         self._stopped = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.registry: ActorRef | None = None
-        self._shm_out: ShmExporter | None = None
-        self._shm_in: ShmImporter | None = None
+        self.buffers: BufferRouter | None = None  # shared memory to same-host peers, once started
         self._fd = FailureDetector(self.config.failure_timeout, self.config.heartbeat_interval)
         self._lost: dict[str, float] = {}  # address -> when a node there was declared lost by the detector
         self.members: list[dict[str, Any]] = []
@@ -183,8 +177,9 @@ class Node:
             self.address = f"client:{self.node_id}"  # not dialable; refs to its actors work only locally
         self.identity = Identity(self.node_id, self.address if self._server else "", host_id(), os.getpid())
         janitor()
-        self._shm_out = ShmExporter(self.node_id, max_free_bytes=self.config.shm_pool_bytes)
-        self._shm_in = ShmImporter()
+        cfg = self.config
+        self.buffers = BufferRouter(self.node_id, transfer=cfg.transfer, shm_min=cfg.shm_min,
+                                    shm_pool_bytes=cfg.shm_pool_bytes, loop=lambda: self.loop)
         self._spawn_bg(self._housekeeping())
         _default_node.append(self)
         self._install_system_actor(NodeService(self), NODE_SERVICE_ID)
@@ -239,9 +234,8 @@ class Node:
             ch.abort()
         for t in list(self._bg):
             t.cancel()
-        if self._shm_out is not None:
-            self._shm_out.close()
-            self._shm_in.close()
+        if self.buffers is not None:
+            self.buffers.close()
         janitor()
         self.closed = True
         if self in _default_node:
@@ -409,7 +403,7 @@ class Node:
             stream, bufs, oob = _pickle_dumps((args, kwargs), 5), (), False
         else:
             try:
-                stream, bufs, oob = self._serialize(ch, (args, kwargs), mode)
+                stream, bufs, oob = self.buffers.serialize(ch, (args, kwargs), mode)
             except SerializationError as e:
                 _failed(fut, e, oneway)
                 return
@@ -428,96 +422,6 @@ class Node:
         fut._cancel_arg = cid
         if ch.can_send():
             ch.write(ch.conn.send_call(cid, ref.actor_id, method, stream, bufs, oob, node_id))
-
-    def _serialize(self, ch: Channel, obj: Any, mode: str | None) -> tuple[bytes, list, bool]:
-        """Pickle for this channel's peer: (stream, buffers, stream is out of band). Buffers for a peer on this
-        host go through shared memory as the placement policy says."""
-        mode = mode or self.config.transfer
-        if ch.same_host and mode != "tcp":
-            stream, bufs, shared = dumps_for(obj, same_host=True)
-            if bufs:
-                bufs = self._export(ch, bufs, shared, mode)
-        else:
-            stream, bufs = dumps(obj)
-        if len(stream) > INLINE_PAYLOAD_MAX:
-            bufs.insert(0, memoryview(stream))
-            return stream, bufs, True
-        return stream, bufs, False
-
-    def _export(self, ch: Channel, bufs: list, shared: dict, mode: str) -> list:
-        assert self._shm_out is not None and self._shm_in is not None
-        out: list[Any] = []
-        for v in bufs:
-            n = v.nbytes
-            ref = None
-            if mode != "tcp":
-                if shared:
-                    ref = shared.get(_address(v))
-                if ref is None:
-                    ref = self._shm_out.find_shared(v) or self._shm_in.find_shared(v)
-            r = route(same_process=False, same_host=True, is_cuda=False, already_shared=ref is not None, size=n,
-                      mode=mode, shm_min=self.config.shm_min)
-            if r is Route.SHM_SHARED:
-                assert ref is not None
-                out.append(_DESC(size=n, kind=BufferKind.SHM_SHARED, segment=ref[0], offset=ref[1]))
-            elif r is Route.SHM:
-                name, offset, _ = self._shm_out.export_copy(v)
-                ch.leases[name] = ch.leases.get(name, 0) + 1
-                out.append(_DESC(size=n, kind=BufferKind.SHM, segment=name, offset=offset))
-            else:
-                out.append(v)
-        return out
-
-    def _import(self, ch: Channel, bufs: list) -> list:
-        """Turn shared-memory descriptors into memory; SHM blocks are released to the sender when dropped."""
-        assert self._shm_in is not None
-        out = []
-        for b in bufs:
-            if type(b) is not _DESC:
-                out.append(b)
-            elif b.kind == BufferKind.SHM:
-                out.append(self._shm_in.import_(b.segment or "", b.offset or 0, b.size,
-                                                functools.partial(self._release_later, ch, b.segment)))
-            elif b.kind == BufferKind.SHM_SHARED:
-                out.append(self._shm_in.import_(b.segment or "", b.offset or 0, b.size, None, shared=True))
-            else:
-                raise SerializationError(f"buffer kind {b.kind} is not supported here")
-        return out
-
-    def _release_later(self, ch: Channel, name: str) -> None:
-        # runs from a finalizer, in whatever thread dropped the last reference
-        loop = self.loop
-        if loop is None or ch.closed or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._release_now, ch, name)
-        except RuntimeError:
-            pass  # the loop is closing
-
-    def _release_now(self, ch: Channel, name: str) -> None:
-        if ch.closed:
-            return
-        if not ch.releases:
-            asyncio.get_running_loop().call_soon(self._flush_releases, ch)
-        ch.releases.append(name)
-
-    @staticmethod
-    def _flush_releases(ch: Channel) -> None:
-        names, ch.releases = ch.releases, []
-        if names and ch.can_send():
-            ch.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n) for n in names]))
-
-    def _on_release(self, ch: Channel, body: Any) -> None:
-        assert self._shm_out is not None
-        for d in body.buffers:
-            name = d.segment or ""
-            count = ch.leases.get(name, 0)
-            if count > 0:  # only what we leased to this very peer
-                if count == 1:
-                    del ch.leases[name]
-                else:
-                    ch.leases[name] = count - 1
-                self._shm_out.release(name)
 
     def drain_waiting(self, ch: Channel) -> None:
         waiting = ch.waiting
@@ -558,7 +462,7 @@ class Node:
             ch.write(ch.conn.send_reply(item.call_id, _pickle_dumps(value, 5)))
             return
         try:
-            stream, bufs, oob = self._serialize(ch, value, None)
+            stream, bufs, oob = self.buffers.serialize(ch, value, None)
         except SerializationError as e:
             self._send_failure(ch, item.call_id, FailureKind.SERIALIZATION, e, "", None, item.method)
             return
@@ -693,7 +597,7 @@ class Node:
                     if cell.mailbox.cancel(lambda it: it.ch is ch and it.call_id == cid):
                         break
             elif kind == Kind.RELEASE:
-                self._on_release(ch, msg.body)
+                self.buffers.on_release(ch, msg.body)
             elif kind == Kind.HEARTBEAT:
                 pass  # any bytes count as a sign of life (Channel.last_heard); nothing to answer
             elif kind == Kind.GOODBYE:
@@ -724,7 +628,7 @@ class Node:
         try:
             stream, bufs = self._payload(body, msg.buffers)
             if body.buffers is not None:  # descriptors were decoded: some buffers may live in shared memory
-                bufs = self._import(ch, bufs)
+                bufs = self.buffers.import_(ch, bufs)
             args, kwargs = loads(stream, bufs)
             if type(args) is not tuple or type(kwargs) is not dict:
                 raise SerializationError("call arguments must be (tuple, dict)")
@@ -748,7 +652,7 @@ class Node:
         try:
             stream, bufs = self._payload(body, msg.buffers)
             if body.buffers is not None:
-                bufs = self._import(ch, bufs)
+                bufs = self.buffers.import_(ch, bufs)
             fut.set_result(loads(stream, bufs))
         except SerializationError as e:
             fut.set_exception(e)
@@ -793,11 +697,8 @@ class Node:
                 and self.role != "client" and not self._rejoining):
             self._rejoining = True
             self._spawn_bg(self._rejoin())
-        if ch.leases and self._shm_out is not None:  # the peer can no longer release what it held
-            for name, count in ch.leases.items():
-                for _ in range(count):
-                    self._shm_out.release(name)
-            ch.leases.clear()
+        if ch.leases and self.buffers is not None:
+            self.buffers.peer_lost(ch)
         if self._channels.get(ch.address) is ch:
             del self._channels[ch.address]
         if ch.pending or ch.waiting:
@@ -855,5 +756,5 @@ class Node:
                            for ch in self._all_channels if ch.ready},
             "pending_calls": sum(len(ch.pending) + len(ch.waiting) for ch in self._all_channels),
             "buffer_pool": self._pool.stats(),
-            "shm": self._shm_out.stats() if self._shm_out is not None else {},
+            "shm": self.buffers.exporter.stats() if self.buffers is not None else {},
         }

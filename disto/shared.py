@@ -18,8 +18,10 @@ def shared_array(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.nd
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     node = current_node()
-    assert node._shm_out is not None
-    raw, _ = node._shm_out.allocate_shared(n)
+    if node.buffers is None:
+        from ._errors import ClosedError
+        raise ClosedError("the node is not started")
+    raw, _ = node.buffers.exporter.allocate_shared(n)
     return raw.view(dt).reshape(shape)
 
 

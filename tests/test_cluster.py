@@ -229,7 +229,7 @@ async def test_kill_9_of_a_receiver_frees_its_shared_memory_leases() -> None:
         h = await cluster.nodes[1].spawn(Holder)
         for _ in range(3):
             await h.keep(torch.ones(1 << 20))
-        exporter = cluster.node._shm_out
+        exporter = cluster.node.buffers.exporter
         assert exporter.stats()["leased"] == 3
         os.kill(cluster.nodes[1].pid, signal.SIGKILL)
         with pytest.raises(disto.NodeLostError):

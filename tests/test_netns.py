@@ -12,7 +12,7 @@ import time
 import pytest
 
 import disto
-from actors import Concurrent, Worker
+from actors import Worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKEN = "netns-test-token-0123456789abcdef"

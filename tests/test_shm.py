@@ -12,7 +12,7 @@ import torch
 import disto
 from disto.serialization import Route, ShmExporter, ShmImporter, janitor, route
 from disto.serialization.shm import PREFIX
-from helpers import Counter, nodes, spawn
+from helpers import nodes, spawn
 
 MB = 1 << 20
 
@@ -125,12 +125,12 @@ async def test_value_semantics_and_block_reuse() -> None:
         assert await k.keep(x) == MB
         x.fill_(2.0)  # the sender changes its tensor after the call: the receiver has a value
         assert await k.kept_sum() == MB
-        stats = a._shm_out.stats()
+        stats = a.buffers.exporter.stats()
         assert stats["copies"] == 1 and stats["leased"] == 1
         await k.drop()
-        await settle(lambda: a._shm_out.stats()["leased"] == 0)  # RELEASE came back
+        await settle(lambda: a.buffers.exporter.stats()["leased"] == 0)  # RELEASE came back
         assert await k.keep(x) == 2 * MB
-        assert a._shm_out.stats()["segments"] == 1  # the released segment was reused
+        assert a.buffers.exporter.stats()["segments"] == 1  # the released segment was reused
 
 
 async def test_replies_use_shared_memory_too() -> None:
@@ -139,10 +139,10 @@ async def test_replies_use_shared_memory_too() -> None:
         x = torch.randn(512, 512)
         back = await k.echo(x)
         assert torch.equal(back, x)
-        assert b._shm_out.stats()["copies"] == 1  # the reply went b -> a through b's pool
+        assert b.buffers.exporter.stats()["copies"] == 1  # the reply went b -> a through b's pool
         del back
         gc.collect()
-        await settle(lambda: b._shm_out.stats()["leased"] == 0)
+        await settle(lambda: b.buffers.exporter.stats()["leased"] == 0)
 
 
 async def test_shared_tensors_travel_by_reference() -> None:
@@ -157,10 +157,10 @@ async def test_shared_tensors_travel_by_reference() -> None:
             _current_node.reset(token)
         t.fill_(1.0)
         await k.scale(t, 3.0)
-        assert float(t[0, 0]) == 3.0 and a._shm_out.stats()["copies"] == 0
+        assert float(t[0, 0]) == 3.0 and a.buffers.exporter.stats()["copies"] == 0
         torch_shared = torch.ones(300_000).share_memory_()
         await k.scale(torch_shared, 5.0)
-        assert float(torch_shared[0]) == 5.0 and a._shm_out.stats()["copies"] == 0
+        assert float(torch_shared[0]) == 5.0 and a.buffers.exporter.stats()["copies"] == 0
 
 
 async def test_transfer_tcp_forces_bytes_on_the_socket() -> None:
@@ -168,10 +168,10 @@ async def test_transfer_tcp_forces_bytes_on_the_socket() -> None:
         k = await spawn(a, b, Keeper)
         with disto.transfer("tcp"):
             assert await k.keep(torch.ones(MB)) == MB
-        assert a._shm_out.stats()["copies"] == 0
+        assert a.buffers.exporter.stats()["copies"] == 0
         with disto.transfer("shm"):
             assert await k.keep(torch.ones(1000)) == 1000  # small, but forced through shared memory
-        assert a._shm_out.stats()["copies"] == 1
+        assert a.buffers.exporter.stats()["copies"] == 1
         with pytest.raises(ValueError):
             with disto.transfer("carrier-pigeon"):
                 pass

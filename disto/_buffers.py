@@ -1,0 +1,124 @@
+"""How a node's payload buffers reach a peer: inline on the socket, or through shared memory when the peer is on
+this host (the placement policy decides per buffer), with the SHM leases, RELEASE messages and peer-death
+cleanup that go with it. Used by :class:`disto.node.Node`; one instance per node."""
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._errors import SerializationError
+from .serialization import Route, ShmExporter, ShmImporter, dumps, dumps_for, route
+from .serialization.shm import _address
+from .wire import BufferKind, Kind, T
+
+if TYPE_CHECKING:
+    from .transport import Channel
+
+INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not through a Thrift field
+_DESC = T.BufferDesc
+
+
+class BufferRouter:
+    def __init__(self, node_id: str, *, transfer: str, shm_min: int, shm_pool_bytes: int,
+                 loop: Callable[[], asyncio.AbstractEventLoop | None]) -> None:
+        self.transfer = transfer
+        self.shm_min = shm_min
+        self.exporter = ShmExporter(node_id, max_free_bytes=shm_pool_bytes)
+        self.importer = ShmImporter()
+        self._loop = loop
+
+    def close(self) -> None:
+        self.exporter.close()
+        self.importer.close()
+
+    def serialize(self, ch: "Channel", obj: Any, mode: str | None) -> tuple[bytes, list, bool]:
+        """Pickle for this channel's peer: (stream, buffers, stream is out of band). Buffers for a peer on this
+        host go through shared memory as the placement policy says."""
+        mode = mode or self.transfer
+        if ch.same_host and mode != "tcp":
+            stream, bufs, shared = dumps_for(obj, same_host=True)
+            if bufs:
+                bufs = self._export(ch, bufs, shared, mode)
+        else:
+            stream, bufs = dumps(obj)
+        if len(stream) > INLINE_PAYLOAD_MAX:
+            bufs.insert(0, memoryview(stream))
+            return stream, bufs, True
+        return stream, bufs, False
+
+    def _export(self, ch: "Channel", bufs: list, shared: dict, mode: str) -> list:
+        out: list[Any] = []
+        for v in bufs:
+            n = v.nbytes
+            ref = shared.get(_address(v)) if shared else None
+            if ref is None:
+                ref = self.exporter.find_shared(v) or self.importer.find_shared(v)
+            r = route(same_process=False, same_host=True, is_cuda=False, already_shared=ref is not None, size=n,
+                      mode=mode, shm_min=self.shm_min)
+            if r is Route.SHM_SHARED:
+                assert ref is not None
+                out.append(_DESC(size=n, kind=BufferKind.SHM_SHARED, segment=ref[0], offset=ref[1]))
+            elif r is Route.SHM:
+                name, offset, _ = self.exporter.export_copy(v)
+                ch.leases[name] = ch.leases.get(name, 0) + 1
+                out.append(_DESC(size=n, kind=BufferKind.SHM, segment=name, offset=offset))
+            else:
+                out.append(v)
+        return out
+
+    def import_(self, ch: "Channel", bufs: list) -> list:
+        """Turn shared-memory descriptors into memory; SHM blocks are released to the sender when dropped."""
+        out = []
+        for b in bufs:
+            if type(b) is not _DESC:
+                out.append(b)
+            elif b.kind == BufferKind.SHM:
+                out.append(self.importer.import_(b.segment or "", b.offset or 0, b.size,
+                                                 functools.partial(self._release_later, ch, b.segment)))
+            elif b.kind == BufferKind.SHM_SHARED:
+                out.append(self.importer.import_(b.segment or "", b.offset or 0, b.size, None, shared=True))
+            else:
+                raise SerializationError(f"buffer kind {b.kind} is not supported here")
+        return out
+
+    def _release_later(self, ch: "Channel", name: str) -> None:
+        # runs from a finalizer, in whatever thread dropped the last reference
+        loop = self._loop()
+        if loop is None or ch.closed or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._release_now, ch, name)
+        except RuntimeError:
+            pass  # the loop is closing
+
+    def _release_now(self, ch: "Channel", name: str) -> None:
+        if ch.closed:
+            return
+        if not ch.releases:
+            asyncio.get_running_loop().call_soon(self._flush_releases, ch)
+        ch.releases.append(name)
+
+    @staticmethod
+    def _flush_releases(ch: "Channel") -> None:
+        names, ch.releases = ch.releases, []
+        if names and ch.can_send():
+            ch.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n) for n in names]))
+
+    def on_release(self, ch: "Channel", body: Any) -> None:
+        for d in body.buffers:
+            name = d.segment or ""
+            count = ch.leases.get(name, 0)
+            if count > 0:  # only what we leased to this very peer
+                if count == 1:
+                    del ch.leases[name]
+                else:
+                    ch.leases[name] = count - 1
+                self.exporter.release(name)
+
+    def peer_lost(self, ch: "Channel") -> None:
+        """The peer can no longer release what it held: take it all back."""
+        for name, count in ch.leases.items():
+            for _ in range(count):
+                self.exporter.release(name)
+        ch.leases.clear()
