@@ -1,0 +1,162 @@
+"""The trainer: spawns center shards and workers on a cluster, evaluates and checkpoints the center, survives
+lost workers, and returns the history."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from disto import ActorDeadError, ActorRef, Cluster, DistoError, NodeLostError, collect, collect_all
+from .actors import CenterShard, Worker
+from .algorithms import EASGDConfig, accuracy, flatten_, shard_bounds
+
+log = logging.getLogger("disto.easgd")
+
+
+@dataclass
+class History:
+    config: dict[str, Any]
+    evals: list[dict[str, Any]] = field(default_factory=list)   # time, samples, steps, accuracy
+    workers: list[dict[str, Any]] = field(default_factory=list)  # final stats per worker
+    events: list[dict[str, Any]] = field(default_factory=list)   # lost and respawned workers
+    seconds: float = 0.0
+
+    def time_to(self, target: float) -> float | None:
+        return next((e["time"] for e in self.evals if e["accuracy"] >= target), None)
+
+    def samples_to(self, target: float) -> int | None:
+        return next((e["samples"] for e in self.evals if e["accuracy"] >= target), None)
+
+    @property
+    def best(self) -> float:
+        return max((e["accuracy"] for e in self.evals), default=0.0)
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+
+
+class Trainer:
+    """EA-SGD (and baselines) on a disto cluster, with your own model and data.
+
+    ``model_fn()`` builds the model (same initial weights everywhere: it is built after ``torch.manual_seed``);
+    ``data_fn(rank)`` returns the (x, y) training tensors of worker ``rank`` (it runs on the worker's node);
+    ``test`` is the (x, y) the center is evaluated on, here. ``checkpoint``: a path the center is saved to at
+    every evaluation.
+    """
+
+    def __init__(self, cluster: Cluster, cfg: EASGDConfig, model_fn: Callable[[], torch.nn.Module],
+                 data_fn: Callable[[int], tuple[Any, Any]], test: tuple[torch.Tensor, torch.Tensor],
+                 loss_fn: Callable[..., torch.Tensor] = torch.nn.functional.cross_entropy,
+                 checkpoint: str | None = None, respawn: bool = True) -> None:
+        if not cluster.nodes:
+            raise DistoError("the cluster has no worker nodes")
+        self.cluster = cluster
+        self.cfg = cfg
+        self.model_fn = model_fn
+        self.data_fn = data_fn
+        self.loss_fn = loss_fn
+        self.test = test
+        self.checkpoint = checkpoint
+        self.respawn = respawn
+        torch.manual_seed(cfg.seed)
+        self._eval_model = model_fn()
+        self.center0 = flatten_(model_fn_seeded(model_fn, cfg.seed)).clone()
+        self.bounds = shard_bounds(self.center0.numel(), cfg.shards)
+        self.shards: list[ActorRef] = []
+        self.workers: dict[int, ActorRef] = {}
+        self.runs: dict[int, asyncio.Future] = {}
+
+    async def _spawn_worker(self, rank: int, start: torch.Tensor | None, run: bool = True) -> None:
+        nodes = self.cluster.nodes
+        for attempt in range(len(nodes)):
+            node = nodes[(rank + attempt) % len(nodes)]
+            try:
+                ref = await node.spawn(Worker, rank, self.cfg, self.model_fn, self.data_fn, self.loss_fn,
+                                       self.shards, self.bounds, start)
+            except (NodeLostError, ActorDeadError):
+                continue
+            self.workers[rank] = ref
+            if run:
+                self.runs[rank] = ref.run()
+            return
+        raise DistoError(f"no live node to run worker {rank} on")
+
+    async def center(self) -> torch.Tensor:
+        try:
+            return torch.cat(await collect([s.fetch() for s in self.shards]))
+        except (NodeLostError, ActorDeadError) as e:
+            raise DistoError(f"a parameter shard was lost ({e}); the center was last saved to "
+                             f"{self.checkpoint or '(no checkpoint configured)'}") from e
+
+    async def run(self, seconds: float = 60.0, target: float | None = None, max_steps: int | None = None,
+                  on_eval: Callable[[dict[str, Any]], None] | None = None) -> History:
+        """Train for at most ``seconds`` (or until the center reaches accuracy ``target``, or each worker did
+        ``max_steps``); return the history."""
+        cfg = self.cfg
+        history = History(config=asdict(cfg))
+        nodes = self.cluster.nodes
+        lr = cfg.lr if cfg.algorithm == "downpour" else 0.0
+        self.shards = await collect(
+            nodes[i % len(nodes)].spawn(CenterShard, self.center0[a:b], lr) for i, (a, b) in enumerate(self.bounds))
+        for rank in range(cfg.workers):
+            await self._spawn_worker(rank, None, run=False)
+        for rank, ref in self.workers.items():  # start together, once every node is done building its worker
+            self.runs[rank] = ref.run(max_steps)
+        t0 = time.perf_counter()
+        try:
+            while True:
+                await asyncio.sleep(cfg.eval_interval)
+                await self._watch_workers(history, t0, max_steps)
+                center = await self.center()
+                acc = accuracy(self.model_fn, center, *self.test, model=self._eval_model)
+                stats = await collect_all(w.stats() for w in self.workers.values())
+                done = [s for s in stats if isinstance(s, dict)]
+                entry = {"time": round(time.perf_counter() - t0, 3), "accuracy": acc,
+                         "samples": sum(s["samples"] for s in done), "steps": sum(s["steps"] for s in done),
+                         "comm_fraction": max((s["comm_fraction"] for s in done), default=0.0),
+                         "loadavg": os.getloadavg()[0]}
+                history.evals.append(entry)
+                if self.checkpoint:
+                    torch.save({"center": center, "config": asdict(cfg), "eval": entry}, self.checkpoint)
+                if on_eval is not None:
+                    on_eval(entry)
+                finished = all(f.done() for f in self.runs.values())
+                if (target is not None and acc >= target) or entry["time"] >= seconds or finished:
+                    break
+        finally:
+            for w in self.workers.values():
+                w.stop.tell()
+            results = await collect_all(self.runs.values())
+            history.workers = [r for r in results if isinstance(r, dict)]
+            history.seconds = time.perf_counter() - t0
+            await collect_all(self.cluster.stop(r) for r in [*self.workers.values(), *self.shards])
+        return history
+
+    async def _watch_workers(self, history: History, t0: float, max_steps: int | None) -> None:
+        """A worker whose node was lost: report it; with ``respawn`` start a new one from the center."""
+        for rank, fut in list(self.runs.items()):
+            if not fut.done() or fut.cancelled() or fut.exception() is None:
+                continue
+            err = fut.exception()
+            event = {"time": round(time.perf_counter() - t0, 3), "worker": rank,
+                     "error": f"{type(err).__name__}: {err}"}
+            log.warning("worker %d failed: %s", rank, event["error"])
+            del self.runs[rank]
+            if self.respawn and isinstance(err, (NodeLostError, ActorDeadError)):
+                await self.cluster.refresh()
+                await self._spawn_worker(rank, await self.center())
+                event["respawned"] = True
+            history.events.append(event)
+
+
+def model_fn_seeded(model_fn: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """The initial model every worker starts from (workers seed the same way in LocalLearner)."""
+    torch.manual_seed(seed)
+    return model_fn()

@@ -1,0 +1,121 @@
+"""EA-SGD: the update rules, the actors, and short real runs on small data (CI-sized)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import disto
+from disto.easgd import (CenterShard, EASGDConfig, Trainer, Worker, center_step_, elastic_step_, flatten_,
+                         shard_bounds, simulate)
+from helpers import nodes, spawn
+
+
+def blobs(n: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four Gaussian blobs in 8 dimensions: learnable in seconds."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(4, 8, generator=g) * 3
+    y = torch.randint(0, 4, (n,), generator=g)
+    return centers[y] + torch.randn(n, 8, generator=g), y
+
+
+def small_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+
+def blob_data(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return blobs(2000, seed=0)
+
+
+def test_one_exchange_moves_worker_and_center_by_alpha_times_the_gap() -> None:
+    # on a quadratic's parameters: x and c are just vectors; the exchange must be exact
+    x = torch.tensor([4.0, -2.0, 10.0])
+    c = torch.tensor([1.0, 1.0, 0.0])
+    gap = x - c
+    alpha = 0.45
+    d = elastic_step_(x, c, alpha)
+    center_step_(c, d)
+    assert torch.allclose(d, alpha * gap)
+    assert torch.allclose(x, torch.tensor([4.0, -2.0, 10.0]) - alpha * gap)
+    assert torch.allclose(c, torch.tensor([1.0, 1.0, 0.0]) + alpha * gap)
+    # the sum x + c is conserved (the elastic force is symmetric)
+    assert torch.allclose(x + c, torch.tensor([5.0, -1.0, 10.0]))
+
+
+def test_config_checks_and_alpha() -> None:
+    assert EASGDConfig(workers=4, beta=0.9).alpha == pytest.approx(0.225)
+    with pytest.raises(ValueError):
+        EASGDConfig(algorithm="adam")
+    with pytest.raises(ValueError):
+        EASGDConfig(tau=10, prefetch=10)
+    with pytest.raises(ValueError):
+        EASGDConfig(algorithm="msgd", workers=2)
+
+
+def test_flatten_makes_parameters_views_of_one_vector() -> None:
+    m = small_model()
+    flat = flatten_(m)
+    assert flat.numel() == sum(p.numel() for p in m.parameters())
+    flat.zero_()
+    assert all(float(p.detach().abs().sum()) == 0 for p in m.parameters())
+    assert shard_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)] and shard_bounds(2, 5) == [(0, 1), (1, 2)]
+
+
+async def test_shard_applies_pushes_exactly() -> None:
+    async with nodes(2) as (a, b):
+        shard = await spawn(a, b, CenterShard, torch.zeros(5))
+        d = torch.arange(5, dtype=torch.float32)
+        assert await shard.push(d) == 1 and await shard.push(d) == 2
+        assert torch.equal(await shard.fetch(), 2 * d)
+
+
+async def test_worker_respects_tau_and_prefetch() -> None:
+    cfg = EASGDConfig(workers=2, tau=10, prefetch=5, shards=2, batch_size=16)
+    async with nodes(2) as (a, b):
+        torch.manual_seed(cfg.seed)
+        flat = flatten_(small_model()).clone()
+        bounds = shard_bounds(flat.numel(), cfg.shards)
+        shards = [await spawn(a, b, CenterShard, flat[s:e]) for s, e in bounds]
+        w = await spawn(a, b, Worker, 0, cfg, small_model, blob_data, torch.nn.functional.cross_entropy, shards,
+                        bounds)
+        stats = await w.run(100)
+        # exchanges at steps 10, 20, ..., 90; each fetched 5 steps ahead, each one push per shard
+        assert stats["steps"] == 100 and stats["exchanges"] == 9
+        assert stats["fetches"] == 9 and stats["pushes"] == 9
+        assert [await s.get_version() for s in shards] == [9, 9]
+
+
+async def test_short_run_improves_the_center() -> None:
+    x_test, y_test = blobs(1000, seed=1)
+    async with nodes(2) as (a, b):
+        cluster = disto.Cluster(a)
+        await cluster.refresh()
+        cfg = EASGDConfig(workers=2, tau=5, prefetch=2, lr=0.05, batch_size=32, eval_interval=0.3)
+        trainer = Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test))
+        from disto.easgd import accuracy
+
+        before = accuracy(small_model, trainer.center0, x_test, y_test)
+        history = await trainer.run(seconds=20, target=0.85)
+        assert history.best >= 0.85 and history.best > before + 0.3
+        assert all(w["exchanges"] > 0 for w in history.workers)
+        assert history.evals and history.evals[-1]["samples"] > 0
+
+
+def test_virtual_time_runs_the_real_update_code() -> None:
+    from disto.easgd import LocalLearner
+
+    x, y = blobs(2000, seed=0)
+    xt, yt = blobs(500, seed=1)
+    cfg = EASGDConfig(algorithm="msgd", workers=1, tau=1)
+    sim = simulate(cfg, small_model, x, y, xt, yt, rounds=200, eval_every=1000)
+    learner = LocalLearner(small_model, x, y, torch.nn.functional.cross_entropy, cfg, seed=0)
+    for _ in range(200):
+        learner.step()
+    assert torch.equal(sim["center"], learner.flat)  # bit for bit the same steps
+
+
+def test_virtual_time_eamsgd_learns_with_many_workers() -> None:
+    x, y = blobs(2000, seed=0)
+    xt, yt = blobs(500, seed=1)
+    res = simulate(EASGDConfig(algorithm="eamsgd", workers=8, tau=5), small_model, x, y, xt, yt, rounds=400,
+                   eval_every=20, target=0.85)
+    assert res["rounds_to_target"] is not None and res["workers"] == 8
