@@ -1,0 +1,156 @@
+"""EA-SGD benchmark, after the protocol in shared/design/EASGD.md.
+
+Real runs on a local 2-node cluster (one torch thread per worker, p <= 2 on 2 cores): MSGD p=1, EAMSGD p=2
+(tau 10, prefetch 5) and DOWNPOUR p=2, interleaved (A B C A B C ...) over several seeds, each until the center
+reaches 90% test accuracy on MNIST-1D or the time limit. Then the virtual-time sweep: EAMSGD with p = 1..16
+workers stepped round-robin in one process, rounds to 90%.
+
+    python bench/easgd.py                 # 3 seeds (about 10 minutes)
+    python bench/easgd.py --quick         # smoke test (CI)
+
+Prints a table, writes bench/results/easgd.json and bench/results/easgd.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import disto
+from disto.easgd import EASGDConfig, Trainer, mlp, mnist1d, simulate
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples", "easgd"))
+import train  # noqa: E402
+from train import NUM_SAMPLES, train_data  # noqa: E402
+
+import cloudpickle  # noqa: E402
+
+cloudpickle.register_pickle_by_value(train)  # the node processes cannot import examples/ by name
+
+CONFIGS = [("msgd", 1), ("eamsgd", 2), ("downpour", 2)]
+
+
+async def real_run(algo: str, p: int, seed: int, seconds: float) -> dict:
+    d = mnist1d(NUM_SAMPLES)
+    test = torch.from_numpy(d["x_test"]), torch.from_numpy(d["y_test"])
+    cfg = EASGDConfig(algorithm=algo, workers=p, tau=10, seed=seed, eval_interval=0.5,
+                      lr=0.05)
+    load = os.getloadavg()[0]
+    async with disto.LocalCluster(nodes=2) as cluster:
+        h = await Trainer(cluster, cfg, mlp, train_data, test).run(seconds=seconds, target=0.90)
+    return {"algorithm": algo, "workers": p, "seed": seed, "load_before": load, "best": h.best,
+            "t88": h.time_to(0.88), "t90": h.time_to(0.90), "s90": h.samples_to(0.90),
+            "comm": max((w["comm_fraction"] for w in h.workers), default=0.0),
+            "samples_per_s": (h.evals[-1]["samples"] / h.evals[-1]["time"]) if h.evals else 0.0,
+            "curve": [(e["time"], e["samples"], e["accuracy"]) for e in h.evals]}
+
+
+def med(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=90)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args()
+    seeds = 1 if args.quick else args.seeds
+    seconds = 15 if args.quick else args.seconds
+    os.makedirs(args.out, exist_ok=True)
+    mnist1d(NUM_SAMPLES)
+
+    real = []
+    for seed in range(seeds):
+        for algo, p in CONFIGS:  # interleaved: A B C A B C
+            r = disto.run(real_run(algo, p, seed, seconds))
+            real.append(r)
+            print(f"  {algo:>8} p={p} seed={seed}: best {100 * r['best']:.1f}%, 90% after {fmt(r['t90'])} s, "
+                  f"comm {100 * r['comm']:.1f}%, load {r['load_before']:.2f}", flush=True)
+
+    d = mnist1d(NUM_SAMPLES)
+    x, y, xt, yt = (torch.from_numpy(d[k]) for k in ("x", "y", "x_test", "y_test"))
+    sweep = []
+    ps = [1, 2, 4] if args.quick else [1, 2, 4, 8, 16]
+    rounds = 1500 if args.quick else 20_000
+    target = 0.80 if args.quick else 0.90  # the smoke test only checks that the sweep runs
+    for seed in range(seeds):
+        for p in ps:
+            cfg = EASGDConfig(algorithm="msgd" if p == 1 else "eamsgd", workers=p, tau=10, seed=seed)
+            t0 = time.perf_counter()
+            res = simulate(cfg, mlp, x, y, xt, yt, rounds=rounds, eval_every=250, target=target)
+            sweep.append({"workers": p, "seed": seed, "rounds_to_90": res["rounds_to_target"],
+                          "seconds": time.perf_counter() - t0})
+            print(f"  virtual p={p:>2} seed={seed}: {100 * target:.0f}% after {res['rounds_to_target']} rounds",
+                  flush=True)
+
+    base = med([r["t90"] for r in real if r["algorithm"] == "msgd"])
+    print(f"\nEA-SGD on disto, MNIST-1D 60k, MLP 40-256-256-10  {time.strftime('%Y-%m-%d %H:%M')}  "
+          f"{os.cpu_count()} cores  seeds={seeds}  (medians)")
+    print(f"{'configuration':<22} {'best':>6} {'to 88% s':>9} {'to 90% s':>9} {'vs MSGD':>8} {'samples/s':>10} "
+          f"{'comm':>6}")
+    for algo, p in CONFIGS:
+        rs = [r for r in real if r["algorithm"] == algo and r["workers"] == p]
+        t90 = med([r["t90"] for r in rs])
+        ratio = f"{t90 / base:.2f}x" if t90 and base else "-"
+        print(f"{algo + ' p=' + str(p):<22} {100 * med([r['best'] for r in rs]):>5.1f}% "
+              f"{fmt(med([r['t88'] for r in rs])):>9} {fmt(t90):>9} {ratio:>8} "
+              f"{fmt(med([r['samples_per_s'] for r in rs]), ',.0f'):>10} {100 * med([r['comm'] for r in rs]):>5.1f}%")
+    r1 = med([s["rounds_to_90"] for s in sweep if s["workers"] == 1])
+    print(f"\nvirtual time (zero communication cost), rounds to {100 * target:.0f}%:")
+    for p in ps:
+        rp = med([s["rounds_to_90"] for s in sweep if s["workers"] == p])
+        print(f"  p={p:>2}: {fmt(rp, '.0f'):>6} rounds  ({fmt(rp / r1 if rp and r1 else None, '.2f')}x of p=1)")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "real": real, "virtual": sweep}
+    with open(os.path.join(args.out, "easgd.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    try:
+        plot(real, sweep, os.path.join(args.out, "easgd.png"))
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+
+
+def plot(real: list, sweep: list, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colors = {"msgd": "C0", "eamsgd": "C1", "downpour": "C2"}
+    for r in real:
+        t = [c[0] for c in r["curve"]]
+        a = [100 * c[2] for c in r["curve"]]
+        ax1.plot(t, a, color=colors[r["algorithm"]], alpha=0.7,
+                 label=f"{r['algorithm']} p={r['workers']}" if r["seed"] == 0 else None)
+    ax1.axhline(90, color="gray", lw=0.8, ls="--")
+    ax1.set_xlabel("wall-clock seconds")
+    ax1.set_ylabel("center test accuracy (%)")
+    ax1.set_ylim(60, 95)
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ps = sorted({s["workers"] for s in sweep})
+    meds = [med([s["rounds_to_90"] for s in sweep if s["workers"] == p]) for p in ps]
+    ax2.plot(ps, meds, "o-")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("workers p (virtual time)")
+    ax2.set_ylabel("rounds to 90%")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
