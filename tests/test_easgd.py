@@ -119,3 +119,37 @@ def test_virtual_time_eamsgd_learns_with_many_workers() -> None:
     res = simulate(EASGDConfig(algorithm="eamsgd", workers=8, tau=5), small_model, x, y, xt, yt, rounds=400,
                    eval_every=20, target=0.85)
     assert res["rounds_to_target"] is not None and res["workers"] == 8
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(90)
+async def test_a_killed_worker_does_not_stop_training_and_is_respawned_from_the_center() -> None:
+    import asyncio
+    import os
+    import signal
+
+    import cloudpickle
+
+    import test_easgd
+
+    cloudpickle.register_pickle_by_value(test_easgd)  # the node processes cannot import this test module
+    x_test, y_test = blobs(1000, seed=1)
+    async with disto.LocalCluster(nodes=3) as cluster:
+        cfg = EASGDConfig(workers=2, shards=1, tau=5, prefetch=2, lr=0.02, eval_interval=0.3)
+        trainer = Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test))
+        victim = cluster.nodes[1]  # worker 1 runs there; the single shard is on node 0
+
+        async def kill_soon() -> None:
+            while len(trainer.runs) < 2:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            os.kill(victim.pid, signal.SIGKILL)
+
+        killer = asyncio.ensure_future(kill_soon())
+        history = await trainer.run(seconds=5)
+        await killer
+    assert [e["worker"] for e in history.events] == [1] and history.events[0].get("respawned")
+    assert "NodeLostError" in history.events[0]["error"]
+    # training went on: evaluations kept coming after the kill, and the center kept its quality
+    after = [e for e in history.evals if e["time"] > history.events[0]["time"]]
+    assert len(after) >= 3 and after[-1]["accuracy"] >= 0.8

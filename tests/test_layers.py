@@ -87,3 +87,10 @@ def test_public_api_is_reexported() -> None:
     for name in disto.__all__:
         assert hasattr(disto, name), name
     assert issubclass(disto.TimeoutError, TimeoutError) and issubclass(disto.TimeoutError, disto.DistoError)
+
+
+def test_easgd_uses_only_the_public_api() -> None:
+    for path in (ROOT / "easgd").glob("*.py"):
+        for mod in imports_of(path):
+            if mod.startswith("disto"):
+                assert mod == "disto" or mod.startswith("disto.easgd"), f"easgd/{path.name} imports {mod}"
