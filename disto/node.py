@@ -25,6 +25,7 @@ from ._ids import format_address, host_id, new_node_id, parse_address
 from ._mailbox import CallItem, Mailbox, describe_exception
 from .actor import Actor, ActorRef, _current_node, _default_node, public_methods
 from .futures import Future
+from ._heartbeat import UdpHeartbeat
 from .membership import FailureDetector
 from ._buffers import INLINE_PAYLOAD_MAX, BufferRouter
 from .serialization import BufferPool, dumps, janitor, loads
@@ -153,6 +154,8 @@ class Node:
         self.buffers: BufferRouter | None = None  # shared memory to same-host peers, once started
         self._fd = FailureDetector(self.config.failure_timeout, self.config.heartbeat_interval)
         self._lost: dict[str, float] = {}  # address -> when a node there was declared lost by the detector
+        self._udp: UdpHeartbeat | None = None
+        self._probed: dict[str, float] = {}  # lost address -> when we last tried to reach it
         self.members: list[dict[str, Any]] = []
         self._rejoining = False
 
@@ -176,6 +179,8 @@ class Node:
         else:
             self.address = f"client:{self.node_id}"  # not dialable; refs to its actors work only locally
         self.identity = Identity(self.node_id, self.address if self._server else "", host_id(), os.getpid())
+        if self._server is not None:
+            self._start_udp(host, bound[1])
         janitor()
         cfg = self.config
         self.buffers = BufferRouter(self.node_id, transfer=cfg.transfer, shm_min=cfg.shm_min,
@@ -236,6 +241,8 @@ class Node:
             t.cancel()
         if self.buffers is not None:
             self.buffers.close()
+        if self._udp is not None:
+            self._udp.stop()
         janitor()
         self.closed = True
         if self in _default_node:
@@ -247,21 +254,29 @@ class Node:
         done with it."""
         from .serialization import pickler
 
-        loop = asyncio.get_running_loop()
         period = min(0.1, self.config.heartbeat_interval / 2)  # detection lags the timeout by at most this
-        last_collect = loop.time()
+        last_collect = last_tick = time.monotonic()
+        stall = max(1.0, self.config.failure_timeout / 2)
         while True:
             await asyncio.sleep(period)
-            now = loop.time()
+            now = time.monotonic()
             fd = self._fd
+            stalled = now - last_tick > stall
+            last_tick = now
+            udp = self._udp.heard if self._udp is not None else {}
             for ch in list(self._all_channels):
                 if ch.ready and ch in fd:
-                    fd.heard(ch, ch.last_heard)
+                    peer = ch.conn.peer
+                    heard = max(ch.last_heard, udp.get(peer.node_id, 0.0) if peer is not None else 0.0)
+                    # our own loop was blocked: what the peers sent is still unread, so the silence is ours
+                    fd.heard(ch, now if stalled else heard)
             for ch in fd.due(now):
                 if ch.can_send():
                     ch.send(Kind.HEARTBEAT, T.Heartbeat(seq=0, sent_at=time.time()))
             for ch in fd.tick(now):
                 self._declare_lost(ch, now)
+            if self._lost:
+                self._probe_lost(now)
             if pickler.CUDA_IPC_USED and now - last_collect >= 1.0:
                 last_collect = now
                 torch = sys.modules.get("torch")
@@ -278,7 +293,42 @@ class Node:
                                        f"partitioned or overloaded)", node=ch.address)
         if ch.address:
             self._lost[ch.address] = now
+            self._probed[ch.address] = now
         ch.abort()
+
+    def _probe_lost(self, now: float) -> None:
+        """Try to reach nodes declared lost again (with backoff): once one answers the handshake, on_ready
+        clears it, whatever order the membership news came in."""
+        for address, when in list(self._lost.items()):
+            wait = min(10.0, 1.0 + (now - when) / 4)
+            if now - self._probed.get(address, when) < wait:
+                continue
+            self._probed[address] = now
+            ch = self._channels.get(address)
+            if ch is None or ch.closed:
+                self._channel_to(address)  # no calls ride on it; a failure just closes it
+
+    def _start_udp(self, host: str, port: int) -> None:
+        try:
+            self._udp = UdpHeartbeat(self._token, self.node_id, host, port,
+                                     interval=self.config.heartbeat_interval / 2)
+            self._udp.start()
+        except OSError as e:
+            log.info("no UDP heartbeats on %s:%d (%s); TCP heartbeats only", host, port, e)
+            self._udp = None
+
+    def _update_udp_peers(self) -> None:
+        if self._udp is None:
+            return
+        peers = {}
+        for ch in self._all_channels:
+            peer = ch.conn.peer
+            if ch.ready and peer is not None and peer.listen:
+                try:
+                    peers[peer.node_id] = parse_address(peer.listen)
+                except ValueError:
+                    pass
+        self._udp.set_peers(peers)
 
     def _on_members(self, members: list[dict[str, Any]]) -> None:
         """The registry's member list changed: nodes that joined again are reachable again."""
@@ -570,9 +620,11 @@ class Node:
         peer = ch.conn.peer
         assert peer is not None
         ch.same_host = bool(peer.host_id) and peer.host_id == self.identity.host_id
-        self._fd.add(ch, ch.loop.time())
+        self._fd.add(ch, time.monotonic())
+        self._update_udp_peers()
         if peer.listen:
             self._lost.pop(peer.listen, None)  # it is back
+            self._probed.pop(peer.listen, None)
         if not ch.address and peer.listen:
             ch.address = peer.listen
             existing = self._channels.get(peer.listen)
@@ -693,6 +745,7 @@ class Node:
     def on_lost(self, ch: Channel, exc: BaseException | None) -> None:
         self._all_channels.discard(ch)
         self._fd.remove(ch)
+        self._update_udp_peers()
         if (self.seed is not None and ch.address == self.seed and ch.ready and not self._closing
                 and self.role != "client" and not self._rejoining):
             self._rejoining = True
@@ -752,7 +805,7 @@ class Node:
             "node_id": self.node_id, "address": self.address, "role": self.role, "pid": os.getpid(),
             "actors": [{"id": r.actor_id, "class": r.actor_class, "name": r.actor_name} for r in self.actors()],
             "peers": sorted(ch.address or ch.peer_name() for ch in self._all_channels if ch.ready),
-            "last_heard": {ch.address or ch.peer_name(): round(ch.loop.time() - ch.last_heard, 3)
+            "last_heard": {ch.address or ch.peer_name(): round(time.monotonic() - ch.last_heard, 3)
                            for ch in self._all_channels if ch.ready},
             "pending_calls": sum(len(ch.pending) + len(ch.waiting) for ch in self._all_channels),
             "buffer_pool": self._pool.stats(),

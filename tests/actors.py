@@ -69,3 +69,13 @@ class Holder(disto.Actor):
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class Blocker(disto.Actor):
+    def block(self, seconds: float) -> str:
+        import time
+        time.sleep(seconds)  # holds the node's event loop, as a long synchronous method does
+        return "done"
+
+    def ping(self) -> str:
+        return "pong"

@@ -287,7 +287,8 @@ async def test_sigstop_fails_pending_calls_within_the_bound_and_the_node_rejoins
             except (disto.ActorDeadError, disto.NodeLostError):
                 await asyncio.sleep(0.1)
         else:
-            raise AssertionError("the resumed node did not become reachable again")
+            members = [m["address"] for m in await cluster.node.registry.members()]
+            raise AssertionError(f"the resumed node did not become reachable: lost={cluster.node._lost} {members}")
 
 
 def _free_port() -> int:
@@ -376,3 +377,42 @@ async def test_stopped_supervised_actor_is_not_restarted() -> None:
         await asyncio.sleep(0.5)
         with pytest.raises(disto.ActorNotFoundError):
             await cluster.lookup("once")
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(60)
+async def test_a_busy_node_is_not_declared_lost() -> None:
+    """A method that holds its node's event loop for longer than the failure timeout: the node's heartbeat
+    thread keeps it alive for its peers, and the node does not blame its peers for its own stall."""
+    from actors import Blocker
+
+    async with disto.LocalCluster(nodes=2, env=ENV) as cluster:
+        busy = await cluster.nodes[1].spawn(Blocker)
+        other = await cluster.nodes[0].spawn(Worker)
+        assert await busy.block(4.0) == "done"  # 4 s > the 2.5 s failure timeout
+        assert await busy.ping() == "pong" and await other.add(1) == 1
+        assert not cluster.node._lost
+
+
+def test_udp_heartbeats_reject_forgeries_and_replays() -> None:
+    import time
+
+    from disto._heartbeat import UdpHeartbeat
+
+    hb = UdpHeartbeat(b"k" * 32, "me", "127.0.0.1", 0)
+    other = UdpHeartbeat(b"k" * 32, "peer-a", "127.0.0.1", 0)
+    wrong = UdpHeartbeat(b"x" * 32, "peer-b", "127.0.0.1", 0)
+    try:
+        good = other._packet()
+        hb._receive(good)
+        assert "peer-a" in hb.heard
+        first = hb.heard["peer-a"]
+        time.sleep(0.01)
+        hb._receive(good)  # a replay: ignored
+        assert hb.heard["peer-a"] == first
+        hb._receive(wrong._packet())  # wrong token
+        hb._receive(b"garbage")
+        assert set(hb.heard) == {"peer-a"}
+    finally:
+        for h in (hb, other, wrong):
+            h._sock.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("disto.transport")
 
-FLUSH_EVERY = 32  # frames written while a received batch is still being processed
+FLUSH_EVERY = 32
+_monotonic = time.monotonic  # frames written while a received batch is still being processed
 
 
 class ChannelOwner(Protocol):
@@ -61,7 +63,7 @@ class Channel(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self.writing_paused = False
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self.last_heard = self.loop.time()  # any bytes from the peer are a sign of life
+        self.last_heard = time.monotonic()  # any bytes from the peer are a sign of life
         # shared memory
         self.same_host = False
         self.leases: dict[str, int] = {}   # SHM blocks we lent the peer: segment -> count
@@ -74,7 +76,7 @@ class Channel(asyncio.BufferedProtocol):
 
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.last_heard = self.loop.time()
+        self.last_heard = _monotonic()
         self.conn.buffer_updated(nbytes)
         self._process()
 
