@@ -154,3 +154,59 @@ async def test_a_killed_worker_does_not_stop_training_and_is_respawned_from_the_
     after = [e for e in history.evals if e["time"] > history.events[0]["time"]]
     assert len(after) >= 3 and max(e["accuracy"] for e in after) >= 0.7
     assert after[-1]["samples"] > after[0]["samples"]
+
+
+@pytest.mark.parametrize("algorithm", ["sync_easgd", "local_sgd"])
+async def test_synchronous_rounds_meet_at_the_shards(algorithm: str) -> None:
+    cfg = EASGDConfig(algorithm=algorithm, workers=2, tau=5, shards=2, batch_size=16)
+    async with nodes(3) as (a, b, c):
+        torch.manual_seed(cfg.seed)
+        flat = flatten_(small_model()).clone()
+        bounds = shard_bounds(flat.numel(), cfg.shards)
+        shards = [await spawn(a, b, CenterShard, flat[s:e]) for s, e in bounds]
+        workers = [await spawn(a, n, Worker, r, cfg, small_model, blob_data, torch.nn.functional.cross_entropy,
+                               shards, bounds) for r, n in enumerate((b, c))]
+        stats = await disto.collect(w.run(50) for w in workers)
+        assert [s["exchanges"] for s in stats] == [9, 9]
+        assert [await s.get_version() for s in shards] == [9, 9]  # one round per exchange, both workers in it
+        if algorithm == "local_sgd":
+            # after the last round both workers held the average; 5 more local steps each since
+            center = torch.cat(await disto.collect(s.fetch() for s in shards))
+            assert center.numel() == flat.numel()
+
+
+def test_sync_center_update_rules() -> None:
+    from disto.easgd.algorithms import sync_center_
+
+    c = torch.tensor([0.0, 0.0])
+    xs = [torch.tensor([2.0, 0.0]), torch.tensor([0.0, 4.0])]
+    old = sync_center_(c, xs, "sync_easgd", beta=0.5)
+    assert torch.equal(old, torch.zeros(2)) and torch.allclose(c, torch.tensor([0.5, 1.0]))
+    c = torch.tensor([9.0, 9.0])
+    avg = sync_center_(c, xs, "local_sgd", beta=0.5)
+    assert torch.allclose(avg, torch.tensor([1.0, 2.0])) and torch.allclose(c, avg)
+
+
+def test_virtual_time_synchronous_algorithms_learn() -> None:
+    x, y = blobs(2000, seed=0)
+    xt, yt = blobs(500, seed=1)
+    for algorithm in ("sync_easgd", "local_sgd"):
+        res = simulate(EASGDConfig(algorithm=algorithm, workers=4, tau=5), small_model, x, y, xt, yt, rounds=400,
+                       eval_every=20, target=0.85)
+        assert res["rounds_to_target"] is not None, algorithm
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(90)
+async def test_allreduce_sgd_through_torch_distributed() -> None:
+    import cloudpickle
+
+    import test_easgd
+
+    cloudpickle.register_pickle_by_value(test_easgd)
+    x_test, y_test = blobs(1000, seed=1)
+    async with disto.LocalCluster(nodes=2) as cluster:
+        cfg = EASGDConfig(algorithm="allreduce", workers=2, tau=5, lr=0.05, eval_interval=0.3)
+        history = await Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test)).run(seconds=20, target=0.85)
+    assert history.best >= 0.85
+    assert len(history.workers) == 2 and all(w["steps"] > 0 for w in history.workers)

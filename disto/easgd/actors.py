@@ -2,23 +2,56 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Callable
 
 import torch
 
 from disto import Actor, ActorRef, collect
-from .algorithms import EASGDConfig, LocalLearner, center_step_, elastic_step_
+from .algorithms import EASGDConfig, LocalLearner, center_step_, elastic_step_, sync_center_
 
 
 class CenterShard(Actor):
-    """One contiguous slice of the center vector. Pushes are applied in arrival order, one at a time."""
+    """One contiguous slice of the center vector. Pushes are applied in arrival order, one at a time (they do
+    not await, so they never interleave); ``sync_round`` waits for every worker of a synchronous round."""
+
+    max_concurrency = 256  # workers waiting at a synchronous round must not block the others
 
     def __init__(self, init: torch.Tensor, lr: float = 0.0) -> None:
         torch.set_num_threads(1)
         self.c = init.detach().clone()
         self.lr = lr
         self.version = 0
+        self._rounds: dict[int, dict[str, Any]] = {}
+        self._aborted = False
+
+    async def sync_round(self, rnd: int, x: torch.Tensor, mode: str, workers: int, beta: float
+                         ) -> torch.Tensor | None:
+        """A synchronous round: returns, to each of the ``workers`` callers, what to apply once all have come;
+        None if the rounds were aborted (a worker was lost, or training stops)."""
+        if self._aborted:
+            return None
+        st = self._rounds.setdefault(rnd, {"xs": [], "event": asyncio.Event(), "result": None, "left": workers})
+        st["xs"].append(x)
+        if len(st["xs"]) == workers:
+            st["result"] = sync_center_(self.c, st["xs"], mode, beta)
+            st["xs"] = []
+            self.version += 1
+            st["event"].set()
+        else:
+            await st["event"].wait()
+        result = st["result"]
+        st["left"] -= 1
+        if st["left"] <= 0:
+            self._rounds.pop(rnd, None)
+        return result
+
+    def abort_rounds(self) -> None:
+        """Release every worker waiting at a synchronous round (they get None and stop)."""
+        self._aborted = True
+        for st in self._rounds.values():
+            st["event"].set()
 
     def fetch(self) -> torch.Tensor:
         # a copy: the reply may still be on its way out when the next push lands
@@ -115,7 +148,34 @@ class Worker(Actor):
             self.blocked += time.perf_counter() - t0
         return torch.cat(fut.result())
 
+    async def _sync_round(self, rnd: int) -> bool:
+        """Meet the other workers at the shards; apply the result. False if the rounds were aborted."""
+        cfg, flat = self.cfg, self.learner.flat
+        t0 = time.perf_counter()
+        parts = await collect(s.sync_round(rnd, flat[a:b].clone(), cfg.algorithm, cfg.workers, cfg.beta)
+                              for s, (a, b) in zip(self.shards, self.bounds))
+        self.blocked += time.perf_counter() - t0
+        if any(p is None for p in parts):
+            return False
+        target = torch.cat(parts)
+        if cfg.algorithm == "sync_easgd":
+            elastic_step_(flat, target, cfg.alpha)
+        else:
+            flat.copy_(target)
+        return True
+
+    def _init_allreduce(self) -> Any:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # single host: keep gloo on loopback
+            dist.init_process_group("gloo", init_method=self.cfg.extra["dist_init"], rank=self.rank,
+                                    world_size=self.cfg.workers)
+        return dist
+
     async def run(self, max_steps: int | None = None) -> dict[str, Any]:
+        if self.cfg.synchronous:
+            return await self._run_sync(max_steps)
         cfg, learner = self.cfg, self.learner
         tau, prefetch, algo = cfg.tau, cfg.prefetch, cfg.algorithm
         fetch_at = tau - prefetch if prefetch else None
@@ -150,6 +210,48 @@ class Worker(Actor):
                 t += 1
                 self.steps += 1
                 await asyncio.sleep(0)  # let replies (prefetch) and stats()/stop() in
+            if self._inflight:
+                await collect(self._inflight)
+                self._inflight = []
+        finally:
+            self.busy += time.perf_counter() - start
+            self._started = None
+        return self.stats()
+
+    async def _run_sync(self, max_steps: int | None) -> dict[str, Any]:
+        cfg, learner = self.cfg, self.learner
+        dist = self._init_allreduce() if cfg.algorithm == "allreduce" else None
+        start = self._started = time.perf_counter()
+        t = 0
+        try:
+            while not self._stop and (max_steps is None or t < max_steps):
+                if t > 0 and t % cfg.tau == 0:
+                    self.exchanges += 1
+                    if dist is None:
+                        if not await self._sync_round(t // cfg.tau):
+                            break
+                    elif self.rank == 0:  # all replicas are equal: publish one for evaluation
+                        self._check_pushes()
+                        self._push("assign", learner.flat.clone())
+                if dist is not None:
+                    self.last_loss = learner.gradient()
+                    grad = learner.flat_grad()
+                    t0 = time.perf_counter()
+                    dist.all_reduce(grad)  # blocks this node's loop for the collective: one worker per node
+                    self.blocked += time.perf_counter() - t0
+                    grad.div_(cfg.workers)
+                    offset = 0
+                    for p in learner.model.parameters():
+                        n = p.numel()
+                        p.grad.copy_(grad[offset:offset + n].view_as(p))
+                        offset += n
+                    learner.opt.step()
+                    learner.steps += 1
+                else:
+                    self.last_loss = learner.step()
+                t += 1
+                self.steps += 1
+                await asyncio.sleep(0)
             if self._inflight:
                 await collect(self._inflight)
                 self._inflight = []

@@ -11,14 +11,20 @@ from typing import Any, Callable
 
 import torch
 
-ALGORITHMS = ("eamsgd", "easgd", "msgd", "downpour")
+ALGORITHMS = ("eamsgd", "easgd", "msgd", "downpour", "sync_easgd", "local_sgd", "allreduce")
+SYNCHRONOUS = ("sync_easgd", "local_sgd", "allreduce")
 
 
 @dataclass
 class EASGDConfig:
-    """How to train. ``algorithm``: "eamsgd" (elastic averaging, Nesterov momentum locally; the one that scales),
-    "easgd" (elastic averaging, plain SGD locally), "msgd" (one worker, momentum SGD: the baseline),
-    "downpour" (workers push gradients every step, the center applies them, workers pull every ``tau`` steps)."""
+    """How to train. ``algorithm``:
+      "eamsgd"     asynchronous elastic averaging, Nesterov momentum locally (the one that scales);
+      "easgd"      asynchronous elastic averaging, plain SGD locally;
+      "msgd"       one worker, momentum SGD: the baseline;
+      "downpour"   workers push gradients every step, the center applies them, workers pull every ``tau`` steps;
+      "sync_easgd" every ``tau`` steps all workers meet: x_i -= alpha (x_i - c); c = (1 - beta) c + beta mean(x_i);
+      "local_sgd"  every ``tau`` steps all workers meet and take the average (model averaging);
+      "allreduce"  synchronous data-parallel SGD: gradients averaged every step with torch.distributed (gloo)."""
 
     algorithm: str = "eamsgd"
     workers: int = 2
@@ -45,6 +51,8 @@ class EASGDConfig:
             raise ValueError(f"prefetch must be in [0, tau), got {self.prefetch} with tau={self.tau}")
         if self.algorithm == "msgd" and self.workers != 1:
             raise ValueError("msgd is the single-worker baseline: workers must be 1")
+        if self.algorithm in SYNCHRONOUS:
+            self.prefetch = 0  # the synchronous algorithms meet at a barrier: nothing to fetch ahead
 
     @property
     def alpha(self) -> float:
@@ -53,6 +61,22 @@ class EASGDConfig:
     @property
     def momentum_used(self) -> float:
         return 0.0 if self.algorithm in ("easgd", "downpour") else self.momentum
+
+    @property
+    def synchronous(self) -> bool:
+        return self.algorithm in SYNCHRONOUS
+
+
+def sync_center_(c: torch.Tensor, xs: list[torch.Tensor], mode: str, beta: float) -> torch.Tensor:
+    """The center's half of a synchronous round; returns what the workers apply. sync_easgd: c_old is returned
+    (workers do x -= alpha (x - c_old)) and c = (1 - beta) c + beta mean(x); local_sgd: c = mean(x), returned."""
+    mean = torch.stack(xs).mean(dim=0)
+    if mode == "sync_easgd":
+        old = c.clone()
+        c.mul_(1 - beta).add_(mean, alpha=beta)
+        return old
+    c.copy_(mean)
+    return c.clone()
 
 
 def flatten_(model: torch.nn.Module) -> torch.Tensor:

@@ -100,6 +100,12 @@ class Trainer:
         """Train for at most ``seconds`` (or until the center reaches accuracy ``target``, or each worker did
         ``max_steps``); return the history."""
         cfg = self.cfg
+        if cfg.algorithm == "allreduce":
+            if cfg.workers > len(self.cluster.nodes):
+                raise DistoError("allreduce runs one worker per node: workers must be <= the number of nodes")
+            if "dist_init" not in cfg.extra:
+                import tempfile
+                cfg.extra["dist_init"] = "file://" + tempfile.mktemp(prefix="disto-gloo-")  # one host
         history = History(config=asdict(cfg))
         nodes = self.cluster.nodes
         lr = cfg.lr if cfg.algorithm == "downpour" else 0.0
@@ -133,10 +139,18 @@ class Trainer:
         finally:
             for w in self.workers.values():
                 w.stop.tell()
+            if cfg.synchronous:  # nobody may be left waiting for a worker that has stopped
+                await collect_all(s.abort_rounds() for s in self.shards)
             results = await collect_all(self.runs.values())
             history.workers = [r for r in results if isinstance(r, dict)]
             history.seconds = time.perf_counter() - t0
             await collect_all(self.cluster.stop(r) for r in [*self.workers.values(), *self.shards])
+            init = cfg.extra.get("dist_init", "")
+            if cfg.algorithm == "allreduce" and init.startswith("file://"):
+                try:
+                    os.unlink(init[len("file://"):])
+                except OSError:
+                    pass
         return history
 
     async def _watch_workers(self, history: History, t0: float, max_steps: int | None) -> None:
@@ -149,6 +163,11 @@ class Trainer:
                      "error": f"{type(err).__name__}: {err}"}
             log.warning("worker %d failed: %s", rank, event["error"])
             del self.runs[rank]
+            if self.cfg.synchronous:
+                history.events.append(event)
+                await collect_all(s.abort_rounds() for s in self.shards)
+                raise DistoError(f"synchronous training lost worker {rank} ({event['error']}): the others "
+                                 "cannot go on without it")
             if self.respawn and isinstance(err, (NodeLostError, ActorDeadError)):
                 await self.cluster.refresh()
                 await self._spawn_worker(rank, await self.center())

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from .algorithms import EASGDConfig, LocalLearner, accuracy, center_step_, elastic_step_
+from .algorithms import EASGDConfig, LocalLearner, accuracy, center_step_, elastic_step_, sync_center_
 
 
 def simulate(cfg: EASGDConfig, model_fn: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
@@ -23,14 +23,23 @@ def simulate(cfg: EASGDConfig, model_fn: Callable[[], torch.nn.Module], x: torch
     eval_model = model_fn()
     evals: list[tuple[int, float]] = []
     reached = None
+    if cfg.algorithm in ("downpour", "allreduce"):
+        raise ValueError(f"simulate() covers the elastic and averaging algorithms, not {cfg.algorithm}")
     for r in range(1, rounds + 1):
         for learner in learners:
             learner.step()
-            if r % cfg.tau == 0:
+            if r % cfg.tau == 0 and not cfg.synchronous:
                 if cfg.algorithm == "msgd":
                     center.copy_(learner.flat)
                 else:
                     center_step_(center, elastic_step_(learner.flat, center, cfg.alpha))
+        if r % cfg.tau == 0 and cfg.synchronous:  # every worker meets the center at once
+            meet = sync_center_(center, [lr.flat.clone() for lr in learners], cfg.algorithm, cfg.beta)
+            for learner in learners:
+                if cfg.algorithm == "sync_easgd":
+                    elastic_step_(learner.flat, meet, cfg.alpha)
+                else:
+                    learner.flat.copy_(meet)
         if r % eval_every == 0:
             acc = accuracy(model_fn, center, x_test, y_test, model=eval_model)
             evals.append((r, acc))
