@@ -210,3 +210,38 @@ async def test_allreduce_sgd_through_torch_distributed() -> None:
         history = await Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test)).run(seconds=20, target=0.85)
     assert history.best >= 0.85
     assert len(history.workers) == 2 and all(w["steps"] > 0 for w in history.workers)
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(90)
+async def test_a_lost_parameter_shard_stops_the_run_with_a_clear_error(tmp_path) -> None:
+    import asyncio
+    import os
+    import signal
+
+    import cloudpickle
+
+    import test_easgd
+
+    cloudpickle.register_pickle_by_value(test_easgd)
+    x_test, y_test = blobs(1000, seed=1)
+    checkpoint = str(tmp_path / "center.pt")
+    async with disto.LocalCluster(nodes=3) as cluster:
+        cfg = EASGDConfig(workers=2, shards=2, tau=5, prefetch=2, lr=0.02, eval_interval=0.3)
+        trainer = Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test), checkpoint=checkpoint)
+        victim = cluster.nodes[1]  # holds shard 1 (and worker 1)
+
+        async def kill_soon() -> None:
+            while not os.path.exists(checkpoint):
+                await asyncio.sleep(0.05)
+            os.kill(victim.pid, signal.SIGKILL)
+
+        killer = asyncio.ensure_future(kill_soon())
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(disto.DistoError, match="parameter shard was lost") as info:
+            await trainer.run(seconds=60)
+        await killer
+        assert loop.time() - t0 < 30  # well before the 60 s of training asked for: no hang
+        assert checkpoint in str(info.value)
+        assert "center" in torch.load(checkpoint)  # the last good center is there to restart from
