@@ -245,3 +245,26 @@ async def test_a_lost_parameter_shard_stops_the_run_with_a_clear_error(tmp_path)
         assert loop.time() - t0 < 30  # well before the 60 s of training asked for: no hang
         assert checkpoint in str(info.value)
         assert "center" in torch.load(checkpoint)  # the last good center is there to restart from
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(120)
+async def test_workers_that_are_data_parallel_groups() -> None:
+    import cloudpickle
+
+    import test_easgd
+
+    cloudpickle.register_pickle_by_value(test_easgd)
+    x_test, y_test = blobs(1000, seed=1)
+    async with disto.LocalCluster(nodes=4) as cluster:  # 2 EA-SGD workers, each a group of 2 processes
+        cfg = EASGDConfig(workers=2, group_size=2, tau=5, prefetch=2, lr=0.05, eval_interval=0.3)
+        # 4 worker processes on 2 cores: slow, so a modest target
+        history = await Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test)).run(seconds=60,
+                                                                                           target=0.8)
+    assert history.best >= 0.8
+    stats = sorted(history.workers, key=lambda w: w["rank"])
+    assert len(stats) == 4
+    # inside a group every process holds the same parameters (averaged gradients, same updates, broadcasts)
+    assert stats[0]["checksum"] == pytest.approx(stats[1]["checksum"], rel=1e-6)
+    assert stats[2]["checksum"] == pytest.approx(stats[3]["checksum"], rel=1e-6)
+    assert stats[0]["pushes"] > 0 and stats[1]["pushes"] == 0  # only the group's first rank talks to the center

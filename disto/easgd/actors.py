@@ -110,13 +110,14 @@ class Worker(Actor):
         self.last_loss = float("nan")
         self.distance = 0.0  # |x - c| at the last exchange
         self._inflight: list[asyncio.Future] = []
+        self.is_leader = True
 
     def stop(self) -> None:
         self._stop = True
 
     def stats(self) -> dict[str, Any]:
         busy = self.busy + (time.perf_counter() - self._started if self._started is not None else 0.0)
-        return {"rank": self.rank, "steps": self.steps, "samples": self.steps * self.cfg.batch_size,
+        return {"rank": self.rank, "checksum": float(self.learner.flat.double().sum()), "steps": self.steps, "samples": self.steps * self.cfg.batch_size,
                 "exchanges": self.exchanges, "fetches": self.fetches, "pushes": self.pushes, "waits": self.waits,
                 "blocked_s": self.blocked, "busy_s": busy, "loss": self.last_loss, "distance": self.distance,
                 "comm_fraction": self.blocked / busy if busy else 0.0}
@@ -170,25 +171,62 @@ class Worker(Actor):
         if not dist.is_initialized():
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # single host: keep gloo on loopback
             dist.init_process_group("gloo", init_method=self.cfg.extra["dist_init"], rank=self.rank,
-                                    world_size=self.cfg.workers)
+                                    world_size=self.cfg.processes)
         return dist
+
+    def _init_group(self) -> None:
+        """Data-parallel worker groups: ranks [g*k, (g+1)*k) form group g; its first rank exchanges with the
+        center for the whole group and broadcasts the result."""
+        dist = self._init_allreduce()
+        k = self.cfg.group_size
+        groups = [dist.new_group(list(range(g * k, (g + 1) * k))) for g in range(self.cfg.workers)]
+        self._dist = dist
+        self._group = groups[self.rank // k]
+        self._leader = (self.rank // k) * k
+        self.is_leader = self.rank == self._leader
+
+    def _group_step(self) -> bool:
+        """One data-parallel step: gradients averaged over the group, then the same update everywhere. Returns
+        True when any member was asked to stop: the flag rides in the same all-reduce, so the whole group stops
+        after the same step (a member that left alone would leave the others blocked in the collective)."""
+        learner, dist = self.learner, self._dist
+        self.last_loss = learner.gradient()
+        grad = torch.cat([learner.flat_grad(), torch.tensor([1.0 if self._stop else 0.0])])
+        dist.all_reduce(grad, group=self._group)
+        stop = bool(grad[-1] > 0)
+        grad = grad[:-1].div_(self.cfg.group_size)
+        offset = 0
+        for p in learner.model.parameters():
+            n = p.numel()
+            p.grad.copy_(grad[offset:offset + n].view_as(p))
+            offset += n
+        learner.opt.step()
+        learner.steps += 1
+        return stop
 
     async def run(self, max_steps: int | None = None) -> dict[str, Any]:
         if self.cfg.synchronous:
             return await self._run_sync(max_steps)
         cfg, learner = self.cfg, self.learner
         tau, prefetch, algo = cfg.tau, cfg.prefetch, cfg.algorithm
-        fetch_at = tau - prefetch if prefetch else None
+        grouped = cfg.group_size > 1
+        if grouped:
+            self._init_group()
+        leads = not grouped or self.is_leader  # only a group's first rank talks to the center
+        fetch_at = tau - prefetch if prefetch and leads else None
         pending: asyncio.Future | None = None
         start = self._started = time.perf_counter()
         t = 0
         try:
-            while not self._stop and (max_steps is None or t < max_steps):
+            while (grouped or not self._stop) and (max_steps is None or t < max_steps):
                 phase = t % tau
                 if (algo != "msgd" and fetch_at is not None and phase == fetch_at
                         and (max_steps is None or t + prefetch < max_steps)):
                     pending = self._fetch()  # prefetch: the reply arrives while we compute
-                if t > 0 and phase == 0:
+                if t > 0 and phase == 0 and not leads:
+                    self._dist.broadcast(learner.flat, src=self._leader, group=self._group)  # the new x
+                    self.exchanges += 1
+                elif t > 0 and phase == 0:
                     self._check_pushes()
                     self.exchanges += 1
                     if algo == "msgd":
@@ -199,8 +237,15 @@ class Worker(Actor):
                         c = await self._center(pending)
                         self.distance = float((learner.flat - c).norm())
                         self._push("push", elastic_step_(learner.flat, c, cfg.alpha))
+                        if grouped:
+                            self._dist.broadcast(learner.flat, src=self._leader, group=self._group)
                     pending = None
-                if algo == "downpour":
+                if grouped:
+                    if self._group_step():
+                        t += 1
+                        self.steps += 1
+                        break
+                elif algo == "downpour":
                     self.last_loss = learner.gradient()
                     self._push("push_gradient", learner.flat_grad())
                     learner.opt.step()

@@ -38,6 +38,8 @@ class EASGDConfig:
     shards: int = 2           # parameter-server shards the center is split over
     seed: int = 0
     eval_interval: float = 1.0  # seconds between evaluations of the center
+    group_size: int = 1       # processes per worker: a group does data-parallel SGD (gradients all-reduced every
+    #                           step with torch.distributed) and exchanges with the center as one worker
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,6 +55,10 @@ class EASGDConfig:
             raise ValueError("msgd is the single-worker baseline: workers must be 1")
         if self.algorithm in SYNCHRONOUS:
             self.prefetch = 0  # the synchronous algorithms meet at a barrier: nothing to fetch ahead
+        if self.group_size < 1:
+            raise ValueError("group_size must be >= 1")
+        if self.group_size > 1 and self.algorithm not in ("eamsgd", "easgd"):
+            raise ValueError("data-parallel worker groups are for eamsgd and easgd")
 
     @property
     def alpha(self) -> float:
@@ -65,6 +71,11 @@ class EASGDConfig:
     @property
     def synchronous(self) -> bool:
         return self.algorithm in SYNCHRONOUS
+
+    @property
+    def processes(self) -> int:
+        """Worker actors (processes) in all: one per worker, or ``group_size`` per worker."""
+        return self.workers * self.group_size
 
 
 def sync_center_(c: torch.Tensor, xs: list[torch.Tensor], mode: str, beta: float) -> torch.Tensor:

@@ -100,9 +100,10 @@ class Trainer:
         """Train for at most ``seconds`` (or until the center reaches accuracy ``target``, or each worker did
         ``max_steps``); return the history."""
         cfg = self.cfg
-        if cfg.algorithm == "allreduce":
-            if cfg.workers > len(self.cluster.nodes):
-                raise DistoError("allreduce runs one worker per node: workers must be <= the number of nodes")
+        if cfg.algorithm == "allreduce" or cfg.group_size > 1:
+            if cfg.processes > len(self.cluster.nodes):
+                raise DistoError(f"{cfg.processes} worker processes need as many nodes (torch.distributed has one "
+                                 f"process group per process); the cluster has {len(self.cluster.nodes)}")
             if "dist_init" not in cfg.extra:
                 import tempfile
                 cfg.extra["dist_init"] = "file://" + tempfile.mktemp(prefix="disto-gloo-")  # one host
@@ -111,7 +112,7 @@ class Trainer:
         lr = cfg.lr if cfg.algorithm == "downpour" else 0.0
         self.shards = await collect(
             nodes[i % len(nodes)].spawn(CenterShard, self.center0[a:b], lr) for i, (a, b) in enumerate(self.bounds))
-        for rank in range(cfg.workers):
+        for rank in range(cfg.processes):
             await self._spawn_worker(rank, None, run=False)
         for rank, ref in self.workers.items():  # start together, once every node is done building its worker
             self.runs[rank] = ref.run(max_steps)
@@ -146,7 +147,7 @@ class Trainer:
             history.seconds = time.perf_counter() - t0
             await collect_all(self.cluster.stop(r) for r in [*self.workers.values(), *self.shards])
             init = cfg.extra.get("dist_init", "")
-            if cfg.algorithm == "allreduce" and init.startswith("file://"):
+            if init.startswith("file://"):
                 try:
                     os.unlink(init[len("file://"):])
                 except OSError:
@@ -163,11 +164,11 @@ class Trainer:
                      "error": f"{type(err).__name__}: {err}"}
             log.warning("worker %d failed: %s", rank, event["error"])
             del self.runs[rank]
-            if self.cfg.synchronous:
+            if self.cfg.synchronous or self.cfg.group_size > 1:
                 history.events.append(event)
                 await collect_all(s.abort_rounds() for s in self.shards)
                 raise DistoError(f"synchronous training lost worker {rank} ({event['error']}): the others "
-                                 "cannot go on without it")
+                                 "cannot go on without it (a data-parallel group neither)")
             if self.respawn and isinstance(err, (NodeLostError, ActorDeadError)):
                 await self.cluster.refresh()
                 await self._spawn_worker(rank, await self.center())
