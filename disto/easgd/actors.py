@@ -194,14 +194,7 @@ class Worker(Actor):
         grad = torch.cat([learner.flat_grad(), torch.tensor([1.0 if self._stop else 0.0])])
         dist.all_reduce(grad, group=self._group)
         stop = bool(grad[-1] > 0)
-        grad = grad[:-1].div_(self.cfg.group_size)
-        offset = 0
-        for p in learner.model.parameters():
-            n = p.numel()
-            p.grad.copy_(grad[offset:offset + n].view_as(p))
-            offset += n
-        learner.opt.step()
-        learner.steps += 1
+        learner.apply_flat_grad(grad[:-1].div_(self.cfg.group_size))
         return stop
 
     async def run(self, max_steps: int | None = None) -> dict[str, Any]:
@@ -284,14 +277,7 @@ class Worker(Actor):
                     t0 = time.perf_counter()
                     dist.all_reduce(grad)  # blocks this node's loop for the collective: one worker per node
                     self.blocked += time.perf_counter() - t0
-                    grad.div_(cfg.workers)
-                    offset = 0
-                    for p in learner.model.parameters():
-                        n = p.numel()
-                        p.grad.copy_(grad[offset:offset + n].view_as(p))
-                        offset += n
-                    learner.opt.step()
-                    learner.steps += 1
+                    learner.apply_flat_grad(grad.div_(cfg.workers))
                 else:
                     self.last_loss = learner.step()
                 t += 1

@@ -159,6 +159,16 @@ class LocalLearner:
     def flat_grad(self) -> torch.Tensor:
         return torch.cat([p.grad.reshape(-1) for p in self.model.parameters()])
 
+    def apply_flat_grad(self, grad: torch.Tensor) -> None:
+        """Take one optimizer step with ``grad`` (a flat vector, e.g. averaged over processes) as the gradient."""
+        offset = 0
+        for p in self.model.parameters():
+            n = p.numel()
+            p.grad.copy_(grad[offset:offset + n].view_as(p))
+            offset += n
+        self.opt.step()
+        self.steps += 1
+
 
 @torch.no_grad()
 def accuracy(model_fn: Callable[[], torch.nn.Module], flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
