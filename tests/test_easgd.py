@@ -1,6 +1,8 @@
 """EA-SGD: the update rules, the actors, and short real runs on small data (CI-sized)."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -268,3 +270,30 @@ async def test_workers_that_are_data_parallel_groups() -> None:
     assert stats[0]["checksum"] == pytest.approx(stats[1]["checksum"], rel=1e-6)
     assert stats[2]["checksum"] == pytest.approx(stats[3]["checksum"], rel=1e-6)
     assert stats[0]["pushes"] > 0 and stats[1]["pushes"] == 0  # only the group's first rank talks to the center
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(90)
+async def test_allreduce_workers_stop_together_when_only_one_is_told() -> None:
+    import tempfile
+
+    import cloudpickle
+
+    import test_easgd
+
+    cloudpickle.register_pickle_by_value(test_easgd)
+    cfg = EASGDConfig(algorithm="allreduce", workers=2, tau=5, shards=1,
+                      extra={"dist_init": "file://" + tempfile.mktemp(prefix="disto-gloo-test-")})
+    async with disto.LocalCluster(nodes=2) as cluster:
+        torch.manual_seed(cfg.seed)
+        flat = flatten_(small_model()).clone()
+        bounds = shard_bounds(flat.numel(), 1)
+        shard = await cluster.nodes[0].spawn(CenterShard, flat)
+        workers = [await h.spawn(Worker, r, cfg, small_model, blob_data, torch.nn.functional.cross_entropy,
+                                 [shard], bounds) for r, h in enumerate(cluster.nodes)]
+        runs = [w.run() for w in workers]
+        while (await workers[0].stats())["steps"] < 20:
+            await asyncio.sleep(0.05)
+        await workers[1].stop()  # only one of them: the other must not be left alone in the collective
+        stats = await disto.within(disto.collect(runs), 20.0)
+        assert stats[0]["steps"] == stats[1]["steps"] > 20

@@ -111,6 +111,7 @@ class Worker(Actor):
         self.distance = 0.0  # |x - c| at the last exchange
         self._inflight: list[asyncio.Future] = []
         self.is_leader = True
+        self._dist: Any = None  # torch.distributed, once a process group is set up
 
     def stop(self) -> None:
         self._stop = True
@@ -185,17 +186,24 @@ class Worker(Actor):
         self._leader = (self.rank // k) * k
         self.is_leader = self.rank == self._leader
 
-    def _group_step(self) -> bool:
-        """One data-parallel step: gradients averaged over the group, then the same update everywhere. Returns
-        True when any member was asked to stop: the flag rides in the same all-reduce, so the whole group stops
-        after the same step (a member that left alone would leave the others blocked in the collective)."""
-        learner, dist = self.learner, self._dist
+    def _averaged_step(self, group: Any, size: int) -> bool:
+        """One data-parallel step: gradients averaged over ``group`` (None: every worker) with torch.distributed,
+        then the same update everywhere. Returns True when any member was asked to stop: the flag rides in the
+        same all-reduce, so all stop after the same step (one that left alone would leave the others blocked in
+        the collective, holding their nodes' event loops)."""
+        learner = self.learner
         self.last_loss = learner.gradient()
         grad = torch.cat([learner.flat_grad(), torch.tensor([1.0 if self._stop else 0.0])])
-        dist.all_reduce(grad, group=self._group)
-        stop = bool(grad[-1] > 0)
-        learner.apply_flat_grad(grad[:-1].div_(self.cfg.group_size))
-        return stop
+        t0 = time.perf_counter()
+        self._dist.all_reduce(grad, group=group)
+        self.blocked += time.perf_counter() - t0
+        learner.apply_flat_grad(grad[:-1].div_(size))
+        return bool(grad[-1] > 0)
+
+    async def _finish_pushes(self) -> None:
+        if self._inflight:
+            await collect(self._inflight)
+            self._inflight = []
 
     async def run(self, max_steps: int | None = None) -> dict[str, Any]:
         if self.cfg.synchronous:
@@ -234,7 +242,7 @@ class Worker(Actor):
                             self._dist.broadcast(learner.flat, src=self._leader, group=self._group)
                     pending = None
                 if grouped:
-                    if self._group_step():
+                    if self._averaged_step(self._group, cfg.group_size):
                         t += 1
                         self.steps += 1
                         break
@@ -248,9 +256,7 @@ class Worker(Actor):
                 t += 1
                 self.steps += 1
                 await asyncio.sleep(0)  # let replies (prefetch) and stats()/stop() in
-            if self._inflight:
-                await collect(self._inflight)
-                self._inflight = []
+            await self._finish_pushes()
         finally:
             self.busy += time.perf_counter() - start
             self._started = None
@@ -258,34 +264,31 @@ class Worker(Actor):
 
     async def _run_sync(self, max_steps: int | None) -> dict[str, Any]:
         cfg, learner = self.cfg, self.learner
-        dist = self._init_allreduce() if cfg.algorithm == "allreduce" else None
+        allreduce = cfg.algorithm == "allreduce"
+        if allreduce:
+            self._dist = self._init_allreduce()
         start = self._started = time.perf_counter()
         t = 0
         try:
-            while not self._stop and (max_steps is None or t < max_steps):
+            # all-reduce workers agree on stopping inside the collective (see _averaged_step)
+            while (allreduce or not self._stop) and (max_steps is None or t < max_steps):
                 if t > 0 and t % cfg.tau == 0:
                     self.exchanges += 1
-                    if dist is None:
+                    if not allreduce:
                         if not await self._sync_round(t // cfg.tau):
                             break
                     elif self.rank == 0:  # all replicas are equal: publish one for evaluation
                         self._check_pushes()
                         self._push("assign", learner.flat.clone())
-                if dist is not None:
-                    self.last_loss = learner.gradient()
-                    grad = learner.flat_grad()
-                    t0 = time.perf_counter()
-                    dist.all_reduce(grad)  # blocks this node's loop for the collective: one worker per node
-                    self.blocked += time.perf_counter() - t0
-                    learner.apply_flat_grad(grad.div_(cfg.workers))
-                else:
-                    self.last_loss = learner.step()
                 t += 1
                 self.steps += 1
+                if allreduce:
+                    if self._averaged_step(None, cfg.workers):
+                        break
+                else:
+                    self.last_loss = learner.step()
                 await asyncio.sleep(0)
-            if self._inflight:
-                await collect(self._inflight)
-                self._inflight = []
+            await self._finish_pushes()
         finally:
             self.busy += time.perf_counter() - start
             self._started = None
