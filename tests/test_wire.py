@@ -361,3 +361,21 @@ def test_fast_decoders_only_raise_protocol_errors(blob: bytes) -> None:
             dec(blob, 0, len(blob))
         except RemoteProtocolError:
             pass
+
+
+def test_fast_decoders_accept_fields_in_any_order() -> None:
+    # a writer may emit fields in another order: same message, decoded by the general field loop
+    fields = [struct.pack("!bhi", 11, 3, 3) + b"add", struct.pack("!bhq", 10, 2, 7), struct.pack("!bhb", 2, 6, 1),
+              struct.pack("!bhq", 10, 1, 42), struct.pack("!bhi", 11, 4, 2) + b"pp"]
+    body = b"".join(fields) + b"\0"
+    msg, sizes = decode_call(body, 0, len(body))
+    assert (msg.call_id, msg.actor_id, msg.method, msg.payload, msg.payload_oob, sizes) == (42, 7, "add", b"pp",
+                                                                                          True, [])
+    reply = struct.pack("!bhb", 2, 4, 0) + struct.pack("!bhq", 10, 1, 9) + b"\0"
+    got, _ = decode_reply(reply, 0, len(reply))
+    assert got.call_id == 9 and got.payload is None
+    missing = struct.pack("!bhq", 10, 2, 7) + b"\0"
+    with pytest.raises(RemoteProtocolError):
+        decode_call(missing, 0, len(missing))
+    wrong_type = struct.pack("!bhi", 8, 1, 5) + b"\0"  # call_id as i32: not ours to judge
+    assert decode_call(wrong_type, 0, len(wrong_type)) is None

@@ -194,10 +194,20 @@ def decode_call(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]] | No
     return _decode_call_slow(data, pos, end)
 
 
-def _decode_call_slow(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]] | None:
-    call_id = actor_id = method = payload = node_id = None
+# Field tables for the general loop: field id -> (thrift type, attribute, how to read it).
+_CALL_FIELDS = {1: (10, "call_id", "i64"), 2: (10, "actor_id", "i64"), 3: (11, "method", "str"),
+                4: (11, "payload", "bytes"), 5: (15, "buffers", "descs"), 6: (2, "payload_oob", "bool"),
+                7: (11, "node_id", "str")}
+_REPLY_FIELDS = {1: (10, "call_id", "i64"), 2: (11, "payload", "bytes"), 3: (15, "buffers", "descs"),
+                 4: (2, "payload_oob", "bool")}
+
+
+def _read_fields(data: Any, pos: int, end: int, table: dict[int, tuple[int, str, str]]
+                 ) -> tuple[dict[str, Any], list[int]] | None:
+    """Fields in any order, bounded like the validator; None if a field is not in ``table`` (or not of its type):
+    the generic path then decides."""
+    values: dict[str, Any] = {}
     sizes: list[int] = []
-    oob = False
     while True:
         if pos >= end:
             raise _bad("struct not terminated")
@@ -207,20 +217,27 @@ def _decode_call_slow(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]
             break
         if pos + 3 > end:
             raise _bad("truncated field header")
-        fid = (data[pos + 1] << 8) | data[pos + 2]
+        spec = table.get((data[pos + 1] << 8) | data[pos + 2])
         pos += 3
-        if t == 10:
+        if spec is None or spec[0] != t:
+            return None
+        _, name, how = spec
+        if how == "i64":
             if pos + 8 > end:
                 raise _bad("truncated i64")
-            (v,) = _q.unpack_from(data, pos)
+            (values[name],) = _q.unpack_from(data, pos)
             pos += 8
-            if fid == 1:
-                call_id = v
-            elif fid == 2:
-                actor_id = v
-            else:
+        elif how == "bool":
+            if pos >= end:
+                raise _bad("truncated bool")
+            values[name] = data[pos] != 0
+            pos += 1
+        elif how == "descs":
+            got = _read_descs(data, pos, end)
+            if got is None:
                 return None
-        elif t == 11:
+            sizes, pos = got
+        else:
             if pos + 4 > end:
                 raise _bad("truncated length")
             (n,) = _i.unpack_from(data, pos)
@@ -229,43 +246,33 @@ def _decode_call_slow(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]
                 raise _bad(f"string length {n} out of bounds")
             raw = bytes(data[pos:pos + n])
             pos += n
-            if fid == 4:
-                payload = raw
-            elif fid == 3 or fid == 7:
+            if how == "str":
                 try:
-                    s = raw.decode()
+                    values[name] = raw.decode()
                 except UnicodeDecodeError:
                     raise _bad("string is not UTF-8") from None
-                if fid == 3:
-                    method = s
-                else:
-                    node_id = s
             else:
-                return None
-        elif t == 2 and fid == 6:
-            if pos >= end:
-                raise _bad("truncated bool")
-            oob = data[pos] != 0
-            pos += 1
-        elif t == 15 and fid == 5:
-            got = _read_descs(data, pos, end)
-            if got is None:
-                return None
-            sizes, pos = got
-        else:
-            return None
+                values[name] = raw
     if pos != end:
         raise _bad("trailing bytes after struct")
-    if call_id is None or actor_id is None or method is None:
+    return values, sizes
+
+
+def _decode_call_slow(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]] | None:
+    got = _read_fields(data, pos, end, _CALL_FIELDS)
+    if got is None:
+        return None
+    v, sizes = got
+    if v.get("call_id") is None or v.get("actor_id") is None or v.get("method") is None:
         raise _bad("Call is missing a required field")
     msg = CallMsg()
-    msg.call_id = call_id
-    msg.actor_id = actor_id
-    msg.method = method
-    msg.payload = payload
+    msg.call_id = v["call_id"]
+    msg.actor_id = v["actor_id"]
+    msg.method = v["method"]
+    msg.payload = v.get("payload")
     msg.buffers = None
-    msg.payload_oob = oob
-    msg.node_id = node_id
+    msg.payload_oob = v.get("payload_oob", False)
+    msg.node_id = v.get("node_id")
     return msg, sizes
 
 
@@ -296,53 +303,15 @@ _REPLY_PAYLOAD = struct.Struct("!bhqbhi")
 
 
 def _decode_reply_slow(data: Any, pos: int, end: int) -> tuple[ReplyMsg, list[int]] | None:
-    call_id = payload = None
-    sizes: list[int] = []
-    oob = False
-    while True:
-        if pos >= end:
-            raise _bad("struct not terminated")
-        t = data[pos]
-        if t == 0:
-            pos += 1
-            break
-        if pos + 3 > end:
-            raise _bad("truncated field header")
-        fid = (data[pos + 1] << 8) | data[pos + 2]
-        pos += 3
-        if t == 10 and fid == 1:
-            if pos + 8 > end:
-                raise _bad("truncated i64")
-            (call_id,) = _q.unpack_from(data, pos)
-            pos += 8
-        elif t == 11 and fid == 2:
-            if pos + 4 > end:
-                raise _bad("truncated length")
-            (n,) = _i.unpack_from(data, pos)
-            pos += 4
-            if n < 0 or n > end - pos:
-                raise _bad(f"binary length {n} out of bounds")
-            payload = bytes(data[pos:pos + n])
-            pos += n
-        elif t == 2 and fid == 4:
-            if pos >= end:
-                raise _bad("truncated bool")
-            oob = data[pos] != 0
-            pos += 1
-        elif t == 15 and fid == 3:
-            got = _read_descs(data, pos, end)
-            if got is None:
-                return None
-            sizes, pos = got
-        else:
-            return None
-    if pos != end:
-        raise _bad("trailing bytes after struct")
-    if call_id is None:
+    got = _read_fields(data, pos, end, _REPLY_FIELDS)
+    if got is None:
+        return None
+    v, sizes = got
+    if v.get("call_id") is None:
         raise _bad("Reply.call_id is missing")
     msg = ReplyMsg()
-    msg.call_id = call_id
-    msg.payload = payload
+    msg.call_id = v["call_id"]
+    msg.payload = v.get("payload")
     msg.buffers = None
-    msg.payload_oob = oob
+    msg.payload_oob = v.get("payload_oob", False)
     return msg, sizes
