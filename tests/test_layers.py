@@ -94,3 +94,13 @@ def test_easgd_uses_only_the_public_api() -> None:
         for mod in imports_of(path):
             if mod.startswith("disto"):
                 assert mod == "disto" or mod.startswith("disto.easgd"), f"easgd/{path.name} imports {mod}"
+
+
+def test_search_uses_only_the_public_api() -> None:
+    # one exception: the Thrift service decodes its requests with the wire layer's bounded decoder
+    allowed = {"service.py": {"disto.wire.messages"}}
+    for path in (ROOT / "search").glob("*.py"):
+        for mod in imports_of(path):
+            if mod.startswith("disto"):
+                ok = mod == "disto" or mod.startswith("disto.search") or mod in allowed.get(path.name, set())
+                assert ok, f"search/{path.name} imports {mod}"

@@ -125,9 +125,11 @@ def encode(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-_REQUIRED: dict[type, tuple[str, ...]] = {
-    cls: tuple(spec[1] for spec in cls.thrift_spec.values() if spec[-1] is True) for cls in STRUCT_OF_KIND.values()
-}
+def _required(cls: type) -> tuple[str, ...]:
+    return tuple(spec[1] for spec in cls.thrift_spec.values() if spec[-1] is True)
+
+
+_REQUIRED: dict[type, tuple[str, ...]] = {cls: _required(cls) for cls in STRUCT_OF_KIND.values()}
 
 
 def decode(kind: int, data: bytes) -> Any:
@@ -135,13 +137,21 @@ def decode(kind: int, data: bytes) -> Any:
     cls = STRUCT_OF_KIND.get(kind)
     if cls is None:
         raise RemoteProtocolError(f"unknown message kind {kind}")
+    return decode_struct(cls, data)
+
+
+def decode_struct(cls: type, data: bytes) -> Any:
+    """Decode one Thrift struct of any IDL-generated class, bounded as :func:`decode` is."""
     validate(data)
     obj = cls()
     try:
         obj.read(TCyBinaryProtocol(TCyMemoryBuffer(data)))
     except Exception as e:  # the cython decoder raises many types on type mismatches
         raise RemoteProtocolError(f"undecodable {cls.__name__}: {e}") from None
-    for name in _REQUIRED[cls]:
+    required = _REQUIRED.get(cls)
+    if required is None:
+        required = _REQUIRED[cls] = _required(cls)
+    for name in required:
         if getattr(obj, name) is None:
             raise RemoteProtocolError(f"{cls.__name__}.{name} is missing")
     return obj

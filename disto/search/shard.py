@@ -1,0 +1,83 @@
+"""One shard of a distributed IVF index: a disto actor around a Faiss ``IndexIVF`` holding a slice of the
+database. Every shard starts from the same trained empty index (so their codes are comparable and their results
+merge exactly); the router sends queries already assigned to inverted lists (``search_preassigned``)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from disto import Actor
+
+from ._faiss import faiss, as_ids, as_matrix
+
+
+class IndexShard(Actor):
+    """Holds one slice of the database. Searches run one at a time in a worker thread (Faiss drops the GIL), so
+    the node's event loop keeps receiving the next batch while this one is scored."""
+
+    max_concurrency = 1  # one Faiss call at a time per shard: its OpenMP pool is sized for one
+    inline_work = 256    # queries x nprobe up to which a search runs on the loop (a thread hop costs more)
+
+    def __init__(self, shard: int, index_bytes: np.ndarray | None = None, path: str | None = None,
+                 threads: int = 1) -> None:
+        if (index_bytes is None) == (path is None):
+            raise ValueError("give the trained index as bytes or a path to load, not both or neither")
+        threads = max(1, int(threads))
+        faiss.omp_set_num_threads(threads)
+        # OpenMP's thread count is per calling thread: the worker thread sets its own, once
+        self._pool = ThreadPoolExecutor(1, f"disto-shard-{shard}", faiss.omp_set_num_threads, (threads,))
+        self.shard = shard
+        if path is not None:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"shard {shard}: no index file at {path}")
+            self.index = faiss.read_index(path)
+        else:
+            self.index = faiss.deserialize_index(np.ascontiguousarray(index_bytes, dtype=np.uint8))
+        self.ivf = faiss.extract_index_ivf(self.index)
+        if self.ivf is not self.index and not isinstance(self.index, faiss.IndexIVF):
+            raise TypeError("a shard index must be a plain IndexIVF (no pre-transform)")
+
+    def info(self) -> dict[str, Any]:
+        return {"shard": self.shard, "ntotal": int(self.index.ntotal), "d": int(self.index.d),
+                "nlist": int(self.ivf.nlist), "pid": os.getpid()}
+
+    async def add(self, x: np.ndarray, ids: np.ndarray) -> int:
+        x, ids = as_matrix(x, self.index.d), as_ids(ids, len(x))
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.index.add_with_ids, x, ids)
+        return int(self.index.ntotal)
+
+    async def search(self, xq: np.ndarray, k: int, assign: np.ndarray, coarse: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Top-k of each query over the lists in ``assign`` (n x nprobe, from the router's coarse quantizer).
+        Returns distances, global ids, and the wall-clock times Faiss started and ended (the router splits its
+        wait into transfer and search with them)."""
+        if assign.size <= self.inline_work:
+            return self._search(xq, k, assign, coarse)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._search, xq, k, assign, coarse)
+
+    def _search(self, xq: np.ndarray, k: int, assign: np.ndarray, coarse: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, float, float]:
+        t0 = time.time()
+        self.ivf.nprobe = assign.shape[1]  # the Python wrapper checks Iq against it; calls never overlap
+        D, I = self.ivf.search_preassigned(xq, k, assign, coarse)
+        return D, I, t0, time.time()
+
+    def save(self, path: str) -> int:
+        """Write this shard's part (atomically: a crash never leaves half a file under the final name)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        faiss.write_index(self.index, tmp)
+        os.replace(tmp, path)
+        return int(self.index.ntotal)
+
+    def reset(self) -> None:
+        self.index.reset()
+
+    def on_stop(self) -> None:
+        self._pool.shutdown(wait=False)
+        self.index = self.ivf = None

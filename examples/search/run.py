@@ -1,0 +1,238 @@
+"""Distributed IVF-PQ search on a local disto cluster, next to single-process Faiss measured in the same run.
+
+    python examples/search/run.py                 # 200k x 128, a minute or two
+    python examples/search/run.py --nb 1000000    # the 1M x 128 set of docs/search.md
+
+Generates a seeded clustered data set, caches its exact ground truth, trains one IVF-PQ index, builds it in one
+process (Faiss) and sharded over 1, 2, ... shard processes (disto), and prints 1-R@1, R@10, queries/s and
+latency p50/p99 for batch sizes 1, 32 and 1000, bytes/vector and build time, the time breakdown of a sharded
+batch, and the fraction of result rows identical to the single index. Saves a recall-vs-QPS plot.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+import disto
+from disto.search import DistributedIndex, dataset, ground_truth, one_recall_at
+from disto.search._faiss import faiss
+
+BATCHES = (1, 32, 1000)
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def sample(batch: int, args: argparse.Namespace) -> int:
+    """Queries timed at this batch size: all of them in big batches, 1000 one by one or 32 at a time."""
+    return args.nq if batch >= 1000 else min(args.nq, 1000)
+
+
+def file_bytes(index: Any) -> int:
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def same_rows(a: np.ndarray, b: np.ndarray, da: np.ndarray, db: np.ndarray) -> float:
+    """Rows whose ids are identical, counting a row also when only tied distances are ordered differently."""
+    same = (a == b).all(axis=1)
+    tie = ~same & np.isclose(da, db, rtol=1e-5, atol=1e-6).all(axis=1)
+    return float((same | tie).mean())
+
+
+def faiss_latency(index: Any, xq: np.ndarray, k: int, batch: int, reps: int) -> tuple[list[float], float]:
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    n = 0
+    for r in range(reps):
+        for s in range(0, len(xq) - batch + 1, batch):
+            t = time.perf_counter()
+            index.search(xq[s:s + batch], k)
+            lat.append(time.perf_counter() - t)
+            n += batch
+    return lat, n / (time.perf_counter() - t0)
+
+
+async def disto_latency(ix: DistributedIndex, xq: np.ndarray, k: int, nprobe: int, batch: int, reps: int,
+                        inflight: int = 1) -> tuple[list[float], float, list[dict[str, float]]]:
+    """Latency of each batch, and queries/s with ``inflight`` batches on the wire at once."""
+    lat: list[float] = []
+    timings: list[dict[str, float]] = []
+    starts = [s for _ in range(reps) for s in range(0, len(xq) - batch + 1, batch)]
+    sem = asyncio.Semaphore(inflight)
+
+    async def one(s: int) -> None:
+        async with sem:
+            t = time.perf_counter()
+            r = await ix.search(xq[s:s + batch], k, nprobe)
+            lat.append(time.perf_counter() - t)
+            timings.append(r.timing)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(s) for s in starts))
+    return lat, len(starts) * batch / (time.perf_counter() - t0), timings
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    faiss.omp_set_num_threads(1)  # Faiss single-process baseline at one core, as each shard
+    t0 = time.perf_counter()
+    xb, xq, xt = dataset(args.nb, args.nq, args.d, seed=args.seed, clusters=args.clusters, ntrain=args.ntrain)
+    gt = ground_truth(xb, xq, 10, cache_dir=args.cache)
+    print(f"data: {args.nb} x {args.d} database, {args.nq} queries, {len(xt)} training vectors "
+          f"({time.perf_counter() - t0:.1f} s with ground truth)", flush=True)
+    t = time.perf_counter()
+    trained = DistributedIndex.train(args.factory, xt)
+    train_s = time.perf_counter() - t
+    print(f"trained {args.factory} in {train_s:.1f} s", flush=True)
+    k, nprobe = args.k, args.nprobe
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[tuple[float, float]]] = {}
+
+    # ---- single-process Faiss (1 thread)
+    single = faiss.deserialize_index(faiss.serialize_index(trained))
+    t = time.perf_counter()
+    single.add(xb)
+    build = time.perf_counter() - t
+    single.nprobe = nprobe
+    D0, I0 = single.search(xq, k)
+    row: dict[str, Any] = {"system": "faiss 1 process", "build_s": build,
+                           "bytes_per_vector": file_bytes(single) / args.nb,
+                           "1-R@1": one_recall_at(I0, gt, 1), "R@10": one_recall_at(I0, gt, 10), "identical": 1.0}
+    for b in BATCHES:
+        lat, qps = faiss_latency(single, xq[:sample(b, args)], k, b, 1)
+        row[f"qps@{b}"], row[f"p50@{b}"], row[f"p99@{b}"] = qps, pct(lat, 50), pct(lat, 99)
+    rows.append(row)
+    curves["faiss 1 process"] = []
+    for p in args.curve:
+        single.nprobe = p
+        _, I = single.search(xq, k)
+        _, qps = faiss_latency(single, xq, k, 1000 if args.nq >= 1000 else args.nq, 1)
+        curves["faiss 1 process"].append((one_recall_at(I, gt, 1), qps))
+    single.nprobe = nprobe
+    print(f"faiss: built in {build:.1f} s, 1-R@1 {row['1-R@1']:.3f}", flush=True)
+    del single
+
+    # ---- disto: a local cluster of max(shards) node processes, one shard actor per process
+    breakdown: dict[int, dict[str, float]] = {}
+    async with disto.LocalCluster(max(args.shards)) as cluster:
+        for nshards in args.shards:
+            name = f"disto {nshards} shard{'s' if nshards > 1 else ''}"
+            ix = await DistributedIndex.from_trained(cluster, trained, shards=nshards, nprobe=nprobe,
+                                                     nodes=cluster.nodes[:nshards], factory=args.factory)
+            t = time.perf_counter()
+            await ix.add(xb)
+            build = time.perf_counter() - t
+            r = await ix.search(xq, k, nprobe)
+            row = {"system": name, "build_s": build, "bytes_per_vector": float("nan"),
+                   "1-R@1": one_recall_at(r.labels, gt, 1), "R@10": one_recall_at(r.labels, gt, 10),
+                   "identical": same_rows(r.labels, I0, r.distances, D0)}
+            for b in BATCHES:
+                q = xq[:sample(b, args)]
+                lat, _, timings = await disto_latency(ix, q, k, nprobe, b, 1)
+                # throughput with two batches in flight, so every shard has the next one queued
+                _, qps, _ = await disto_latency(ix, q, k, nprobe, b, 1, inflight=2)
+                row[f"qps@{b}"], row[f"p50@{b}"], row[f"p99@{b}"] = qps, pct(lat, 50), pct(lat, 99)
+                if b == max(BATCHES):
+                    breakdown[nshards] = {key: statistics.median(tm[key] for tm in timings) for key in timings[0]}
+            if args.save and nshards == max(args.shards):
+                with tempfile.TemporaryDirectory() as d:
+                    await ix.save(d)
+                    size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if "shard" in f)
+                    row["bytes_per_vector"] = size / args.nb
+            rows.append(row)
+            curves[name] = []
+            for p in args.curve:
+                rr = await ix.search(xq, k, p)
+                _, qps, _ = await disto_latency(ix, xq, k, p, 1000 if args.nq >= 1000 else args.nq, 1, 2)
+                curves[name].append((one_recall_at(rr.labels, gt, 1), qps))
+            print(f"{name}: built in {build:.1f} s, identical rows {row['identical']:.4f}", flush=True)
+            await ix.close()
+    return {"rows": rows, "curves": curves, "breakdown": breakdown, "train_s": train_s}
+
+
+def report(res: dict[str, Any], args: argparse.Namespace) -> None:
+    rows = res["rows"]
+    print(f"\n{args.factory}, nprobe={args.nprobe}, k={args.k}, {args.nb} x {args.d}, {args.nq} queries; "
+          f"training {res['train_s']:.1f} s; {os.cpu_count()} cores")
+    head = f"{'system':<18} {'1-R@1':>6} {'R@10':>6} {'same':>7} {'B/vec':>6} {'build s':>7}"
+    for b in BATCHES:
+        head += f" {'qps@' + str(b):>9} {'p50 ms':>7} {'p99 ms':>7}"
+    print(head)
+    for r in rows:
+        line = (f"{r['system']:<18} {r['1-R@1']:>6.3f} {r['R@10']:>6.3f} {r['identical']:>7.4f} "
+                f"{r['bytes_per_vector']:>6.1f} {r['build_s']:>7.1f}")
+        for b in BATCHES:
+            line += f" {r[f'qps@{b}']:>9.0f} {r[f'p50@{b}'] * 1e3:>7.2f} {r[f'p99@{b}'] * 1e3:>7.2f}"
+        print(line)
+    base = rows[0]["qps@1000"]
+    one = next((r["qps@1000"] for r in rows if r["system"] == "disto 1 shard"), None)
+    for r in rows[1:]:
+        extra = f", {r['qps@1000'] / one:.2f}x disto 1 shard" if one else ""
+        print(f"  {r['system']}: {r['qps@1000'] / base:.2f}x faiss 1 process at batch 1000{extra}")
+    print("\nbatch of 1000, median per batch (ms): coarse | fan-out wait | slowest shard's Faiss | overhead "
+          "(fan-out - shard) | merge")
+    for n, bd in res["breakdown"].items():
+        print(f"  {n} shard(s): {bd['coarse'] * 1e3:.2f} | {bd['fanout'] * 1e3:.2f} | {bd['shard'] * 1e3:.2f} | "
+              f"{bd['overhead'] * 1e6:.0f} us | {bd['merge'] * 1e3:.2f}")
+
+
+def plot(res: dict[str, Any], path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in res["curves"].items():
+        ax.plot([p[1] for p in pts], [p[0] for p in pts], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries/s (batch 1000)")
+    ax.set_ylabel("1-R@1")
+    ax.set_title("recall vs throughput, nprobe " + ",".join(map(str, sorted({1, 4, 16, 64}))))
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nb", type=int, default=200_000, help="database vectors (1000000 for the full set)")
+    p.add_argument("--nq", type=int, default=5000, help="queries")
+    p.add_argument("--d", type=int, default=128)
+    p.add_argument("--ntrain", type=int, default=None, help="training sample (default max(20k, nb/10))")
+    p.add_argument("--clusters", type=int, default=1000)
+    p.add_argument("--factory", default="IVF1024,PQ16")
+    p.add_argument("--nprobe", type=int, default=16)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--shards", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    p.add_argument("--curve", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64],
+                   help="nprobe values of the recall-vs-QPS plot")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=os.path.expanduser("~/.cache/disto/search"), help="ground-truth cache")
+    p.add_argument("--out", default="search-results", help="folder for the JSON and the plot")
+    p.add_argument("--no-save", dest="save", action="store_false", help="skip the save (bytes/vector of shards)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse()
+    res = disto.run(main(args))
+    report(res, args)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "search.json"), "w") as fh:
+        json.dump({"args": vars(args), **{k: v for k, v in res.items()}}, fh, indent=1, default=str)
+    plot(res, os.path.join(args.out, "recall-qps.png"))
+    sys.exit(0)
