@@ -11,12 +11,26 @@ import sys
 
 from ._errors import DistoError
 from ._runner import run
+from ._tls import from_env
 from ._token import resolve_token, write_token_file
+from .node import NodeConfig
 
 
 def _add_token_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="cluster token (prefer DISTO_TOKEN or --token-file: argv is visible to ps)")
     p.add_argument("--token-file", help="file holding the token, mode 0600 (default: $DISTO_TOKEN_FILE)")
+    env = from_env()
+    p.add_argument("--tls-cert", default=env["cert"], help="this node's TLS certificate, PEM (default: "
+                   "$DISTO_TLS_CERT); with --tls-key and --tls-ca every connection is mutual TLS")
+    p.add_argument("--tls-key", default=env["key"], help="its private key, PEM (default: $DISTO_TLS_KEY)")
+    p.add_argument("--tls-ca", default=env["ca"], help="the cluster CA certificate, PEM (default: $DISTO_TLS_CA)")
+    p.add_argument("--tls-no-check-hostname", action="store_true",
+                   help="accept any certificate of the CA, whatever address it names")
+
+
+def _config(args: argparse.Namespace) -> NodeConfig:
+    return NodeConfig(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
+                      tls_check_hostname=not args.tls_no_check_hostname)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def _node_start(args: argparse.Namespace) -> int:
     from .node import Node
 
-    node = Node(resolve_token(args.token, args.token_file), listen=args.listen, seed=args.seed)
+    node = Node(resolve_token(args.token, args.token_file), listen=args.listen, seed=args.seed, config=_config(args))
     await node.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,7 +84,7 @@ async def _node_stop(args: argparse.Namespace) -> int:
     from .node import NODE_SERVICE_ID, Node
 
     async with Node(resolve_token(args.token, args.token_file), listen=None, seed=args.address,
-                    role="client") as me:
+                    role="client", config=_config(args)) as me:
         ok = await ActorRef("", args.address, NODE_SERVICE_ID, "NodeService", None, me).shutdown("disto node stop")
     print(f"stopping {args.address}" if ok else f"{args.address} refused")
     return 0
@@ -81,7 +95,8 @@ async def _status(args: argparse.Namespace) -> int:
     from .futures import collect_all
     from .node import NODE_SERVICE_ID, Node
 
-    async with Node(resolve_token(args.token, args.token_file), listen=None, seed=args.seed, role="client") as me:
+    async with Node(resolve_token(args.token, args.token_file), listen=None, seed=args.seed, role="client",
+                    config=_config(args)) as me:
         assert me.registry is not None
         members = await me.registry.members()
         names = await me.registry.names()
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             write_token_file(args.file)
             print(f"wrote a new token to {args.file} (mode 0600)")
             return 0
-    except DistoError as e:
+    except (DistoError, ValueError) as e:
         print(f"disto: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from ._errors import ActorNotFoundError, DistoError, RemoteError
+from ._tls import ENV
 from ._token import new_token, resolve_token
 from .actor import ActorRef
 from .futures import Future
@@ -161,6 +162,13 @@ class LocalCluster:
             args += ["--seed", seed]
         env = dict(os.environ, **self.env, DISTO_TOKEN=self.token)
         env.pop("DISTO_TOKEN_FILE", None)
+        cfg = self.config
+        for var in ENV.values():
+            env.pop(var, None)  # the nodes use the driver's TLS settings, not whatever this shell had
+        if cfg is not None and cfg.tls_cert:  # the nodes use the driver's TLS files (one host, one identity)
+            env.update({ENV["cert"]: cfg.tls_cert, ENV["key"]: cfg.tls_key or "", ENV["ca"]: cfg.tls_ca or ""})
+            if not cfg.tls_check_hostname:
+                args.append("--tls-no-check-hostname")
         try:
             proc = await asyncio.create_subprocess_exec(*args, env=env, pass_fds=(wfd,), stdin=asyncio.subprocess.DEVNULL,
                                                         preexec_fn=_child_setup)

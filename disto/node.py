@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ._mailbox import CallItem, Mailbox, describe_exception
 from .actor import Actor, ActorRef, _current_node, _default_node, public_methods
 from .futures import Future
 from ._heartbeat import UdpHeartbeat
+from ._tls import TlsFiles
 from .membership import FailureDetector
 from ._buffers import INLINE_PAYLOAD_MAX, BufferRouter
 from .serialization import BufferPool, dumps, janitor, loads
@@ -72,6 +74,12 @@ class NodeConfig:
     shm_pool_bytes: int = 2 << 30   # free shared-memory segments kept for reuse
     heartbeat_interval: float = 0.5  # each side of a connection sends a heartbeat this often
     failure_timeout: float = 2.5    # a peer silent this long is declared lost (frozen, cut off, or overloaded)
+    # mutual TLS on every TCP connection: this node's certificate and key, and the cluster CA that signs every
+    # node's (all three, or none). With tls_check_hostname a node's certificate must name its listen address.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_check_hostname: bool = True
 
 
 _transfer_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar("disto_transfer", default=None)
@@ -132,6 +140,10 @@ class Node:
                  role: str = "worker", config: NodeConfig | None = None) -> None:
         self._token = normalize_token(token)
         self.config = config or NodeConfig()
+        cfg = self.config
+        tls = TlsFiles.from_parts(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_check_hostname)
+        self._tls_server = tls.server_context() if tls else None
+        self._tls_client = tls.client_context() if tls else None
         self.node_id = new_node_id()
         self.role = role
         self._listen = listen
@@ -169,7 +181,9 @@ class Node:
         self.loop = asyncio.get_running_loop()
         if self._listen is not None:
             host, port = parse_address(self._listen)
-            self._server = await self.loop.create_server(self._accept, host, port, reuse_address=True)
+            tls = {"ssl": self._tls_server, "ssl_handshake_timeout": self.config.handshake_timeout} \
+                if self._tls_server else {}
+            self._server = await self.loop.create_server(self._accept, host, port, reuse_address=True, **tls)
             sock = self._server.sockets[0]
             bound = sock.getsockname()
             self.address = format_address(host, bound[1])
@@ -595,11 +609,19 @@ class Node:
         assert self.loop is not None
         try:
             host, port = parse_address(address)
-            await asyncio.wait_for(self.loop.create_connection(lambda: ch, host, port),
+            tls: dict[str, Any] = {}
+            if self._tls_client is not None:
+                tls = {"ssl": self._tls_client, "server_hostname": host,
+                       "ssl_handshake_timeout": self.config.handshake_timeout}
+            await asyncio.wait_for(self.loop.create_connection(lambda: ch, host, port, **tls),
                                    self.config.connect_timeout)
         except (OSError, ValueError, asyncio.TimeoutError) as e:
             ch.closed = True
-            ch.lost_reason = NodeLostError(f"cannot reach {address}: {type(e).__name__}: {e}", node=address)
+            if isinstance(e, ssl.SSLError) or (isinstance(e, ConnectionResetError) and self._tls_client is not None):
+                # a refused certificate either way shows up here (the listener may just hang up on us)
+                ch.lost_reason = AuthenticationError(f"TLS handshake with {address} failed: {e}")
+            else:
+                ch.lost_reason = NodeLostError(f"cannot reach {address}: {type(e).__name__}: {e}", node=address)
             self.on_lost(ch, ch.lost_reason)
             return
         sock = ch.transport.get_extra_info("socket") if ch.transport else None

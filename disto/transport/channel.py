@@ -71,6 +71,9 @@ class Channel(asyncio.BufferedProtocol):
 
     # ----------------------------------------------------------------- asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.closed:  # given up on already (a TLS handshake that outlasted the handshake timer)
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self.transport = transport  # type: ignore[assignment]
         self._write_now(self.conn.data_to_send())
 
@@ -158,7 +161,12 @@ class Channel(asyncio.BufferedProtocol):
             if not self.ready and not self.closed:
                 self.lost_reason = AuthenticationError(f"handshake not completed within {timeout} s")
                 log.warning("closing connection from %s: handshake timed out", self.peer_name())
-                self.abort()
+                if self.transport is None:
+                    # never connected: a TLS handshake that failed or stalled (asyncio then tells the protocol
+                    # nothing), so forget the channel here
+                    self.connection_lost(self.lost_reason)
+                else:
+                    self.abort()
         self._handshake_timer = self.loop.call_later(timeout, expire)
 
     def peer_name(self) -> str:
