@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import resource
 
 import pytest
 
@@ -107,3 +108,58 @@ async def test_stalled_handshake_times_out_while_others_are_served() -> None:
         for r, w in conns:
             assert await closed_by_peer(r, timeout=5)
             w.close()
+
+
+async def test_replayed_handshake_gets_nothing_decoded(tmp_path) -> None:
+    """Record a real peer's handshake bytes, then replay them on a new connection followed by a pickle: the
+    listener's fresh nonce makes the recorded proof worthless."""
+    target = str(tmp_path / "pwned")
+    async with nodes(2) as (a, b):
+        reader, writer = await raw_connect(b.address)
+        honest = Connection(dialer=True, token=TOKEN.encode(), identity=Identity("honest"))
+        recorded = b"".join(bytes(d) for d in honest.data_to_send())
+        writer.write(recorded)
+        await writer.drain()
+        welcome = await reader.read(65536)
+        honest.receive_data(welcome)
+        while honest.next_event() is not None:
+            pass
+        auth = b"".join(bytes(d) for d in honest.data_to_send())
+        recorded += auth
+        writer.write(auth)
+        await writer.drain()
+        writer.close()
+        # the replay: same HELLO, same AUTH, then a frame that would create a file if unpickled
+        reader, writer = await raw_connect(b.address)
+        writer.write(recorded + evil_call_frame(target))
+        await writer.drain()
+        assert await closed_by_peer(reader)
+        writer.close()
+        assert not os.path.exists(target)
+        await still_serving(a, b)
+
+
+@pytest.mark.async_timeout(60)
+async def test_thousands_of_idle_connections_do_not_stop_the_node() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 8192)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    n = min(2000, (want - 200) // 2)  # each connection is two descriptors here: ours and the node's
+    try:
+        async with nodes(2, config=NodeConfig(handshake_timeout=2.0)) as (a, b):
+            host, port = b.address.rsplit(":", 1)
+            conns = []
+            for _ in range(n):
+                conns.append(await asyncio.open_connection(host, int(port)))
+            await still_serving(a, b)  # the real peer is served while they sit there
+            # every idle connection is closed by the node once its handshake time is up
+            results = await asyncio.gather(*(closed_by_peer(r, timeout=20) for r, _ in conns))
+            assert all(results)
+            for _, w in conns:
+                w.close()
+            await still_serving(a, b)
+            unready = [ch for ch in b._all_channels if not ch.ready]
+            assert not unready
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

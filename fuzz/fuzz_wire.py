@@ -1,0 +1,121 @@
+"""Coverage-guided fuzzing of everything that parses bytes from a peer (atheris / libFuzzer).
+
+    pip install 'disto[fuzz]'
+    python fuzz/fuzz_wire.py -max_total_time=600 -rss_limit_mb=1024 -timeout=10 fuzz/corpus
+
+Targets, chosen by the first input byte:
+  0  a listener before the handshake: bytes from a stranger (nothing may reach the application: no event)
+  1  an authenticated connection: frames after the handshake (any split of the input into reads)
+  2  each message body through the bounded validator and the Thrift decoder
+  3  the hand-written CALL/REPLY codec
+  4  a request frame of the search service (header parser, then the bounded decoder)
+The property: only RemoteProtocolError / AuthenticationError (a clean close) ever comes out; anything else is a
+crash. libFuzzer's -timeout catches hangs, -rss_limit_mb an allocation driven by a length field.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from disto._errors import AuthenticationError, RemoteProtocolError
+    from disto.wire import Connection, Identity, Kind, Message, Ready, State
+    from disto.wire.fastcodec import decode_call, decode_reply
+    from disto.wire.messages import STRUCT_OF_KIND, decode
+
+TOKEN = b"fuzzing-token-0123456789abcdef"
+OK = (RemoteProtocolError, AuthenticationError)
+MAX_FRAME = 1 << 26  # what a fuzz run may make a connection allocate for one frame's buffers
+
+try:  # the search service is optional (needs faiss); fuzz its parser when it is there
+    with atheris.instrument_imports():
+        from disto.search import service as _search
+except ImportError:
+    _search = None
+
+
+def _pair() -> tuple[Connection, Connection]:
+    a = Connection(dialer=True, token=TOKEN, identity=Identity("A", "127.0.0.1:1", "h", 1), max_frame=MAX_FRAME)
+    b = Connection(dialer=False, token=TOKEN, identity=Identity("B", "127.0.0.1:2", "h", 2), max_frame=MAX_FRAME)
+    return a, b
+
+
+def _pump(src: Connection, dst: Connection) -> None:
+    for d in src.data_to_send():
+        dst.receive_data(d)
+    while dst.next_event() is not None:
+        pass
+
+
+def _authenticated() -> Connection:
+    a, b = _pair()
+    _pump(a, b)
+    _pump(b, a)
+    _pump(a, b)
+    assert b.state is State.READY
+    return b
+
+
+def _feed(conn: Connection, fdp: atheris.FuzzedDataProvider, before_ready: bool) -> None:
+    try:
+        while fdp.remaining_bytes():
+            chunk = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 4096))
+            conn.receive_data(chunk)
+            while (ev := conn.next_event()) is not None:
+                if before_ready and isinstance(ev, (Message, Ready)):
+                    # a stranger cannot forge the HMAC: nothing may get past the handshake
+                    raise AssertionError(f"unauthenticated bytes produced {ev!r}")
+    except OK:
+        assert conn.state is State.CLOSED
+
+
+def one_input(data: bytes) -> None:
+    if not data:
+        return
+    target, rest = data[0] % 5, data[1:]
+    fdp = atheris.FuzzedDataProvider(rest)
+    if target == 0:
+        _, listener = _pair()
+        _feed(listener, fdp, before_ready=True)
+    elif target == 1:
+        _feed(_authenticated(), fdp, before_ready=False)
+    elif target == 2:
+        for kind in STRUCT_OF_KIND:
+            try:
+                decode(kind, rest)
+            except RemoteProtocolError:
+                pass
+    elif target == 3:
+        for dec in (decode_call, decode_reply):
+            try:
+                dec(rest, 0, len(rest))
+            except RemoteProtocolError:
+                pass
+    elif _search is not None:
+        try:
+            name, _mtype, _seq, offset = _search._parse_header(rest)
+        except _search._BadRequest:
+            return
+        for fn in ("search", "info"):
+            try:
+                _search.decode_struct(getattr(_search.S.Search, f"{fn}_args"), rest[offset:])
+            except RemoteProtocolError:
+                pass
+
+
+def main() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    argv = list(sys.argv)
+    if not any(not a.startswith("-") for a in argv[1:]):
+        # new inputs go to fuzz/work (not committed); the checked-in seeds are read only
+        work = os.path.join(here, "work")
+        os.makedirs(work, exist_ok=True)
+        argv += [work, os.path.join(here, "corpus")]
+    atheris.Setup(argv, one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
