@@ -116,6 +116,26 @@ class _Cell:
         self.ref = ref
 
 
+def _process_stats() -> dict[str, int]:
+    """Resident memory, open descriptors and asyncio tasks of this process (what a leak would grow)."""
+    out = {"tasks": len(asyncio.all_tasks()) if _running_loop() else 0}
+    try:
+        with open("/proc/self/statm") as fh:
+            out["rss_bytes"] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        out["open_fds"] = len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux
+        pass
+    return out
+
+
+def _running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
 def _lookup_class(type_name: str | None) -> type[BaseException] | None:
     """Find an exception class by its printed name among already-imported modules (never imports)."""
     if not type_name:
@@ -831,5 +851,6 @@ class Node:
                            for ch in self._all_channels if ch.ready},
             "pending_calls": sum(len(ch.pending) + len(ch.waiting) for ch in self._all_channels),
             "buffer_pool": self._pool.stats(),
+            "process": _process_stats(),
             "shm": self.buffers.exporter.stats() if self.buffers is not None else {},
         }
