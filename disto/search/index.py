@@ -20,7 +20,7 @@ from disto import (ActorDeadError, ActorRef, ClosedError, Cluster, DistoError, N
                    shared_array)
 
 from ._faiss import as_ids, as_matrix, faiss
-from .shard import IndexShard
+from .shard import IndexShard, _one_malloc_arena
 
 LAYOUT = "layout.json"
 TEMPLATE = "trained.faissindex"
@@ -67,6 +67,7 @@ class DistributedIndex:
         # the coarse quantizer runs in a thread of ours whose OpenMP team is `threads` (default 1: on a small host
         # the shards need the cores, and an idle OpenMP team spins)
         self.threads = max(1, threads)
+        _one_malloc_arena()  # the coarse quantizer's thread would otherwise fault its buffers in every batch
         self._pool = ThreadPoolExecutor(1, "disto-router", faiss.omp_set_num_threads, (self.threads,))
         self._template = template
         self._ivf = faiss.extract_index_ivf(template)
