@@ -436,7 +436,7 @@ def listeners_not_on_loopback() -> list[str]:
     bad = []
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) >= 4 and not parts[3].startswith(("127.", "[::1]", "::1")):
+        if len(parts) >= 4 and not parts[3].startswith(("127.", "[::1]", "::1", "[::ffff:127.")):
             bad.append(parts[3])
     return bad
 
