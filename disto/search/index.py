@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +34,10 @@ _LOST = (NodeLostError, ActorDeadError, ClosedError)  # the replica is gone; ano
 @dataclass
 class SearchResult:
     """Top-k of a batch. ``labels`` holds global ids, -1 where fewer than k were found. ``partial`` is True when
-    some shards did not answer (only with ``allow_partial=True``); ``missing`` names them. ``timing`` has the
-    seconds spent in the coarse quantizer, waiting for the fan-out, in the slowest shard's own Faiss search, and in
-    the merge."""
+    some shards did not answer (only with ``allow_partial=True``); ``missing`` names them. ``timing`` has seconds:
+    ``coarse`` (quantizer, and staging the batch), ``fanout`` (from sending to the last shard's answer),
+    ``shard`` (the slowest shard's own Faiss search), ``overhead`` (fanout - shard: what disto adds), ``send`` and
+    ``return`` (the two halves of it, from wall clocks: exact on one host), ``merge`` and ``total``."""
 
     distances: np.ndarray
     labels: np.ndarray
@@ -45,6 +47,18 @@ class SearchResult:
 
     def __iter__(self) -> Any:  # D, I = await index.search(...)
         return iter((self.distances, self.labels))
+
+
+def _int_in(v: Any, name: str, lo: int, hi: int) -> int:
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        i = operator.index(v)  # ints and numpy integers; not floats, not bools
+    except TypeError:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {v!r}") from None
+    if not lo <= i <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
+    return i
 
 
 def _placement(shard: int, replica: int, replicas: int, nodes: int) -> int:
@@ -86,7 +100,10 @@ class DistributedIndex:
     @staticmethod
     def train(factory: str, x: Any, metric: str = "l2") -> Any:
         """Train an empty index in this process; it becomes the template every shard starts from."""
-        sample = np.asarray(as_matrix(x, x.shape[1], "training vectors"))
+        arr = x if hasattr(x, "shape") else np.asarray(x, dtype=np.float32)
+        if len(arr.shape) != 2:
+            raise ValueError(f"training vectors must have shape (n, d), got {tuple(arr.shape)}")
+        sample = as_matrix(arr, arr.shape[1], "training vectors")
         m = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}.get(metric)
         if m is None:
             raise ValueError(f"metric must be 'l2' or 'ip', not {metric!r}")
@@ -135,7 +152,11 @@ class DistributedIndex:
             raise DistoError("the cluster has no worker nodes to hold shards")
         futs = [nodes[_placement(s, r, replicas, len(nodes))].spawn(IndexShard, s, **kwargs(s))
                 for s in range(shards) for r in range(replicas)]
-        flat = await collect(futs)
+        flat = await collect_all(futs)
+        failed = [x for x in flat if isinstance(x, BaseException)]
+        if failed:  # leave no half-built index behind
+            await collect_all(cluster.stop(x) for x in flat if not isinstance(x, BaseException))
+            raise failed[0]
         return [flat[s * replicas:(s + 1) * replicas] for s in range(shards)]
 
     # --------------------------------------------------------------- adding
@@ -205,11 +226,8 @@ class DistributedIndex:
         ``allow_partial=True``, the live shards' merged result comes back with ``partial=True``."""
         t0 = time.perf_counter()
         xq = as_matrix(queries, self.d, "queries")
-        nprobe = self.nprobe if nprobe is None else nprobe
-        if not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be an int in [1, {MAX_K}], got {k!r}")
-        if not isinstance(nprobe, int) or not 1 <= nprobe <= self.nlist:
-            raise ValueError(f"nprobe must be an int in [1, {self.nlist}], got {nprobe!r}")
+        k = _int_in(k, "k", 1, MAX_K)
+        nprobe = _int_in(self.nprobe if nprobe is None else nprobe, "nprobe", 1, self.nlist)
         block = self._stage(len(xq), nprobe)
         if block is not None:
             xs, assign, coarse = self._carve(block, xq, nprobe)
