@@ -123,7 +123,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         single.nprobe = p
         _, I = single.search(xq, k)
         _, qps = faiss_latency(single, xq, k, 1000 if args.nq >= 1000 else args.nq, 1)
-        curves["faiss 1 process"].append((one_recall_at(I, gt, 1), qps))
+        curves["faiss 1 process"].append((one_recall_at(I, gt, 1), qps, one_recall_at(I, gt, 10), p))
     single.nprobe = nprobe
     print(f"faiss: built in {build:.1f} s, 1-R@1 {row['1-R@1']:.3f}", flush=True)
     del single
@@ -160,7 +160,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for p in args.curve:
                 rr = await ix.search(xq, k, p)
                 _, qps, _ = await disto_latency(ix, xq, k, p, 1000 if args.nq >= 1000 else args.nq, 1, 2)
-                curves[name].append((one_recall_at(rr.labels, gt, 1), qps))
+                curves[name].append((one_recall_at(rr.labels, gt, 1), qps, one_recall_at(rr.labels, gt, 10), p))
             print(f"{name}: built in {build:.1f} s, identical rows {row['identical']:.4f}", flush=True)
             await ix.close()
     return {"rows": rows, "curves": curves, "breakdown": breakdown, "train_s": train_s}
@@ -192,23 +192,30 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
               f"{bd['overhead'] * 1e6:.0f} us | {bd['merge'] * 1e3:.2f}")
 
 
-def plot(res: dict[str, Any], path: str) -> None:
+def plot(res: dict[str, Any], args: argparse.Namespace, path: str) -> None:
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("(matplotlib not installed: no plot)")
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, pts in res["curves"].items():
-        ax.plot([p[1] for p in pts], [p[0] for p in pts], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("queries/s (batch 1000)")
-    ax.set_ylabel("1-R@1")
-    ax.set_title("recall vs throughput, nprobe " + ",".join(map(str, sorted({1, 4, 16, 64}))))
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, col, label in ((axes[0], 2, "R@10 (true nearest in the top 10)"), (axes[1], 0, "1-R@1")):
+        for name, pts in res["curves"].items():
+            ax.plot([p[1] for p in pts], [p[col] for p in pts], marker="o", label=name)
+            if name.startswith("faiss"):
+                for p in pts:
+                    ax.annotate(f"nprobe {p[3]}", (p[1], p[col]), fontsize=7, textcoords="offset points",
+                                xytext=(4, -10))
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("queries/s at batch 1000 (log)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"{args.factory}, {args.nb:,} x {args.d}: recall vs throughput")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")
@@ -241,5 +248,5 @@ if __name__ == "__main__":
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "search.json"), "w") as fh:
         json.dump({"args": vars(args), **{k: v for k, v in res.items()}}, fh, indent=1, default=str)
-    plot(res, os.path.join(args.out, "recall-qps.png"))
+    plot(res, args, os.path.join(args.out, "recall-qps.png"))
     sys.exit(0)
