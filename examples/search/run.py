@@ -55,6 +55,7 @@ def same_rows(a: np.ndarray, b: np.ndarray, da: np.ndarray, db: np.ndarray) -> f
 
 
 def faiss_latency(index: Any, xq: np.ndarray, k: int, batch: int, reps: int) -> tuple[list[float], float]:
+    batch = min(batch, len(xq))  # fewer queries than a batch: one batch of all of them
     lat: list[float] = []
     t0 = time.perf_counter()
     n = 0
@@ -70,6 +71,7 @@ def faiss_latency(index: Any, xq: np.ndarray, k: int, batch: int, reps: int) -> 
 async def disto_latency(ix: DistributedIndex, xq: np.ndarray, k: int, nprobe: int, batch: int, reps: int,
                         inflight: int = 1) -> tuple[list[float], float, list[dict[str, float]]]:
     """Latency of each batch, and queries/s with ``inflight`` batches on the wire at once."""
+    batch = min(batch, len(xq))
     lat: list[float] = []
     timings: list[dict[str, float]] = []
     starts = [s for _ in range(reps) for s in range(0, len(xq) - batch + 1, batch)]
