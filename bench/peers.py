@@ -49,6 +49,54 @@ def gbps(nbytes: int, secs: list[float]) -> float:
     return nbytes / statistics.median(secs) / 1e9
 
 
+def timed(fn: Callable[[int], Any], n: int) -> list[float]:
+    """Seconds of each of n sequential calls fn(0), fn(1), ..."""
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def arrays(n: int) -> list[tuple[str, Any]]:
+    import torch
+
+    return [("w4_numpy_gbps", np.ones(n // 4, np.float32)), ("w4_torch_gbps", torch.ones(n // 4))]
+
+
+def blocking_workloads(out: dict[str, Any], sz: dict[str, int], ping: Callable[[int], Any],
+                       total: Callable[[Any], Any], fail: Callable[[], Any]) -> None:
+    """W1, W4 and W6's exception round trip, for a peer whose calls block until they return."""
+    timed(ping, 200)  # warm up
+    out["w1_us"] = p50_us(timed(ping, sz["w1"]))
+    out["listeners"] = listeners_not_on_loopback()
+    n = sz["w4_mb"] * MB
+    for key, x in arrays(n):
+        total(x)
+        out[key] = gbps(n, timed(lambda _i: total(x), sz["w4_reps"]))
+    lat = []
+    for _ in range(20):
+        t = time.perf_counter()
+        try:
+            fail()
+        except Exception:
+            lat.append(time.perf_counter() - t)
+    out["w6_exception_us"] = p50_us(lat)
+
+
+def kill_during_call(out: dict[str, Any], pid: int, wait: Callable[[], Any]) -> None:
+    """W6: SIGKILL the process running a call; time until the caller's wait() raises."""
+    time.sleep(0.2)
+    t = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    try:
+        wait()
+    except Exception as e:
+        out["w6_kill_ms"] = (time.perf_counter() - t) * 1e3
+        out["w6_kill_error"] = type(e).__name__
+
+
 # ============================================================================ adapters (each runs in a child)
 def child_raw(sz: dict[str, int]) -> dict[str, Any]:
     server = subprocess.Popen([sys.executable, os.path.join(HERE, "_raw_echo.py"), "server"], stdout=subprocess.PIPE,
@@ -75,8 +123,6 @@ def child_raw(sz: dict[str, int]) -> dict[str, Any]:
 
 
 def child_disto(sz: dict[str, int]) -> dict[str, Any]:
-    import torch
-
     import disto
 
     class Echo(disto.Actor):
@@ -112,9 +158,7 @@ def child_disto(sz: dict[str, int]) -> dict[str, Any]:
             await disto.window([lambda i=i: a.ping(i) for i in range(sz["w2"])], sz["inflight"])
             out["w2_cps"] = sz["w2"] / (time.perf_counter() - t)
             n = sz["w4_mb"] * MB
-            arr = np.ones(n // 4, np.float32)
-            ten = torch.ones(n // 4)
-            for key, x in (("w4_numpy_gbps", arr), ("w4_torch_gbps", ten)):
+            for key, x in arrays(n):
                 await a.total(x)
                 secs = []
                 for _ in range(sz["w4_reps"]):
@@ -155,7 +199,6 @@ def child_ray(sz: dict[str, int]) -> dict[str, Any]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
-    import torch
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=False)
@@ -180,14 +223,8 @@ def child_ray(sz: dict[str, int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         a = Echo.remote()
-        ray.get([a.ping.remote(i) for i in range(200)])
-        lat = []
-        for i in range(sz["w1"]):
-            t = time.perf_counter()
-            ray.get(a.ping.remote(i))
-            lat.append(time.perf_counter() - t)
-        out["w1_us"] = p50_us(lat)
-        out["listeners"] = listeners_not_on_loopback()
+        blocking_workloads(out, sz, lambda i: ray.get(a.ping.remote(i)), lambda x: ray.get(a.total.remote(x)),
+                           lambda: ray.get(a.fail.remote()))
         t = time.perf_counter()
         pending: list[Any] = []
         issued = 0
@@ -197,40 +234,16 @@ def child_ray(sz: dict[str, int]) -> dict[str, Any]:
                 issued += 1
             _, pending = ray.wait(pending, num_returns=min(len(pending), 100))
         out["w2_cps"] = sz["w2"] / (time.perf_counter() - t)
-        n = sz["w4_mb"] * MB
-        for key, x in (("w4_numpy_gbps", np.ones(n // 4, np.float32)), ("w4_torch_gbps", torch.ones(n // 4))):
-            ray.get(a.total.remote(x))
-            secs = []
-            for _ in range(sz["w4_reps"]):
-                t = time.perf_counter()
-                ray.get(a.total.remote(x))
-                secs.append(time.perf_counter() - t)
-            out[key] = gbps(n, secs)
         t = time.perf_counter()
         actors = [Echo.remote() for _ in range(sz["w5"])]
         ray.get([x.ping.remote(1) for x in actors])
         out["w5_ms_per_actor"] = (time.perf_counter() - t) / sz["w5"] * 1e3
         for x in actors:
             ray.kill(x)
-        lat = []
-        for _ in range(20):
-            t = time.perf_counter()
-            try:
-                ray.get(a.fail.remote())
-            except Exception:
-                lat.append(time.perf_counter() - t)
-        out["w6_exception_us"] = p50_us(lat)
         b = Echo.remote()
-        pid = ray.get(b.pid.remote())
+        pid = ray.get(b.pid.remote())  # before the hanging call: an actor runs one call at a time
         ref = b.hang.remote()
-        time.sleep(0.2)
-        t = time.perf_counter()
-        os.kill(pid, signal.SIGKILL)
-        try:
-            ray.get(ref, timeout=120)
-        except Exception as e:
-            out["w6_kill_ms"] = (time.perf_counter() - t) * 1e3
-            out["w6_kill_error"] = type(e).__name__
+        kill_during_call(out, pid, lambda: ray.get(ref, timeout=120))
     finally:
         ray.shutdown()
     return out
@@ -264,7 +277,6 @@ def _torch_callee(init: str) -> None:
 def child_torchrpc(sz: dict[str, int]) -> dict[str, Any]:
     import multiprocessing as mp
 
-    import torch
     import torch.distributed.rpc as rpc
 
     tmp = tempfile.mkdtemp()
@@ -277,15 +289,8 @@ def child_torchrpc(sz: dict[str, int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         a = rpc.remote("callee", _TorchEcho)
-        for i in range(200):
-            a.rpc_sync().ping(i)
-        lat = []
-        for i in range(sz["w1"]):
-            t = time.perf_counter()
-            a.rpc_sync().ping(i)
-            lat.append(time.perf_counter() - t)
-        out["w1_us"] = p50_us(lat)
-        out["listeners"] = listeners_not_on_loopback()
+        blocking_workloads(out, sz, lambda i: a.rpc_sync().ping(i), lambda x: a.rpc_sync().total(x),
+                           lambda: a.rpc_sync().fail())
         t = time.perf_counter()
         futs: list[Any] = []
         for i in range(sz["w2"]):
@@ -295,38 +300,14 @@ def child_torchrpc(sz: dict[str, int]) -> dict[str, Any]:
         for f in futs:
             f.wait()
         out["w2_cps"] = sz["w2"] / (time.perf_counter() - t)
-        n = sz["w4_mb"] * MB
-        for key, x in (("w4_numpy_gbps", np.ones(n // 4, np.float32)), ("w4_torch_gbps", torch.ones(n // 4))):
-            a.rpc_sync().total(x)
-            secs = []
-            for _ in range(sz["w4_reps"]):
-                t = time.perf_counter()
-                a.rpc_sync().total(x)
-                secs.append(time.perf_counter() - t)
-            out[key] = gbps(n, secs)
         t = time.perf_counter()
         objs = [rpc.remote("callee", _TorchEcho) for _ in range(sz["w5"])]
         for o in objs:
             o.rpc_sync().ping(1)
         out["w5_ms_per_actor"] = (time.perf_counter() - t) / sz["w5"] * 1e3
-        lat = []
-        for _ in range(20):
-            t = time.perf_counter()
-            try:
-                a.rpc_sync().fail()
-            except Exception:
-                lat.append(time.perf_counter() - t)
-        out["w6_exception_us"] = p50_us(lat)
         pid = a.rpc_sync().pid()
         fut = a.rpc_async().hang()
-        time.sleep(0.2)
-        t = time.perf_counter()
-        os.kill(pid, signal.SIGKILL)
-        try:
-            fut.wait()
-        except Exception as e:
-            out["w6_kill_ms"] = (time.perf_counter() - t) * 1e3
-            out["w6_kill_error"] = type(e).__name__
+        kill_during_call(out, pid, fut.wait)
     finally:
         try:
             rpc.shutdown(graceful=False)
@@ -337,7 +318,6 @@ def child_torchrpc(sz: dict[str, int]) -> dict[str, Any]:
 
 
 def child_dask(sz: dict[str, int]) -> dict[str, Any]:
-    import torch
     from distributed import Client, LocalCluster
 
     class Echo:
@@ -363,15 +343,8 @@ def child_dask(sz: dict[str, int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         a = client.submit(Echo, actor=True, workers=workers[:1]).result()
-        for i in range(200):
-            a.ping(i).result()
-        lat = []
-        for i in range(sz["w1"]):
-            t = time.perf_counter()
-            a.ping(i).result()
-            lat.append(time.perf_counter() - t)
-        out["w1_us"] = p50_us(lat)
-        out["listeners"] = listeners_not_on_loopback()
+        blocking_workloads(out, sz, lambda i: a.ping(i).result(), lambda x: a.total(x).result(),
+                           lambda: a.fail().result())
         t = time.perf_counter()
         futs: list[Any] = []
         for i in range(sz["w2"]):
@@ -381,40 +354,16 @@ def child_dask(sz: dict[str, int]) -> dict[str, Any]:
         for f in futs:
             f.result()
         out["w2_cps"] = sz["w2"] / (time.perf_counter() - t)
-        n = sz["w4_mb"] * MB
-        for key, x in (("w4_numpy_gbps", np.ones(n // 4, np.float32)), ("w4_torch_gbps", torch.ones(n // 4))):
-            a.total(x).result()
-            secs = []
-            for _ in range(sz["w4_reps"]):
-                t = time.perf_counter()
-                a.total(x).result()
-                secs.append(time.perf_counter() - t)
-            out[key] = gbps(n, secs)
         t = time.perf_counter()
         actors = [client.submit(Echo, actor=True, workers=workers[1:], pure=False).result()
                   for _ in range(sz["w5"])]
         for x in actors:
             x.ping(1).result()
         out["w5_ms_per_actor"] = (time.perf_counter() - t) / sz["w5"] * 1e3
-        lat = []
-        for _ in range(20):
-            t = time.perf_counter()
-            try:
-                a.fail().result()
-            except Exception:
-                lat.append(time.perf_counter() - t)
-        out["w6_exception_us"] = p50_us(lat)
         b = actors[0]
         pid = b.pid().result()
         fut = b.hang()
-        time.sleep(0.2)
-        t = time.perf_counter()
-        os.kill(pid, signal.SIGKILL)
-        try:
-            fut.result(timeout=120)
-        except Exception as e:
-            out["w6_kill_ms"] = (time.perf_counter() - t) * 1e3
-            out["w6_kill_error"] = type(e).__name__
+        kill_during_call(out, pid, lambda: fut.result(timeout=120))
     finally:
         client.close()
         cluster.close()

@@ -21,7 +21,7 @@ import atheris
 
 with atheris.instrument_imports():
     from disto._errors import AuthenticationError, RemoteProtocolError
-    from disto.wire import Connection, Identity, Kind, Message, Ready, State
+    from disto.wire import Connection, Identity, Message, Ready, State
     from disto.wire.fastcodec import decode_call, decode_reply
     from disto.wire.messages import STRUCT_OF_KIND, decode
 
