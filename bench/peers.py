@@ -49,6 +49,25 @@ def gbps(nbytes: int, secs: list[float]) -> float:
     return nbytes / statistics.median(secs) / 1e9
 
 
+class _Echo:
+    """The actor of every workload, as a plain class: each system wraps it its own way."""
+
+    def ping(self, x: int) -> int:
+        return x
+
+    def total(self, x: Any) -> float:
+        return float(x.sum())
+
+    def fail(self) -> None:
+        raise ValueError("boom")
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def hang(self) -> None:
+        time.sleep(3600)
+
+
 def timed(fn: Callable[[int], Any], n: int) -> list[float]:
     """Seconds of each of n sequential calls fn(0), fn(1), ..."""
     out = []
@@ -125,20 +144,8 @@ def child_raw(sz: dict[str, int]) -> dict[str, Any]:
 def child_disto(sz: dict[str, int]) -> dict[str, Any]:
     import disto
 
-    class Echo(disto.Actor):
-        def ping(self, x: int) -> int:
-            return x
-
-        def total(self, x: Any) -> float:
-            return float(x.sum())
-
-        def fail(self) -> None:
-            raise ValueError("boom")
-
-        def pid(self) -> int:
-            return os.getpid()
-
-        async def hang(self) -> None:
+    class Echo(_Echo, disto.Actor):
+        async def hang(self) -> None:  # an async actor must not block its node's loop
             await asyncio.sleep(3600)
 
     async def main() -> dict[str, Any]:
@@ -203,23 +210,7 @@ def child_ray(sz: dict[str, int]) -> dict[str, Any]:
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=False)
 
-    @ray.remote
-    class Echo:
-        def ping(self, x: int) -> int:
-            return x
-
-        def total(self, x: Any) -> float:
-            return float(x.sum())
-
-        def fail(self) -> None:
-            raise ValueError("boom")
-
-        def pid(self) -> int:
-            return os.getpid()
-
-        def hang(self) -> None:
-            time.sleep(3600)
-
+    Echo = ray.remote(_Echo)
     out: dict[str, Any] = {}
     try:
         a = Echo.remote()
@@ -249,23 +240,6 @@ def child_ray(sz: dict[str, int]) -> dict[str, Any]:
     return out
 
 
-class _TorchEcho:
-    def ping(self, x: int) -> int:
-        return x
-
-    def total(self, x: Any) -> float:
-        return float(x.sum())
-
-    def fail(self) -> None:
-        raise ValueError("boom")
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def hang(self) -> None:
-        time.sleep(3600)
-
-
 def _torch_callee(init: str) -> None:
     import torch.distributed.rpc as rpc
 
@@ -288,7 +262,7 @@ def child_torchrpc(sz: dict[str, int]) -> dict[str, Any]:
         init_method=init, rpc_timeout=120))
     out: dict[str, Any] = {}
     try:
-        a = rpc.remote("callee", _TorchEcho)
+        a = rpc.remote("callee", _Echo)
         blocking_workloads(out, sz, lambda i: a.rpc_sync().ping(i), lambda x: a.rpc_sync().total(x),
                            lambda: a.rpc_sync().fail())
         t = time.perf_counter()
@@ -301,7 +275,7 @@ def child_torchrpc(sz: dict[str, int]) -> dict[str, Any]:
             f.wait()
         out["w2_cps"] = sz["w2"] / (time.perf_counter() - t)
         t = time.perf_counter()
-        objs = [rpc.remote("callee", _TorchEcho) for _ in range(sz["w5"])]
+        objs = [rpc.remote("callee", _Echo) for _ in range(sz["w5"])]
         for o in objs:
             o.rpc_sync().ping(1)
         out["w5_ms_per_actor"] = (time.perf_counter() - t) / sz["w5"] * 1e3
@@ -320,22 +294,7 @@ def child_torchrpc(sz: dict[str, int]) -> dict[str, Any]:
 def child_dask(sz: dict[str, int]) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
-    class Echo:
-        def ping(self, x: int) -> int:
-            return x
-
-        def total(self, x: Any) -> float:
-            return float(x.sum())
-
-        def fail(self) -> None:
-            raise ValueError("boom")
-
-        def pid(self) -> int:
-            return os.getpid()
-
-        def hang(self) -> None:
-            time.sleep(3600)
-
+    Echo = _Echo
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None)
     client = Client(cluster)
