@@ -71,6 +71,13 @@ async def test_local_call_skips_the_wire_and_passes_objects_as_is() -> None:
         assert a.stats()["peers"] == []
 
 
+async def test_stats_report_what_a_leak_would_grow() -> None:
+    async with nodes(1) as (a,):
+        proc = a.stats()["process"]
+        assert proc["rss_bytes"] > 1 << 20 and proc["open_fds"] > 2
+        assert proc["tasks"] == len(asyncio.all_tasks())
+
+
 async def test_order_of_calls_from_one_caller() -> None:
     async with nodes(2) as (a, b):
         ref = await spawn(a, b, Counter)

@@ -100,6 +100,11 @@ async def test_sharded_results_equal_the_single_index(data, tmp_path) -> None:
             await ix.search(xq, 10, nprobe=65)
         with pytest.raises(ValueError, match="k must be"):
             await ix.search(xq, 0)
+        with pytest.raises(ValueError, match="k must be"):
+            await ix.search(xq, True)
+        # numpy integers are ints too
+        rn = await ix.search(xq[:5], k=np.int64(3), nprobe=np.int32(8))
+        assert rn.labels.shape == (5, 3)
         with pytest.raises(ValueError, match="shape"):
             await ix.search(np.zeros((2, D + 1), np.float32))
 
@@ -132,6 +137,11 @@ async def test_load_refuses_incomplete_or_mismatched_saves(data, tmp_path) -> No
         os.replace(tmp_path / "b" / "shard-001.faissindex", tmp_path / "a" / "shard-001.faissindex")
         with pytest.raises(ValueError, match="the layout says"):
             await DistributedIndex.load(cluster, str(tmp_path / "a"))
+        # a missing shard file: the shards that did start are stopped again, none is left behind
+        os.remove(tmp_path / "a" / "shard-001.faissindex")
+        with pytest.raises(FileNotFoundError, match="shard 1"):
+            await DistributedIndex.load(cluster, str(tmp_path / "a"))
+        assert (await cluster.nodes[0].stats())["actors"] == []
 
 
 @pytest.mark.loops("uvloop")
