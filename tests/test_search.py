@@ -65,6 +65,17 @@ def test_replicas_of_a_shard_land_on_distinct_nodes() -> None:
                     assert len(set(mine)) == replicas
 
 
+def test_a_shard_refuses_what_it_cannot_search(tmp_path) -> None:
+    from disto.search import IndexShard
+
+    with pytest.raises(TypeError, match="plain Faiss IndexIVF"):
+        IndexShard(0, faiss.serialize_index(faiss.IndexFlatL2(4)))
+    with pytest.raises(FileNotFoundError, match="no index file"):
+        IndexShard(0, path=str(tmp_path / "missing.faissindex"))
+    with pytest.raises(ValueError, match="not both or neither"):
+        IndexShard(0)
+
+
 def test_only_plain_ivf_indexes_are_accepted(data) -> None:
     with pytest.raises(ValueError, match="plain IVF"):
         DistributedIndex.train("PCA16,IVF16,Flat", data[2])

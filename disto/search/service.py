@@ -184,13 +184,18 @@ class SearchService:
         if args.k is None or args.nprobe is None:
             raise _Refused("k and nprobe are required")
         res = await self.index.search(xq, k=args.k, nprobe=args.nprobe, allow_partial=bool(args.allow_partial))
-        return S.SearchResult(n=len(xq), k=args.k, distances=res.distances.astype("<f4").tobytes(),
-                              labels=res.labels.astype("<i8").tobytes(), partial=res.partial,
+        return S.SearchResult(n=len(xq), k=args.k, distances=_le_bytes(res.distances, "<f4"),
+                              labels=_le_bytes(res.labels, "<i8"), partial=res.partial,
                               missing_shards=list(res.missing))
 
 
 class _Refused(Exception):
     pass
+
+
+def _le_bytes(a: np.ndarray, dtype: str) -> bytes:
+    # one copy: astype() would make a second one even when the array already has this layout
+    return np.ascontiguousarray(a, dtype=dtype).tobytes()
 
 
 async def serve(index: DistributedIndex, token: str | bytes, **kwargs: Any) -> SearchService:

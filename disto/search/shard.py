@@ -51,9 +51,10 @@ class IndexShard(Actor):
             self.index = faiss.read_index(path)
         else:
             self.index = faiss.deserialize_index(np.ascontiguousarray(index_bytes, dtype=np.uint8))
-        self.ivf = faiss.extract_index_ivf(self.index)
-        if self.ivf is not self.index and not isinstance(self.index, faiss.IndexIVF):
-            raise TypeError("a shard index must be a plain IndexIVF (no pre-transform)")
+        if not isinstance(self.index, faiss.IndexIVF):
+            raise TypeError(f"a shard index must be a plain Faiss IndexIVF (no pre-transform), "
+                            f"not {type(self.index).__name__}")
+        self.ivf = self.index
 
     def info(self) -> dict[str, Any]:
         return {"shard": self.shard, "ntotal": int(self.index.ntotal), "d": int(self.index.d),
