@@ -17,7 +17,7 @@ import disto  # noqa: E402
 from disto.search import DistributedIndex, SearchService, dataset, ground_truth, one_recall_at  # noqa: E402
 from disto.search._faiss import as_ids, as_matrix  # noqa: E402
 from disto.search.index import _placement  # noqa: E402
-from disto.search.service import IDL_PATH  # noqa: E402
+from disto.search._idl import IDL_PATH  # noqa: E402
 
 D = 32
 FACTORY = "IVF64,PQ8"

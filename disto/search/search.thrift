@@ -37,3 +37,29 @@ service Search {
   SearchResult search(1: string token, 2: binary queries, 3: i32 k, 4: i32 nprobe, 5: bool allow_partial)
       throws (1: SearchError err)
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Internal: the same-host fast path between a router and its shard processes (disto/search/link.py), over a
+// Unix socket in a private directory, framed like the service (4-byte big-endian length). The batch and the
+// results live in a shared-memory segment of the router; these messages only say where. Not for clients.
+
+struct ShardSearch {
+  1: required i64 seq
+  2: required string segment      // the router's segment in /dev/shm (disto-<pid>-search-<n>)
+  3: required i32 n               // queries
+  4: required i32 d
+  5: required i32 k
+  6: required i32 nprobe
+  7: required i64 queries         // byte offsets into the segment: n*d float32
+  8: required i64 assign          // n*nprobe int64 (inverted-list ids, -1 for none)
+  9: required i64 coarse          // n*nprobe float32 (coarse distances)
+  10: required i64 distances      // n*k float32, written by the shard
+  11: required i64 labels         // n*k int64, written by the shard
+}
+
+struct ShardSearchDone {
+  1: required i64 seq
+  2: required double started      // wall clock when Faiss started and ended (the router splits its wait)
+  3: required double ended
+  4: optional string error        // the search failed; nothing was written
+}

@@ -11,23 +11,19 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import ssl as _ssl
 import struct
 from typing import Any
 
 import numpy as np
-import thriftpy2
 
 from disto import DistoError, NodeLostError
 from disto.wire.messages import decode_struct, encode
 
+from ._idl import S
 from .index import MAX_K, DistributedIndex
 
 log = logging.getLogger("disto.search")
-
-IDL_PATH = os.path.join(os.path.dirname(__file__), "search.thrift")
-S: Any = thriftpy2.load(IDL_PATH, module_name="disto_search_thrift")
 
 _VERSION_1 = -2147418112  # 0x80010000 as a signed i32: strict binary protocol, version 1
 _CALL, _REPLY, _EXCEPTION = 1, 2, 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 from disto import Actor
 
 from ._faiss import faiss, as_ids, as_matrix
+from .link import LinkServer
 
 
 def _one_malloc_arena() -> None:
@@ -29,8 +31,9 @@ def _one_malloc_arena() -> None:
 
 
 class IndexShard(Actor):
-    """Holds one slice of the database. Searches run one at a time in a worker thread (Faiss drops the GIL), so
-    the node's event loop keeps receiving the next batch while this one is scored."""
+    """Holds one slice of the database (some inverted lists, or a slice of every list). Searches run one at a
+    time in a thread (Faiss drops the GIL), so the node's event loop keeps running while a batch is scored: from
+    a router on this host through :meth:`open_link`'s socket, otherwise through :meth:`search`."""
 
     max_concurrency = 1  # one Faiss call at a time per shard: its OpenMP pool is sized for one
     inline_work = 256    # queries x nprobe up to which a search runs on the loop (a thread hop costs more)
@@ -44,6 +47,9 @@ class IndexShard(Actor):
         _one_malloc_arena()  # before the worker thread exists
         # OpenMP's thread count is per calling thread: the worker thread sets its own, once
         self._pool = ThreadPoolExecutor(1, f"disto-shard-{shard}", faiss.omp_set_num_threads, (threads,))
+        self._threads = threads
+        self._lock = threading.Lock()  # one Faiss search at a time, whichever path it came by (nprobe is state)
+        self._link: LinkServer | None = None
         self.shard = shard
         if path is not None:
             if not os.path.exists(path):
@@ -60,26 +66,70 @@ class IndexShard(Actor):
         return {"shard": self.shard, "ntotal": int(self.index.ntotal), "d": int(self.index.d),
                 "nlist": int(self.ivf.nlist), "pid": os.getpid()}
 
-    async def add(self, x: np.ndarray, ids: np.ndarray) -> int:
+    async def add(self, x: np.ndarray, ids: np.ndarray, lists: np.ndarray | None = None) -> int:
+        """Add vectors with their global ids; ``lists`` (n,) are their inverted lists when the router has
+        assigned them already (sharding by lists), else this shard's quantizer assigns them."""
         x, ids = as_matrix(x, self.index.d), as_ids(ids, len(x))
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.index.add_with_ids, x, ids)
+        if lists is None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._add, x, ids)
+        else:
+            a = np.asarray(lists)
+            if a.shape != (len(x),) or not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"lists must be {len(x)} integers, got {a.dtype} {a.shape}")
+            a = np.ascontiguousarray(a, dtype=np.int64)
+            if len(a) and (a.min() < 0 or a.max() >= self.ivf.nlist):
+                raise ValueError(f"list ids must be in [0, {self.ivf.nlist})")
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._add, x, ids, a)
         return int(self.index.ntotal)
+
+    def _add(self, x: np.ndarray, ids: np.ndarray, lists: np.ndarray | None = None) -> None:
+        with self._lock:
+            if lists is None:
+                self.index.add_with_ids(x, ids)
+            else:
+                self.ivf.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+
+    def open_link(self) -> dict[str, object]:
+        """Where a router on this host connects for the fast path (see :mod:`disto.search.link`), with the
+        secret it must present; started on first use."""
+        if self._link is None:
+            self._link = LinkServer(self._search_into, int(self.index.d), int(self.ivf.nlist), 1 << 16,
+                                    name=str(self.shard),
+                                    on_thread_start=lambda: faiss.omp_set_num_threads(self._threads))
+        return self._link.address()
 
     async def search(self, xq: np.ndarray, k: int, assign: np.ndarray, coarse: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Top-k of each query over the lists in ``assign`` (n x nprobe, from the router's coarse quantizer).
         Returns distances, global ids, and the wall-clock times Faiss started and ended (the router splits its
         wait into transfer and search with them)."""
-        if assign.size <= self.inline_work:
-            return self._search(xq, k, assign, coarse)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._search, xq, k, assign, coarse)
+        D = np.empty((len(xq), k), np.float32)
+        I = np.empty((len(xq), k), np.int64)
+        # a small batch runs on the loop (a thread hop costs more), unless a link search holds the index
+        if assign.size <= self.inline_work and self._lock.acquire(blocking=False):
+            try:
+                t0, t1 = self._run(xq, k, assign, coarse, D, I)
+            finally:
+                self._lock.release()
+        else:
+            t0, t1 = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._search_into, xq, k, assign, coarse, D, I)
+        return D, I, t0, t1
 
-    def _search(self, xq: np.ndarray, k: int, assign: np.ndarray, coarse: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def _search_into(self, xq: np.ndarray, k: int, assign: np.ndarray, coarse: np.ndarray, D: np.ndarray,
+                     I: np.ndarray) -> tuple[float, float]:
+        with self._lock:
+            return self._run(xq, k, assign, coarse, D, I)
+
+    def _run(self, xq: np.ndarray, k: int, assign: np.ndarray, coarse: np.ndarray, D: np.ndarray,
+             I: np.ndarray) -> tuple[float, float]:
+        ivf = self.ivf
+        if ivf is None:
+            raise RuntimeError(f"shard {self.shard} is stopped")
         t0 = time.time()
-        self.ivf.nprobe = assign.shape[1]  # the Python wrapper checks Iq against it; calls never overlap
-        D, I = self.ivf.search_preassigned(xq, k, assign, coarse)
-        return D, I, t0, time.time()
+        ivf.nprobe = assign.shape[1]  # the Python wrapper checks Iq against it
+        ivf.search_preassigned(xq, k, assign, coarse, D=D, I=I)
+        return t0, time.time()
 
     def save(self, path: str) -> int:
         """Write this shard's part (atomically: a crash never leaves half a file under the final name)."""
@@ -90,8 +140,11 @@ class IndexShard(Actor):
         return int(self.index.ntotal)
 
     def reset(self) -> None:
-        self.index.reset()
+        with self._lock:
+            self.index.reset()
 
     def on_stop(self) -> None:
+        if self._link is not None:
+            self._link.close()
         self._pool.shutdown(wait=False)
-        self.index = self.ivf = None
+        self.index = self.ivf = None  # a search still running holds its own reference
