@@ -387,8 +387,15 @@ class DistributedIndex:
         outcomes: list[Any] = [None] * nshards
         links: list[ShardLink | None] = [None] * nshards
         for s, r in enumerate(chosen):
+            if r < 0:
+                continue
+            task = self._links.get((s, r))
+            if task is not None and task.done() and task.exception() is None:
+                link = task.result()  # the steady state, without a coroutine per shard
+                links[s] = None if link is None or link.closed else link
+                continue
             try:
-                links[s] = await self._link(s, r) if r >= 0 else None
+                links[s] = await self._link(s, r)
             except _LOST as e:  # its node is gone: the failover below picks another replica
                 outcomes[s] = e
         fast = [s for s in range(nshards) if links[s] is not None]

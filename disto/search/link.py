@@ -255,6 +255,11 @@ class ShardLink:
 
     # ------------------------------------------------------------------ protocol callbacks
     def _data(self, data: bytes) -> None:
+        if not self._buf and len(data) == _DONE.size and self._hello is not None and self._hello.done():
+            f = _DONE.unpack(data)  # the steady state: one plain answer per read
+            if f[0] == _DONE.size - 4 and f[1:3] + f[4:6] + f[7:9] + f[10:] == _DONE_HEAD:
+                self._answer(f[3], (f[6], f[9]))
+                return
         self._buf += data
         if self._hello is not None and not self._hello.done():
             if self._buf[:1] != b"\x01":
@@ -391,45 +396,54 @@ class LinkServer:
                 return
             conn.settimeout(None)
             conn.sendall(b"\x01")
+            pending = b""
             while not self.closed:
-                head = _recv_exact(conn, 4)
-                if head is None:
+                chunk = conn.recv(1 << 16)  # one request is one recv in the steady state
+                if not chunk:
                     return
-                (size,) = _len.unpack(head)
-                if size > MAX_FRAME:
-                    return
-                body = _recv_exact(conn, size)
-                if body is None:
-                    return
-                last = self._last.get(conn)
-                cut = len(_SEQ_HEAD) + 8
-                if last is not None and body[:3] == _SEQ_HEAD and body[cut:] == last[0]:
-                    seq, views = _SEQ.unpack_from(body, 3)[0], last[1]  # the same batch shape again: checked
-                else:
-                    try:
-                        req = decode_struct(S.ShardSearch, body)
-                    except RemoteProtocolError:
+                pending = pending + chunk if pending else chunk
+                while len(pending) >= 4:
+                    (size,) = _len.unpack_from(pending)
+                    if size > MAX_FRAME:
                         return
-                    seq = req.seq
-                    try:
-                        views = self._views(req)
-                    except Exception as e:
-                        conn.sendall(self._error(seq, e))
-                        continue
-                    if body[:3] == _SEQ_HEAD:
-                        self._last[conn] = (body[cut:], views)
-                try:
-                    started, ended = self._search(*views)
-                except Exception as e:  # the router raises it for this batch; the link stays up
-                    conn.sendall(self._error(seq, e))
-                    continue
-                conn.sendall(_DONE.pack(_DONE.size - 4, 10, 1, seq, 4, 2, started, 4, 3, ended, 0))
+                    if len(pending) < 4 + size:
+                        break
+                    body, pending = pending[4:4 + size], pending[4 + size:]
+                    if not self._one(conn, body):
+                        return
         except OSError:
             return
         finally:
             self._conns.discard(conn)
             self._last.pop(conn, None)
             conn.close()
+
+    def _one(self, conn: socket.socket, body: bytes) -> bool:
+        """Answer one request; False when it is not even a ShardSearch (the connection is then dropped)."""
+        last = self._last.get(conn)
+        cut = len(_SEQ_HEAD) + 8
+        if last is not None and body[:3] == _SEQ_HEAD and body[cut:] == last[0]:
+            seq, views = _SEQ.unpack_from(body, 3)[0], last[1]  # the same batch shape again: checked already
+        else:
+            try:
+                req = decode_struct(S.ShardSearch, body)
+            except RemoteProtocolError:
+                return False
+            seq = req.seq
+            try:
+                views = self._views(req)
+            except Exception as e:
+                conn.sendall(self._error(seq, e))
+                return True
+            if body[:3] == _SEQ_HEAD:
+                self._last[conn] = (body[cut:], views)
+        try:
+            started, ended = self._search(*views)
+        except Exception as e:  # the router raises it for this batch; the link stays up
+            conn.sendall(self._error(seq, e))
+            return True
+        conn.sendall(_DONE.pack(_DONE.size - 4, 10, 1, seq, 4, 2, started, 4, 3, ended, 0))
+        return True
 
     @staticmethod
     def _error(seq: int, e: Exception) -> bytes:

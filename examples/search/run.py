@@ -25,6 +25,7 @@ import numpy as np
 import disto
 from disto.search import DistributedIndex, dataset, ground_truth, one_recall_at
 from disto.search._faiss import faiss
+from floor import Floor
 
 BATCHES = (1, 32, 1000)
 
@@ -69,8 +70,11 @@ def faiss_latency(index: Any, xq: np.ndarray, k: int, batch: int, reps: int) -> 
 
 
 async def disto_latency(ix: DistributedIndex, xq: np.ndarray, k: int, nprobe: int, batch: int, reps: int,
-                        inflight: int = 1) -> tuple[list[float], float, list[dict[str, float]]]:
-    """Latency of each batch, and queries/s with ``inflight`` batches on the wire at once."""
+                        inflight: int = 1, floor: Floor | None = None
+                        ) -> tuple[list[float], float, list[dict[str, float]]]:
+    """Latency of each batch, and queries/s with ``inflight`` batches on the wire at once. With ``floor`` (and
+    one batch in flight), each batch is followed by the same pattern played over plain sockets: its ``timing``
+    gets ``floor_send`` and ``floor_return``."""
     batch = min(batch, len(xq))
     lat: list[float] = []
     timings: list[dict[str, float]] = []
@@ -82,6 +86,11 @@ async def disto_latency(ix: DistributedIndex, xq: np.ndarray, k: int, nprobe: in
             t = time.perf_counter()
             r = await ix.search(xq[s:s + batch], k, nprobe)
             lat.append(time.perf_counter() - t)
+            if floor is not None:
+                r.timing["floor_send"], r.timing["floor_return"] = floor.round(r.timing["coarse"], r.timing["shard"],
+                                                                               len(ix.shards))
+                r.timing["floor"] = r.timing["floor_send"] + r.timing["floor_return"]
+                r.timing["over_floor"] = r.timing["overhead"] - r.timing["floor"]
             timings.append(r.timing)
 
     t0 = time.perf_counter()
@@ -90,6 +99,15 @@ async def disto_latency(ix: DistributedIndex, xq: np.ndarray, k: int, nprobe: in
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    # forked first, while this process is small and has no threads: the plain-socket floor of each batch
+    floor = Floor(max(args.shards))
+    try:
+        return await _main(args, floor)
+    finally:
+        floor.close()
+
+
+async def _main(args: argparse.Namespace, floor: Floor) -> dict[str, Any]:
     faiss.omp_set_num_threads(1)  # Faiss single-process baseline at one core, as each shard
     t0 = time.perf_counter()
     xb, xq, xt = dataset(args.nb, args.nq, args.d, seed=args.seed, clusters=args.clusters, ntrain=args.ntrain)
@@ -146,7 +164,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                    "identical": same_rows(r.labels, I0, r.distances, D0)}
             for b in BATCHES:
                 q = xq[:sample(b, args)]
-                lat, _, timings = await disto_latency(ix, q, k, nprobe, b, reps(b, args))
+                lat, _, timings = await disto_latency(ix, q, k, nprobe, b, reps(b, args),
+                                                      floor=floor if b == max(BATCHES) else None)
                 # throughput with two batches in flight, so every shard has the next one queued
                 _, qps, _ = await disto_latency(ix, q, k, nprobe, b, reps(b, args), inflight=2)
                 row[f"qps@{b}"], row[f"p50@{b}"], row[f"p99@{b}"] = qps, pct(lat, 50), pct(lat, 99)
@@ -187,11 +206,15 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
     for r in rows[1:]:
         extra = f", {r['qps@1000'] / one:.2f}x disto 1 shard" if one else ""
         print(f"  {r['system']}: {r['qps@1000'] / base:.2f}x faiss 1 process at batch 1000{extra}")
-    print("\nbatch of 1000, median per batch (ms): coarse | fan-out wait | slowest shard's Faiss | overhead "
-          "(fan-out - shard) | merge")
+    print("\nbatch of 1000, median per batch: coarse | fan-out wait | slowest shard's Faiss | merge (ms); "
+          "overhead = fan-out - shard, = send + return (us); the same pattern over plain sockets right after each "
+          "batch (floor, us); overhead - floor, per batch (us)")
     for n, bd in res["breakdown"].items():
         print(f"  {n} shard(s): {bd['coarse'] * 1e3:.2f} | {bd['fanout'] * 1e3:.2f} | {bd['shard'] * 1e3:.2f} | "
-              f"{bd['overhead'] * 1e6:.0f} us | {bd['merge'] * 1e3:.2f}")
+              f"{bd['merge'] * 1e3:.2f}; overhead {bd['overhead'] * 1e6:.0f} (send {bd['send'] * 1e6:.0f}, "
+              f"return {bd['return'] * 1e6:.0f}); floor {bd['floor'] * 1e6:.0f} (send "
+              f"{bd['floor_send'] * 1e6:.0f}, return {bd['floor_return'] * 1e6:.0f}); "
+              f"disto over the floor {bd['over_floor'] * 1e6:.0f}")
 
 
 def plot(res: dict[str, Any], args: argparse.Namespace, path: str) -> None:
