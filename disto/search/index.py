@@ -346,7 +346,7 @@ class DistributedIndex:
         shard_s = slowest[3] - slowest[2]
         # wall clocks of this host and the shards' (exact on one host; across hosts only as good as NTP)
         timing = {"coarse": t1 - t0, "fanout": t2 - t1, "shard": shard_s, "overhead": (t2 - t1) - shard_s,
-                  "send": max(o[2] for o in live) - w1, "return": w2 - slowest[3], "merge": t3 - t2,
+                  "send": max(o[2] for o in live) - w1, "return": w2 - max(o[3] for o in live), "merge": t3 - t2,
                   "total": t3 - t0}
         return SearchResult(D, I, bool(missing), missing, timing)
 

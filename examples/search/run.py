@@ -87,10 +87,8 @@ async def disto_latency(ix: DistributedIndex, xq: np.ndarray, k: int, nprobe: in
             r = await ix.search(xq[s:s + batch], k, nprobe)
             lat.append(time.perf_counter() - t)
             if floor is not None:
-                r.timing["floor_send"], r.timing["floor_return"] = floor.round(r.timing["coarse"], r.timing["shard"],
-                                                                               len(ix.shards))
-                r.timing["floor"] = r.timing["floor_send"] + r.timing["floor_return"]
-                r.timing["over_floor"] = r.timing["overhead"] - r.timing["floor"]
+                fs, fr, fo = floor.round(r.timing["coarse"], r.timing["shard"], len(ix.shards))
+                r.timing.update(floor_send=fs, floor_return=fr, floor=fo, over_floor=r.timing["overhead"] - fo)
             timings.append(r.timing)
 
     t0 = time.perf_counter()
@@ -146,10 +144,10 @@ async def _main(args: argparse.Namespace, floor: Floor) -> dict[str, Any]:
         curves["faiss 1 process"].append((one_recall_at(I, gt, 1), qps, one_recall_at(I, gt, 10), p))
     single.nprobe = nprobe
     print(f"faiss: built in {build:.1f} s, 1-R@1 {row['1-R@1']:.3f}", flush=True)
-    del single
 
     # ---- disto: a local cluster of max(shards) node processes, one shard actor per process
     breakdown: dict[int, dict[str, float]] = {}
+    indexes: dict[str, DistributedIndex] = {}
     async with disto.LocalCluster(max(args.shards)) as cluster:
         for nshards in args.shards:
             name = f"disto {nshards} shard{'s' if nshards > 1 else ''}"
@@ -183,8 +181,29 @@ async def _main(args: argparse.Namespace, floor: Floor) -> dict[str, Any]:
                 _, qps, _ = await disto_latency(ix, xq, k, p, 1000 if args.nq >= 1000 else args.nq, 1, 2)
                 curves[name].append((one_recall_at(rr.labels, gt, 1), qps, one_recall_at(rr.labels, gt, 10), p))
             print(f"{name}: built in {build:.1f} s, identical rows {row['identical']:.4f}", flush=True)
+            indexes[name] = ix
+        rounds = await interleaved_qps(single, indexes, xq, k, nprobe, args.rounds)
+        for row in rows:
+            row["qps@1000"] = statistics.median(rounds[row["system"]])
+            row["qps@1000 rounds"] = rounds[row["system"]]
+        for ix in indexes.values():
             await ix.close()
     return {"rows": rows, "curves": curves, "breakdown": breakdown, "train_s": train_s}
+
+
+async def interleaved_qps(single: Any, indexes: dict[str, DistributedIndex], xq: np.ndarray, k: int,
+                          nprobe: int, rounds: int) -> dict[str, list[float]]:
+    """Queries/s at batch 1000 of every system, measured in turns (Faiss, disto 1 shard, disto 2 shards,
+    Faiss, ...), so that each ratio compares measurements a few seconds apart on this shared, noisy host."""
+    batch = min(1000, len(xq))
+    out: dict[str, list[float]] = {"faiss 1 process": [], **{name: [] for name in indexes}}
+    for _ in range(rounds):
+        _, qps = faiss_latency(single, xq, k, batch, 1)
+        out["faiss 1 process"].append(qps)
+        for name, ix in indexes.items():
+            _, qps, _ = await disto_latency(ix, xq, k, nprobe, batch, 1, inflight=2)
+            out[name].append(qps)
+    return out
 
 
 def report(res: dict[str, Any], args: argparse.Namespace) -> None:
@@ -201,13 +220,18 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
         for b in BATCHES:
             line += f" {r[f'qps@{b}']:>9.0f} {r[f'p50@{b}'] * 1e3:>7.2f} {r[f'p99@{b}'] * 1e3:>7.2f}"
         print(line)
-    base = rows[0]["qps@1000"]
-    one = next((r["qps@1000"] for r in rows if r["system"] == "disto 1 shard"), None)
+    base = rows[0]["qps@1000 rounds"]
+    one = next((r["qps@1000 rounds"] for r in rows if r["system"] == "disto 1 shard"), None)
+    print(f"queries/s at batch 1000: median of {len(base)} rounds taken in turns; ratios are medians of the "
+          "per-round ratios")
     for r in rows[1:]:
-        extra = f", {r['qps@1000'] / one:.2f}x disto 1 shard" if one else ""
-        print(f"  {r['system']}: {r['qps@1000'] / base:.2f}x faiss 1 process at batch 1000{extra}")
+        mine = r["qps@1000 rounds"]
+        vs_faiss = statistics.median(a / b for a, b in zip(mine, base))
+        extra = f", {statistics.median(a / b for a, b in zip(mine, one)):.2f}x disto 1 shard" if one else ""
+        spread = f" (rounds {min(a / b for a, b in zip(mine, base)):.2f}-{max(a / b for a, b in zip(mine, base)):.2f})"
+        print(f"  {r['system']}: {vs_faiss:.2f}x faiss 1 process{spread}{extra}")
     print("\nbatch of 1000, median per batch: coarse | fan-out wait | slowest shard's Faiss | merge (ms); "
-          "overhead = fan-out - shard, = send + return (us); the same pattern over plain sockets right after each "
+          "overhead = fan-out - shard (us), with send and return; the same pattern over plain sockets right after each "
           "batch (floor, us); overhead - floor, per batch (us)")
     for n, bd in res["breakdown"].items():
         print(f"  {n} shard(s): {bd['coarse'] * 1e3:.2f} | {bd['fanout'] * 1e3:.2f} | {bd['shard'] * 1e3:.2f} | "
@@ -259,6 +283,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     p.add_argument("--curve", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64],
                    help="nprobe values of the recall-vs-QPS plot")
+    p.add_argument("--rounds", type=int, default=7, help="turns of the interleaved queries/s measurement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/disto/search"), help="ground-truth cache")
     p.add_argument("--out", default="search-results", help="folder for the JSON and the plot")
