@@ -85,7 +85,11 @@ def balance_lists(lists: np.ndarray, nlist: int, shards: int) -> np.ndarray:
 
 
 def _default_threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use (taskset, cgroup cpusets)
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def _placement(shard: int, replica: int, replicas: int, nodes: int) -> int:
@@ -188,14 +192,14 @@ class DistributedIndex:
         if sharding == "lists" and shards > template.nlist:
             raise ValueError(f"{shards} shards for {template.nlist} inverted lists: some shards would hold "
                              "nothing; use fewer shards or sharding='vectors'")
+        xs = as_matrix(sample, template.d, "sample vectors") if sharding == "lists" and sample is not None else None
         blob = faiss.serialize_index(template)
         refs = await cls._place(cluster, nodes, shards, replicas,
                                 lambda s: {"index_bytes": blob, "threads": threads_per_shard})
         self = cls(cluster, faiss.deserialize_index(blob), refs, factory=factory, threads=threads,
                    sharding=sharding, fast_path=fast_path)
         self.nprobe = nprobe
-        if sharding == "lists" and sample is not None:
-            xs = as_matrix(sample, self.d, "sample vectors")
+        if xs is not None:
             self._owner = balance_lists(await self._lists_of(xs), self.nlist, shards)
         return self
 

@@ -58,6 +58,8 @@ _block_numbers = itertools.count(1)  # per process: names are never reused
 # a framed ShardSearchDone without error, in Thrift binary protocol: {1: i64 seq, 2: double, 3: double} STOP
 _DONE = struct.Struct("!I" + "bhq" + "bhd" + "bhd" + "b")
 _DONE_HEAD = (10, 1, 4, 2, 4, 3, 0)
+_DONE_FIELDS = struct.Struct("!7xq3xd3xdx")  # its seq, started, ended, when its fixed bytes are _DONE_BYTES's
+_DONE_BYTES = _DONE.pack(_DONE.size - 4, 10, 1, 0, 4, 2, 0.0, 4, 3, 0.0, 0)
 
 
 def boot_id() -> str:
@@ -83,7 +85,7 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
 class Block:
     """A segment of the router's shared memory: one batch, its assignment and every shard's result slots."""
 
-    __slots__ = ("name", "size", "mm", "buf", "path", "_unlink", "__weakref__")
+    __slots__ = ("name", "size", "mm", "path", "_unlink", "__weakref__")
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
@@ -98,7 +100,6 @@ class Block:
             raise
         finally:
             os.close(fd)
-        self.buf = np.frombuffer(self.mm, dtype=np.uint8)
         self._unlink = weakref.finalize(self, _unlink_quietly, self.path)  # also at exit
 
     def view(self, offset: int, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -255,11 +256,12 @@ class ShardLink:
 
     # ------------------------------------------------------------------ protocol callbacks
     def _data(self, data: bytes) -> None:
-        if not self._buf and len(data) == _DONE.size and self._hello is not None and self._hello.done():
-            f = _DONE.unpack(data)  # the steady state: one plain answer per read
-            if f[0] == _DONE.size - 4 and f[1:3] + f[4:6] + f[7:9] + f[10:] == _DONE_HEAD:
-                self._answer(f[3], (f[6], f[9]))
-                return
+        if (len(data) == _DONE.size and not self._buf and data[:7] == _DONE_BYTES[:7]
+                and data[15:18] == _DONE_BYTES[15:18] and data[26:29] == _DONE_BYTES[26:29]
+                and data[37:] == _DONE_BYTES[37:] and self._hello is not None and self._hello.done()):
+            seq, started, ended = _DONE_FIELDS.unpack(data)  # the steady state: one plain answer per read
+            self._answer(seq, (started, ended))
+            return
         self._buf += data
         if self._hello is not None and not self._hello.done():
             if self._buf[:1] != b"\x01":

@@ -109,7 +109,7 @@ async def _main(args: argparse.Namespace, floor: Floor) -> dict[str, Any]:
     faiss.omp_set_num_threads(1)  # Faiss single-process baseline at one core, as each shard
     t0 = time.perf_counter()
     xb, xq, xt = dataset(args.nb, args.nq, args.d, seed=args.seed, clusters=args.clusters, ntrain=args.ntrain)
-    faiss.omp_set_num_threads(os.cpu_count() or 1)  # exact ground truth (cached) on every core
+    faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))  # exact ground truth (cached) on every core
     gt = ground_truth(xb, xq, 10, cache_dir=args.cache)
     faiss.omp_set_num_threads(1)
     print(f"data: {args.nb} x {args.d} database, {args.nq} queries, {len(xt)} training vectors "
@@ -209,7 +209,7 @@ async def interleaved_qps(single: Any, indexes: dict[str, DistributedIndex], xq:
 def report(res: dict[str, Any], args: argparse.Namespace) -> None:
     rows = res["rows"]
     print(f"\n{args.factory}, nprobe={args.nprobe}, k={args.k}, {args.nb} x {args.d}, {args.nq} queries; "
-          f"training {res['train_s']:.1f} s; {os.cpu_count()} cores")
+          f"training {res['train_s']:.1f} s; {len(os.sched_getaffinity(0))} cores")
     head = f"{'system':<18} {'1-R@1':>6} {'R@10':>6} {'same':>7} {'B/vec':>6} {'build s':>7}"
     for b in BATCHES:
         head += f" {'qps@' + str(b):>9} {'p50 ms':>7} {'p99 ms':>7}"
