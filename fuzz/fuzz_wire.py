@@ -9,6 +9,7 @@ Targets, chosen by the first input byte:
   2  each message body through the bounded validator and the Thrift decoder
   3  the hand-written CALL/REPLY codec
   4  a request frame of the search service (header parser, then the bounded decoder)
+  5  the search link: requests as a shard reads them (frames, cached fast path, views), answers as a router does
 The property: only RemoteProtocolError / AuthenticationError (a clean close) ever comes out; anything else is a
 crash. libFuzzer's -timeout catches hangs, -rss_limit_mb an allocation driven by a length field.
 """
@@ -31,9 +32,34 @@ MAX_FRAME = 1 << 26  # what a fuzz run may make a connection allocate for one fr
 
 try:  # the search service is optional (needs faiss); fuzz its parser when it is there
     with atheris.instrument_imports():
+        from disto.search import link as _link
         from disto.search import service as _search
 except ImportError:
-    _search = None
+    _search = _link = None
+_link_server = None
+
+
+class _Discard:
+    def sendall(self, data: bytes) -> None:
+        pass
+
+
+def _fuzz_link(rest: bytes) -> None:
+    global _link_server
+    if _link_server is None:  # one server (a socket and a thread) for the whole run; its search is a no-op
+        _link_server = _link.LinkServer(lambda *views: (0.0, 0.0), d=4, nlist=8, max_k=16)
+    conn = _Discard()
+    pending = rest
+    while len(pending) >= 4:  # as LinkServer._serve splits its reads
+        size = int.from_bytes(pending[:4], "big")
+        if size > _link.MAX_FRAME or len(pending) < 4 + size:
+            break
+        body, pending = pending[4:4 + size], pending[4 + size:]
+        if not _link_server._one(conn, body):  # type: ignore[arg-type]
+            break
+    _link_server._last.pop(conn, None)
+    router = _link.ShardLink(0)
+    router._data(rest)  # no request is pending: any answer is refused cleanly
 
 
 def _pair() -> tuple[Connection, Connection]:
@@ -74,7 +100,7 @@ def _feed(conn: Connection, fdp: atheris.FuzzedDataProvider, before_ready: bool)
 def one_input(data: bytes) -> None:
     if not data:
         return
-    target, rest = data[0] % 5, data[1:]
+    target, rest = data[0] % 6, data[1:]
     fdp = atheris.FuzzedDataProvider(rest)
     if target == 0:
         _, listener = _pair()
@@ -93,6 +119,9 @@ def one_input(data: bytes) -> None:
                 dec(rest, 0, len(rest))
             except RemoteProtocolError:
                 pass
+    elif target == 5:
+        if _link is not None:
+            _fuzz_link(rest)
     elif _search is not None:
         try:
             name, _mtype, _seq, offset = _search._parse_header(rest)

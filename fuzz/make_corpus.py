@@ -27,6 +27,14 @@ def main() -> None:
         from disto.search.service import S, _message
         body = encode(S.Search.search_args(token="t" * 20, queries=b"\0" * 16, k=5, nprobe=2, allow_partial=False))
         seeds["search"] = b"\x04" + _message("search", 1, 1, body)[4:]
+        from disto.search.link import _DONE, Layout, _len
+
+        class _Named:
+            name = "disto-1-search-1"
+
+        req = encode(Layout(n=3, d=4, k=2, nprobe=2, shards=2).request(1, _Named(), 1))  # type: ignore[arg-type]
+        seeds["link"] = b"\x05" + _len.pack(len(req)) + req + _DONE.pack(_DONE.size - 4, 10, 1, 1, 4, 2, 0.5, 4, 3,
+                                                                           1.5, 0)
     except ImportError:
         pass
     for name, data in seeds.items():
