@@ -233,3 +233,32 @@ async def test_a_stopped_shard_process_fails_the_search_instead_of_hanging(data)
             assert part.partial and part.missing == (1,)
         finally:
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.async_timeout(10)
+async def test_the_router_end_takes_answers_in_order_and_refuses_the_rest() -> None:
+    from disto.search import ShardSearchError
+    from disto.search.link import _DONE, Replies, ShardLink
+
+    link = ShardLink(3)
+    link._hello = asyncio.get_running_loop().create_future()
+    link._hello.set_result(True)
+    replies = Replies(2)
+    link._pending.extend([(1, replies, 0), (2, replies, 1)])
+    # a plain answer arriving in two pieces, then an error answer (the full decoder's path)
+    plain = _DONE.pack(_DONE.size - 4, 10, 1, 1, 4, 2, 0.25, 4, 3, 0.75, 0)
+    link._data(plain[:10])
+    link._data(plain[10:])
+    err = encode(S.ShardSearchDone(seq=2, started=0.0, ended=0.0, error="ValueError: no"))
+    link._data(struct.pack("!I", len(err)) + err)
+    assert replies.future.done() and replies.results[0] == (0.25, 0.75)
+    assert isinstance(replies.results[1], ShardSearchError) and isinstance(replies.results[1], disto.DistoError)
+    # an answer to nothing that was asked, or a frame beyond the bound: the link is broken, its waiters told
+    for bad in (plain, struct.pack("!I", 1 << 20)):
+        link = ShardLink(3)
+        link._hello = asyncio.get_running_loop().create_future()
+        link._hello.set_result(True)
+        waiting = Replies(1)
+        link._pending.append((9, waiting, 0))
+        link._data(bad)
+        assert link.closed and isinstance(waiting.results[0], disto.RemoteProtocolError)

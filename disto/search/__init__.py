@@ -9,9 +9,10 @@ sharded over actors, searched by fan-out with a k-way merge.
 Needs Faiss (``pip install 'disto[search]'``). See docs/search.md.
 """
 from .datasets import clustered, dataset, ground_truth, one_recall_at, recall_at
-from .index import DistributedIndex, SearchResult
+from .index import DistributedIndex, SearchResult, balance_lists
+from .link import ShardSearchError
 from .service import SearchService, serve
 from .shard import IndexShard
 
-__all__ = ["DistributedIndex", "SearchResult", "IndexShard", "SearchService", "serve", "clustered", "dataset",
-           "ground_truth", "one_recall_at", "recall_at"]
+__all__ = ["DistributedIndex", "SearchResult", "ShardSearchError", "IndexShard", "SearchService", "serve",
+           "balance_lists", "clustered", "dataset", "ground_truth", "one_recall_at", "recall_at"]

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from disto import NodeLostError, RemoteProtocolError
+from disto import DistoError, NodeLostError, RemoteProtocolError
 from disto.wire.messages import decode_struct, encode
 
 from ._idl import S
@@ -316,8 +316,8 @@ class ShardLink:
             replies.done(slot, exc)
 
 
-class ShardSearchError(Exception):
-    """A shard's Faiss search failed (the message is the shard's)."""
+class ShardSearchError(DistoError):
+    """A shard's Faiss search failed on the fast path (the message is the shard's: its exception type and text)."""
 
 
 class _LinkProtocol(asyncio.Protocol):
