@@ -319,6 +319,7 @@ class DistributedIndex:
             await self._coarse(xs, nprobe, coarse, assign)
             t1 = time.perf_counter()
             w1 = time.time()
+            down = sum(map(len, self._down))
             outcomes = await self._fan_out(block, lay, slots, xs, k, assign, coarse)
             t2 = time.perf_counter()
             w2 = time.time()
@@ -339,7 +340,8 @@ class DistributedIndex:
             else:
                 D, I = faiss.merge_knn_results(np.stack([o[0] for o in live]), np.stack([o[1] for o in live]),
                                                keep_max=self.keep_max)
-            clean = not missing  # a shard that did not answer might still write into the block later
+            # a replica given up on (frozen, cut off) might still write into the block later: never reuse it then
+            clean = not missing and sum(map(len, self._down)) == down
         finally:
             if clean:
                 self._blocks.give(block)
