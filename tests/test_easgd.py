@@ -126,7 +126,6 @@ def test_virtual_time_eamsgd_learns_with_many_workers() -> None:
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(90)
 async def test_a_killed_worker_does_not_stop_training_and_is_respawned_from_the_center() -> None:
-    import asyncio
     import os
     import signal
 
@@ -141,15 +140,16 @@ async def test_a_killed_worker_does_not_stop_training_and_is_respawned_from_the_
         trainer = Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test))
         victim = cluster.nodes[1]  # worker 1 runs there; the single shard is on node 0
 
-        async def kill_soon() -> None:
-            while len(trainer.runs) < 2:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)
-            os.kill(victim.pid, signal.SIGKILL)
+        evals = []
 
-        killer = asyncio.ensure_future(kill_soon())
-        history = await trainer.run(seconds=5)
-        await killer
+        def kill_at_the_second_evaluation(entry: dict) -> None:
+            # triggered by training progress, not by a sleep; the run then has ~9 s left for the respawn
+            # (a new node process builds its model) and for the evaluations that follow it
+            evals.append(entry)
+            if len(evals) == 2:
+                os.kill(victim.pid, signal.SIGKILL)
+
+        history = await trainer.run(seconds=10, on_eval=kill_at_the_second_evaluation)
     assert [e["worker"] for e in history.events] == [1] and history.events[0].get("respawned")
     assert "NodeLostError" in history.events[0]["error"]
     # training went on: evaluations kept coming after the kill, and the center kept its quality
