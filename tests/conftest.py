@@ -91,3 +91,14 @@ def no_node_processes_left_behind():
             break
         __import__("time").sleep(0.1)
     assert not left, f"node processes left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def search_data():
+    """The search tests' data: a small clustered set (d=32) and an IVF64,PQ8 index trained on it (needs Faiss)."""
+    faiss = pytest.importorskip("faiss")
+    from disto.search import DistributedIndex, dataset
+
+    xb, xq, xt = dataset(20_000, 300, 32, seed=3, clusters=100, ntrain=5000)
+    faiss.omp_set_num_threads(1)
+    return xb, xq, xt, DistributedIndex.train("IVF64,PQ8", xt)

@@ -14,21 +14,13 @@ import pytest
 faiss = pytest.importorskip("faiss")
 
 import disto  # noqa: E402
-from disto.search import DistributedIndex, SearchService, dataset, ground_truth, one_recall_at  # noqa: E402
+from disto.search import DistributedIndex, SearchService, ground_truth, one_recall_at  # noqa: E402
 from disto.search._faiss import as_ids, as_matrix  # noqa: E402
 from disto.search.index import _placement  # noqa: E402
 from disto.search._idl import IDL_PATH  # noqa: E402
 
-D = 32
-FACTORY = "IVF64,PQ8"
+D = 32  # the dimension of the conftest `search_data` set (IVF64,PQ8)
 TOKEN = "search-token-0123456789"
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, object]:
-    xb, xq, xt = dataset(20_000, 300, D, seed=3, clusters=100, ntrain=5000)
-    faiss.omp_set_num_threads(1)
-    return xb, xq, xt, DistributedIndex.train(FACTORY, xt)
 
 
 def single_index(trained: object, xb: np.ndarray, nprobe: int) -> object:
@@ -76,18 +68,18 @@ def test_a_shard_refuses_what_it_cannot_search(tmp_path) -> None:
         IndexShard(0)
 
 
-def test_only_plain_ivf_indexes_are_accepted(data) -> None:
+def test_only_plain_ivf_indexes_are_accepted(search_data) -> None:
     with pytest.raises(ValueError, match="plain IVF"):
-        DistributedIndex.train("PCA16,IVF16,Flat", data[2])
+        DistributedIndex.train("PCA16,IVF16,Flat", search_data[2])
     with pytest.raises(ValueError, match="metric"):
-        DistributedIndex.train("IVF16,Flat", data[2], metric="cosine")
+        DistributedIndex.train("IVF16,Flat", search_data[2], metric="cosine")
 
 
 # ------------------------------------------------------------------ level 4: node processes
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(120)
-async def test_sharded_results_equal_the_single_index(data, tmp_path) -> None:
-    xb, xq, _, trained = data
+async def test_sharded_results_equal_the_single_index(search_data, tmp_path) -> None:
+    xb, xq, _, trained = search_data
     async with disto.LocalCluster(nodes=2) as cluster:
         ix = await DistributedIndex.from_trained(cluster, trained, shards=3, replicas=2, nprobe=8)
         assert await ix.add(xb[:12_000]) == 12_000
@@ -133,8 +125,8 @@ async def test_sharded_results_equal_the_single_index(data, tmp_path) -> None:
 
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(60)
-async def test_load_refuses_incomplete_or_mismatched_saves(data, tmp_path) -> None:
-    xb, _, _, trained = data
+async def test_load_refuses_incomplete_or_mismatched_saves(search_data, tmp_path) -> None:
+    xb, _, _, trained = search_data
     async with disto.LocalCluster(nodes=1) as cluster:
         with pytest.raises(FileNotFoundError, match="layout.json"):
             await DistributedIndex.load(cluster, str(tmp_path / "nothing"))
@@ -157,8 +149,8 @@ async def test_load_refuses_incomplete_or_mismatched_saves(data, tmp_path) -> No
 
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(90)
-async def test_lost_shard_fails_fast_or_gives_a_flagged_partial_result(data) -> None:
-    xb, xq, _, trained = data
+async def test_lost_shard_fails_fast_or_gives_a_flagged_partial_result(search_data) -> None:
+    xb, xq, _, trained = search_data
     async with disto.LocalCluster(nodes=3) as cluster:
         # shards 0 and 1 on nodes 0 and 1, each with a replica on the next node; shard 2 alone on node 2
         ix = await DistributedIndex.from_trained(cluster, trained, shards=2, replicas=2, nprobe=8,
@@ -199,8 +191,8 @@ def _thrift_client(address: str) -> object:
 
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(90)
-async def test_thrift_service_serves_any_client_and_refuses_strangers(data) -> None:
-    xb, xq, _, trained = data
+async def test_thrift_service_serves_any_client_and_refuses_strangers(search_data) -> None:
+    xb, xq, _, trained = search_data
     async with disto.LocalCluster(nodes=1) as cluster:
         ix = await DistributedIndex.from_trained(cluster, trained, shards=2, nprobe=8)
         await ix.add(xb)
@@ -243,8 +235,8 @@ async def test_thrift_service_serves_any_client_and_refuses_strangers(data) -> N
 
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(90)
-async def test_search_client_example_runs_without_disto(data, tmp_path) -> None:
-    xb, _, _, trained = data
+async def test_search_client_example_runs_without_disto(search_data, tmp_path) -> None:
+    xb, _, _, trained = search_data
     client = os.path.join(os.path.dirname(__file__), "..", "examples", "search", "client.py")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)

@@ -16,21 +16,12 @@ import pytest
 faiss = pytest.importorskip("faiss")
 
 import disto  # noqa: E402
-from disto.search import DistributedIndex, dataset  # noqa: E402
+from disto.search import DistributedIndex  # noqa: E402
 from disto.search._idl import S  # noqa: E402
 from disto.search.index import balance_lists  # noqa: E402
 from disto.search.link import SECRET_BYTES, Block, BlockPool, Layout, LinkServer  # noqa: E402
 from disto.wire.messages import decode_struct, encode  # noqa: E402
-
-D = 32
-FACTORY = "IVF64,PQ8"
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, object]:
-    xb, xq, xt = dataset(20_000, 300, D, seed=5, clusters=100, ntrain=5000)
-    faiss.omp_set_num_threads(1)
-    return xb, xq, xt, DistributedIndex.train(FACTORY, xt)
+from test_search import D, single_index  # noqa: E402
 
 
 # ------------------------------------------------------------------ level 1: no event loop
@@ -157,11 +148,9 @@ def test_the_link_wants_the_secret_first() -> None:
 # ------------------------------------------------------------------ level 4: node processes
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(120)
-async def test_every_sharding_and_path_gives_the_single_index_answer(data, tmp_path) -> None:
-    xb, xq, xt, trained = data
-    single = faiss.deserialize_index(faiss.serialize_index(trained))
-    single.add(xb)
-    single.nprobe = 8
+async def test_every_sharding_and_path_gives_the_single_index_answer(search_data, tmp_path) -> None:
+    xb, xq, xt, trained = search_data
+    single = single_index(trained, xb, 8)
     D0, I0 = single.search(xq, 10)
     async with disto.LocalCluster(nodes=2) as cluster:
         variants = {
@@ -216,8 +205,8 @@ async def test_every_sharding_and_path_gives_the_single_index_answer(data, tmp_p
 
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(120)
-async def test_a_stopped_shard_process_fails_the_search_instead_of_hanging(data) -> None:
-    xb, xq, xt, trained = data
+async def test_a_stopped_shard_process_fails_the_search_instead_of_hanging(search_data) -> None:
+    xb, xq, xt, trained = search_data
     async with disto.LocalCluster(nodes=2) as cluster:
         ix = await DistributedIndex.from_trained(cluster, trained, shards=2, nprobe=8, sample=xt,
                                                  nodes=cluster.nodes)
