@@ -78,6 +78,16 @@ def timed(fn: Callable[[int], Any], n: int) -> list[float]:
     return out
 
 
+async def atimed(fn: Callable[[int], Any], n: int) -> list[float]:
+    """Seconds of each of n sequential awaited calls fn(0), fn(1), ... (the async twin of :func:`timed`)."""
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        await fn(i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def arrays(n: int) -> list[tuple[str, Any]]:
     import torch
 
@@ -152,14 +162,8 @@ def child_disto(sz: dict[str, int]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         async with disto.LocalCluster(nodes=2) as cluster:
             a = await cluster.nodes[0].spawn(Echo)
-            for i in range(200):
-                await a.ping(i)
-            lat = []
-            for i in range(sz["w1"]):
-                t = time.perf_counter()
-                await a.ping(i)
-                lat.append(time.perf_counter() - t)
-            out["w1_us"] = p50_us(lat)
+            await atimed(a.ping, 200)  # warm up
+            out["w1_us"] = p50_us(await atimed(a.ping, sz["w1"]))
             out["listeners"] = listeners_not_on_loopback()
             t = time.perf_counter()
             await disto.window([lambda i=i: a.ping(i) for i in range(sz["w2"])], sz["inflight"])
@@ -167,12 +171,7 @@ def child_disto(sz: dict[str, int]) -> dict[str, Any]:
             n = sz["w4_mb"] * MB
             for key, x in arrays(n):
                 await a.total(x)
-                secs = []
-                for _ in range(sz["w4_reps"]):
-                    t = time.perf_counter()
-                    await a.total(x)
-                    secs.append(time.perf_counter() - t)
-                out[key] = gbps(n, secs)
+                out[key] = gbps(n, await atimed(lambda _i, x=x: a.total(x), sz["w4_reps"]))
             t = time.perf_counter()
             refs = await disto.collect(cluster.nodes[1].spawn(Echo) for _ in range(sz["w5"]))
             await disto.collect(r.ping(1) for r in refs)
