@@ -114,6 +114,19 @@ def blocking_workloads(out: dict[str, Any], sz: dict[str, int], ping: Callable[[
     out["w6_exception_us"] = p50_us(lat)
 
 
+def windowed_calls_per_s(call: Callable[[int], Any], wait: Callable[[Any], Any], n: int, inflight: int) -> float:
+    """W2 for a peer with blocking waits on its futures: ``n`` calls, at most ``inflight`` outstanding."""
+    t = time.perf_counter()
+    futs: list[Any] = []
+    for i in range(n):
+        futs.append(call(i))
+        if len(futs) >= inflight:
+            wait(futs.pop(0))
+    for f in futs:
+        wait(f)
+    return n / (time.perf_counter() - t)
+
+
 def kill_during_call(out: dict[str, Any], pid: int, wait: Callable[[], Any]) -> None:
     """W6: SIGKILL the process running a call; time until the caller's wait() raises."""
     time.sleep(0.2)
@@ -264,15 +277,8 @@ def child_torchrpc(sz: dict[str, int]) -> dict[str, Any]:
         a = rpc.remote("callee", _Echo)
         blocking_workloads(out, sz, lambda i: a.rpc_sync().ping(i), lambda x: a.rpc_sync().total(x),
                            lambda: a.rpc_sync().fail())
-        t = time.perf_counter()
-        futs: list[Any] = []
-        for i in range(sz["w2"]):
-            futs.append(a.rpc_async().ping(i))
-            if len(futs) >= sz["inflight"]:
-                futs.pop(0).wait()
-        for f in futs:
-            f.wait()
-        out["w2_cps"] = sz["w2"] / (time.perf_counter() - t)
+        out["w2_cps"] = windowed_calls_per_s(lambda i: a.rpc_async().ping(i), lambda f: f.wait(), sz["w2"],
+                                             sz["inflight"])
         t = time.perf_counter()
         objs = [rpc.remote("callee", _Echo) for _ in range(sz["w5"])]
         for o in objs:
@@ -303,15 +309,7 @@ def child_dask(sz: dict[str, int]) -> dict[str, Any]:
         a = client.submit(Echo, actor=True, workers=workers[:1]).result()
         blocking_workloads(out, sz, lambda i: a.ping(i).result(), lambda x: a.total(x).result(),
                            lambda: a.fail().result())
-        t = time.perf_counter()
-        futs: list[Any] = []
-        for i in range(sz["w2"]):
-            futs.append(a.ping(i))
-            if len(futs) >= sz["inflight"]:
-                futs.pop(0).result()
-        for f in futs:
-            f.result()
-        out["w2_cps"] = sz["w2"] / (time.perf_counter() - t)
+        out["w2_cps"] = windowed_calls_per_s(a.ping, lambda f: f.result(), sz["w2"], sz["inflight"])
         t = time.perf_counter()
         actors = [client.submit(Echo, actor=True, workers=workers[1:], pure=False).result()
                   for _ in range(sz["w5"])]
