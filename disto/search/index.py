@@ -395,13 +395,9 @@ class DistributedIndex:
         for s, r in enumerate(chosen):
             if r < 0:
                 continue
-            task = self._links.get((s, r))
-            if task is not None and task.done() and task.exception() is None:
-                link = task.result()  # the steady state, without a coroutine per shard
-                links[s] = None if link is None or link.closed else link
-                continue
             try:
-                links[s] = await self._link(s, r)
+                known, link = self._known_link(s, r)  # the steady state, without a coroutine per shard
+                links[s] = link if known else await self._link(s, r)
             except _LOST as e:  # its node is gone: the failover below picks another replica
                 outcomes[s] = e
         fast = [s for s in range(nshards) if links[s] is not None]
@@ -477,22 +473,30 @@ class DistributedIndex:
             raise got
         return (*slots[s], *got, True)
 
-    async def _link(self, s: int, r: int) -> ShardLink | None:
-        """The fast path to replica ``r`` of shard ``s`` when it runs on this host (opened on first use)."""
+    def _known_link(self, s: int, r: int) -> tuple[bool, ShardLink | None]:
+        """(True, the fast path to replica ``r`` of shard ``s`` or None) once its opening has finished (the
+        node's loss, if that is how it ended, is raised); (False, None) before."""
         if not self.fast_path:
-            return None
+            return True, None
         task = self._links.get((s, r))
-        if task is None:
-            task = self._links[(s, r)] = asyncio.ensure_future(self._open_link(s, r))
-        if not task.done():
-            await asyncio.wait((task,))
+        if task is None or not task.done():
+            return False, None
         exc = task.exception()
         if exc is not None:
             if isinstance(exc, _LOST):
                 raise exc
-            return None  # no fast path to this replica (an error opening it): actor calls still work
+            return True, None  # no fast path to this replica (an error opening it): actor calls still work
         link = task.result()
-        return None if link is None or link.closed else link
+        return True, None if link is None or link.closed else link
+
+    async def _link(self, s: int, r: int) -> ShardLink | None:
+        """The fast path to replica ``r`` of shard ``s`` when it runs on this host (opened on first use)."""
+        task = self._links.get((s, r))
+        if task is None and self.fast_path:
+            task = self._links[(s, r)] = asyncio.ensure_future(self._open_link(s, r))
+        if task is not None and not task.done():
+            await asyncio.wait((task,))
+        return self._known_link(s, r)[1]
 
     async def _open_link(self, s: int, r: int) -> ShardLink | None:
         address = await self.shards[s][r].open_link()

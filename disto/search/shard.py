@@ -70,16 +70,14 @@ class IndexShard(Actor):
         """Add vectors with their global ids; ``lists`` (n,) are their inverted lists when the router has
         assigned them already (sharding by lists), else this shard's quantizer assigns them."""
         x, ids = as_matrix(x, self.index.d), as_ids(ids, len(x))
-        if lists is None:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._add, x, ids)
-        else:
-            a = np.asarray(lists)
-            if a.shape != (len(x),) or not np.issubdtype(a.dtype, np.integer):
-                raise ValueError(f"lists must be {len(x)} integers, got {a.dtype} {a.shape}")
-            a = np.ascontiguousarray(a, dtype=np.int64)
-            if len(a) and (a.min() < 0 or a.max() >= self.ivf.nlist):
+        if lists is not None:
+            lists = np.asarray(lists)
+            if lists.shape != (len(x),) or not np.issubdtype(lists.dtype, np.integer):
+                raise ValueError(f"lists must be {len(x)} integers, got {lists.dtype} {lists.shape}")
+            lists = np.ascontiguousarray(lists, dtype=np.int64)
+            if len(lists) and (lists.min() < 0 or lists.max() >= self.ivf.nlist):
                 raise ValueError(f"list ids must be in [0, {self.ivf.nlist})")
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._add, x, ids, a)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._add, x, ids, lists)
         return int(self.index.ntotal)
 
     def _add(self, x: np.ndarray, ids: np.ndarray, lists: np.ndarray | None = None) -> None:
