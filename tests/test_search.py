@@ -159,11 +159,14 @@ async def test_lost_shard_fails_fast_or_gives_a_flagged_partial_result(search_da
         await ix.add(xb)
         await solo.add(xb)
         full = await ix.search(xq, 10)
+        block_before = ix._blocks._free[0]
         os.kill(cluster.nodes[1].pid, signal.SIGKILL)
         # replicated: every shard still has a live replica, so answers stay complete and identical
         for _ in range(3):
             r = await asyncio.wait_for(ix.search(xq, 10), 10)
             assert not r.partial and (r.labels == full.labels).all()
+        # the batch block of the search that gave up on a replica was not reused (a frozen one could still write)
+        assert block_before not in ix._blocks._free and not os.path.exists(block_before.path)
         # unreplicated: shard 0 of `solo` lived on node 1
         with pytest.raises(disto.NodeLostError, match="shard 0"):
             await asyncio.wait_for(solo.search(xq, 10), 10)

@@ -251,3 +251,25 @@ async def test_the_router_end_takes_answers_in_order_and_refuses_the_rest() -> N
         link._pending.append((9, waiting, 0))
         link._data(bad)
         assert link.closed and isinstance(waiting.results[0], disto.RemoteProtocolError)
+
+
+@pytest.mark.async_timeout(30)
+async def test_a_shard_adds_into_the_lists_it_is_given_and_refuses_bad_ones(search_data) -> None:
+    from disto.search import IndexShard
+
+    xb, _, _, trained = search_data
+    shard = IndexShard(0, faiss.serialize_index(trained))
+    try:
+        x, ids = xb[:10], np.arange(100, 110)
+        for bad, why in ((np.zeros(9, np.int64), "10 integers"), (np.zeros(10, np.float32), "10 integers"),
+                         (np.full(10, 64), r"\[0, 64\)"), (np.full(10, -1), r"\[0, 64\)")):
+            with pytest.raises(ValueError, match=why):
+                await shard.add(x, ids, bad)
+        assert shard.index.ntotal == 0  # nothing half-added
+        lists = np.array([3] * 5 + [7] * 5)  # not where the quantizer would put them: the router decides
+        assert await shard.add(x, ids, lists) == 10
+        invl = shard.ivf.invlists
+        assert invl.list_size(3) == 5 and invl.list_size(7) == 5
+        assert sorted(faiss.rev_swig_ptr(invl.get_ids(7), 5)) == list(range(105, 110))
+    finally:
+        shard.on_stop()
