@@ -194,8 +194,18 @@ async def test_every_sharding_and_path_gives_the_single_index_answer(search_data
         path.write_text(json.dumps(layout))
         old = await DistributedIndex.load(cluster, str(tmp_path / "v1"), nprobe=8)
         assert old.sharding == "vectors" and await old.ntotal() == len(xb)
+        # a layout whose list-to-shard map does not fit the index: refused, and its shards stopped again
+        layout = json.loads((tmp_path / "ix" / "layout.json").read_text())
+        layout["owner"] = layout["owner"][:-1]
+        (tmp_path / "ix" / "layout.json").write_text(json.dumps(layout))
+        with pytest.raises(ValueError, match="owner must give a shard for each of the 64 lists"):
+            await DistributedIndex.load(cluster, str(tmp_path / "ix"))
         for ix in (*variants.values(), loaded, old):
             await ix.close()
+        # a sample of the wrong shape is refused before any shard is started
+        with pytest.raises(ValueError, match=r"sample vectors must have shape \(n, 32\)"):
+            await DistributedIndex.from_trained(cluster, trained, sample=np.zeros((5, 3), np.float32))
+        assert [(await node.stats())["actors"] for node in cluster.nodes] == [[], []]
         with pytest.raises(ValueError, match="sharding"):
             await DistributedIndex.from_trained(cluster, trained, sharding="rows")
         with pytest.raises(ValueError, match="inverted lists"):
