@@ -1,18 +1,27 @@
 """disto: a distributed runtime for ML research. Actors and futures over an authenticated Thrift wire.
 
-Everything public is re-exported here; submodules are implementation detail.
+Everything public is re-exported here; the submodules are implementation detail. The layers, bottom up (imports
+only point down; tests/test_layers.py checks it):
+
+    errors, ids                       leaves: the exception hierarchy, node ids and addresses
+    wire/  liveness/  memory/         sans-IO protocol; pure failure detection; shared-memory segments
+    serialization/                    payloads: pickling, out-of-band buffers, placement, shm export/import
+    transport/                        asyncio channel, UDP heartbeat thread, TLS
+    futures, loop                     Future and combinators; disto.run
+    actor/                            Actor, refs, mailbox, the current-node context
+    node/                             the Node (a composition root) and its parts, the system actors
+    cluster/                          connect(), LocalCluster, tokens
+    cli, launch                       the `disto` command; `python -m disto.launch`
 """
-from ._errors import (ActorDeadError, ActorError, ActorNotFoundError, AuthenticationError, ClosedError, DistoError,
-                      LocalProtocolError, NameTakenError, NodeLostError, ProtocolError, RemoteError,
-                      RemoteProtocolError, SerializationError, TimeoutError)
-from ._runner import run
-from ._token import new_token, write_token_file
 from .actor import Actor, ActorRef, MethodRef, current_node
-from .cluster import Cluster, LocalCluster, NodeHandle, connect
+from .cluster import Cluster, LocalCluster, NodeHandle, connect, new_token, write_token_file
+from .errors import (ActorDeadError, ActorError, ActorNotFoundError, AuthenticationError, ClosedError, DistoError,
+                     LocalProtocolError, NameTakenError, NodeLostError, ProtocolError, RemoteError,
+                     RemoteProtocolError, SerializationError, TimeoutError)
 from .futures import Future, collect, collect_all, collect_any, window, within
-from .node import Node, NodeConfig, transfer
+from .loop import run
+from .node import Node, NodeConfig, shared_array, shared_tensor, transfer
 from .serialization import DEVICE_MAP
-from .shared import shared_array, shared_tensor
 
 __version__ = "0.1.0"
 

@@ -9,11 +9,13 @@ import os
 import signal
 import sys
 
-from ._errors import DistoError
-from ._runner import run
-from ._tls import from_env
-from ._token import resolve_token, write_token_file
-from .node import NodeConfig
+from .actor import SystemActor, system_ref
+from .cluster import resolve_token, write_token_file
+from .errors import DistoError
+from .futures import collect_all
+from .loop import run
+from .node import Node, NodeConfig
+from .transport.tls import from_env
 
 
 def _add_token_args(p: argparse.ArgumentParser) -> None:
@@ -61,13 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _node_start(args: argparse.Namespace) -> int:
-    from .node import Node
-
     node = Node(resolve_token(args.token, args.token_file), listen=args.listen, seed=args.seed, config=_config(args))
     await node.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: node._spawn_bg(node.stop("signal")))
+        loop.add_signal_handler(sig, lambda: node.stop_soon("signal"))
     line = f"{node.address} {node.node_id}\n"
     if args.ready_fd is not None:
         os.write(args.ready_fd, line.encode())
@@ -80,28 +80,21 @@ async def _node_start(args: argparse.Namespace) -> int:
 
 
 async def _node_stop(args: argparse.Namespace) -> int:
-    from .actor import ActorRef
-    from .node import NODE_SERVICE_ID, Node
-
     async with Node(resolve_token(args.token, args.token_file), listen=None, seed=args.address,
                     role="client", config=_config(args)) as me:
-        ok = await ActorRef("", args.address, NODE_SERVICE_ID, "NodeService", None, me).shutdown("disto node stop")
+        ok = await system_ref(SystemActor.NODE_SERVICE, args.address, via=me).shutdown("disto node stop")
     print(f"stopping {args.address}" if ok else f"{args.address} refused")
     return 0
 
 
 async def _status(args: argparse.Namespace) -> int:
-    from .actor import ActorRef
-    from .futures import collect_all
-    from .node import NODE_SERVICE_ID, Node
-
     async with Node(resolve_token(args.token, args.token_file), listen=None, seed=args.seed, role="client",
                     config=_config(args)) as me:
         assert me.registry is not None
         members = await me.registry.members()
         names = await me.registry.names()
         infos = await collect_all(
-            ActorRef(m["node_id"], m["address"], NODE_SERVICE_ID, "NodeService", None, me).info()
+            system_ref(SystemActor.NODE_SERVICE, m["address"], node_id=m["node_id"], via=me).info()
             for m in members if m["role"] != "client")
     if args.json:
         print(json.dumps({"members": members, "nodes": [i if isinstance(i, dict) else {"error": str(i)}

@@ -15,7 +15,7 @@ import asyncio
 import inspect
 from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
-from ._errors import TimeoutError
+from .errors import TimeoutError
 
 T = TypeVar("T")
 U = TypeVar("U")

@@ -25,11 +25,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import DistoError
-from ._runner import run
-from ._token import resolve_token
-from .cluster import NodeHandle
+from .cluster import NodeHandle, resolve_token
 from .cluster import connect as _connect
+from .errors import DistoError
+from .loop import run
 from .node import Node
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", ""}

@@ -9,7 +9,9 @@ Targets, chosen by the first input byte:
   2  each message body through the bounded validator and the Thrift decoder
   3  the hand-written CALL/REPLY codec
   4  a request frame of the search service (header parser, then the bounded decoder)
-  5  the search link: requests as a shard reads them (frames, cached fast path, views), answers as a router does
+  5  the search link (sans-IO ends): requests as a shard's session reads them after the secret (frames, the cached
+     repeat, the views' checks: a segment name that is not a search segment's is refused before anything is
+     opened), and answers as a router's end reads them
 The property: only RemoteProtocolError / AuthenticationError (a clean close) ever comes out; anything else is a
 crash. libFuzzer's -timeout catches hangs, -rss_limit_mb an allocation driven by a length field.
 """
@@ -21,8 +23,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from disto._errors import AuthenticationError, RemoteProtocolError
-    from disto.wire import Connection, Identity, Message, Ready, State
+    from disto.errors import AuthenticationError, RemoteProtocolError
+    from disto.wire import CLOSED, NEED_DATA, Connection, Identity, Message, Ready, State
     from disto.wire.fastcodec import decode_call, decode_reply
     from disto.wire.messages import STRUCT_OF_KIND, decode
 
@@ -33,33 +35,27 @@ MAX_FRAME = 1 << 26  # what a fuzz run may make a connection allocate for one fr
 try:  # the search service is optional (needs faiss); fuzz its parser when it is there
     with atheris.instrument_imports():
         from disto.search import link as _link
+        from disto.search import link_protocol as _link_protocol
         from disto.search import service as _search
 except ImportError:
-    _search = _link = None
+    _search = _link = _link_protocol = None
 _link_server = None
-
-
-class _Discard:
-    def sendall(self, data: bytes) -> None:
-        pass
 
 
 def _fuzz_link(rest: bytes) -> None:
     global _link_server
     if _link_server is None:  # one server (a socket and a thread) for the whole run; its search is a no-op
         _link_server = _link.LinkServer(lambda *views: (0.0, 0.0), d=4, nlist=8, max_k=16)
-    conn = _Discard()
-    pending = rest
-    while len(pending) >= 4:  # as LinkServer._serve splits its reads
-        size = int.from_bytes(pending[:4], "big")
-        if size > _link.MAX_FRAME or len(pending) < 4 + size:
-            break
-        body, pending = pending[4:4 + size], pending[4 + size:]
-        if not _link_server._one(conn, body):  # type: ignore[arg-type]
-            break
-    _link_server._last.pop(conn, None)
-    router = _link.ShardLink(0)
-    router._data(rest)  # no request is pending: any answer is refused cleanly
+    session = _link_server.session()
+    try:  # as a shard reads a router that knows the secret
+        session.feed(_link_server.secret + rest)
+    except OK:
+        pass
+    router = _link_protocol.RouterEnd(0)
+    try:  # no request is pending: any answer is refused cleanly
+        router.receive(rest)
+    except OK:
+        pass
 
 
 def _pair() -> tuple[Connection, Connection]:
@@ -71,7 +67,7 @@ def _pair() -> tuple[Connection, Connection]:
 def _pump(src: Connection, dst: Connection) -> None:
     for d in src.data_to_send():
         dst.receive_data(d)
-    while dst.next_event() is not None:
+    while dst.next_event() not in (NEED_DATA, CLOSED):
         pass
 
 
@@ -89,7 +85,7 @@ def _feed(conn: Connection, fdp: atheris.FuzzedDataProvider, before_ready: bool)
         while fdp.remaining_bytes():
             chunk = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 4096))
             conn.receive_data(chunk)
-            while (ev := conn.next_event()) is not None:
+            while (ev := conn.next_event()) not in (NEED_DATA, CLOSED):
                 if before_ready and isinstance(ev, (Message, Ready)):
                     # a stranger cannot forge the HMAC: nothing may get past the handshake
                     raise AssertionError(f"unauthenticated bytes produced {ev!r}")

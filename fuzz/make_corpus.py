@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from disto.wire import Connection, Identity, Kind, T
+from disto.wire import CLOSED, NEED_DATA, Connection, Identity, Kind, T
 from disto.wire.fastcodec import encode_call, encode_reply
 from disto.wire.messages import encode
 
@@ -49,7 +49,7 @@ def _frames() -> list:
     for src, dst in ((a, b), (b, a), (a, b)):
         for d in src.data_to_send():
             dst.receive_data(d)
-        while dst.next_event() is not None:
+        while dst.next_event() not in (NEED_DATA, CLOSED):
             pass
     frames = a.send(Kind.CALL, T.Call(call_id=1, actor_id=16, method="m", payload=b"x"), [b"y" * 2000])
     frames += a.send(Kind.HEARTBEAT, T.Heartbeat(seq=1, sent_at=1.0))

@@ -1,13 +1,41 @@
-"""Shared test helpers: actors and in-process nodes."""
+"""Shared test helpers: constants, actors, in-process nodes, and one way to wait for a condition.
+
+The few tests that look inside a node do it through the functions here, so the node's private layout is named
+in one place."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+import inspect
+import os
+from typing import Any, AsyncIterator, Callable
 
 import disto
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 TOKEN = "test-token-0123456789abcdef"
+TOKEN_BYTES = b"a-test-token-of-enough-length!!"
+MB = 1 << 20
+# node processes import the tests' actor modules (tests/actors.py) from here
+NODE_ENV = {"PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+async def eventually(pred: Callable[[], Any], timeout: float = 5.0, what: str = "the condition",
+                     interval: float = 0.01) -> Any:
+    """Wait until ``pred()`` (sync, or async) returns something truthy, and return it; fail after ``timeout``
+    seconds saying ``what`` was awaited. For state that changes without an event the test can await."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = pred()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        await asyncio.sleep(interval)
 
 
 class Counter(disto.Actor):
@@ -48,7 +76,7 @@ class Counter(disto.Actor):
 
 
 @contextlib.asynccontextmanager
-async def nodes(n: int, **kw) -> AsyncIterator[list[disto.Node]]:
+async def nodes(n: int, **kw: Any) -> AsyncIterator[list[disto.Node]]:
     """n in-process nodes on 127.0.0.1; the first is the seed."""
     first = disto.Node(TOKEN, **kw)
     await first.start()
@@ -64,7 +92,28 @@ async def nodes(n: int, **kw) -> AsyncIterator[list[disto.Node]]:
             await node.stop()
 
 
-async def spawn(via: disto.Node, on: disto.Node, cls: type, *args, name: str | None = None, **kwargs) -> disto.ActorRef:
+async def spawn(via: disto.Node, on: disto.Node, cls: type, *args: Any, name: str | None = None,
+                **kwargs: Any) -> disto.ActorRef:
     """Spawn on node ``on`` through ``via``'s connection, so that calls on the returned ref cross the wire."""
     handle = disto.NodeHandle({"node_id": on.node_id, "address": on.address}, via)
     return await handle.spawn(cls, *args, name=name, **kwargs)
+
+
+# ---------------------------------------------------------------------- looking inside a node (in-process tests)
+def instance(node: disto.Node, ref: disto.ActorRef) -> Any:
+    """The actor object itself."""
+    return node._actors.cells[ref.actor_id].instance
+
+
+def channels(node: disto.Node) -> set:
+    """Every connection of the node, ready or not."""
+    return node._peers.all
+
+
+def channel_to(node: disto.Node, address: str) -> Any:
+    return node._peers.by_address[address]
+
+
+def calls_to(node: disto.Node, address: str) -> Any:
+    """The node's outbound call table for the peer at ``address``: ``pending`` and ``waiting``."""
+    return node._outbound.tables[channel_to(node, address)]

@@ -6,7 +6,7 @@ import pickle
 import pytest
 
 import disto
-from disto._errors import make_remote_error
+from disto.errors import make_remote_error
 
 
 @pytest.mark.parametrize("exc", [

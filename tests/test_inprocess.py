@@ -9,7 +9,7 @@ import pytest
 
 import disto
 from disto.node import NodeConfig
-from helpers import TOKEN, Counter, nodes, spawn
+from helpers import TOKEN, Counter, calls_to, channels, eventually, instance, nodes, spawn
 
 
 class Gate(disto.Actor):
@@ -92,28 +92,14 @@ async def test_order_of_calls_from_one_caller() -> None:
         assert await ref.history() == list(range(300))
 
 
-def instance(node: disto.Node, ref: disto.ActorRef):
-    """The actor object itself (in-process tests may look inside)."""
-    return node._actors[ref.actor_id].instance
-
-
-async def until(pred, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
-
-
 async def test_default_actor_runs_one_call_at_a_time_and_opt_in_concurrency() -> None:
     async with nodes(2) as (a, b):
         serial = await spawn(a, b, Gate)
         futs = [serial.wait(i) for i in range(3)]
         g = instance(b, serial)
-        await until(lambda: g.started == [0])
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await eventually(lambda: g.started == [0], what="the first call to start")
+        barrier = await spawn(a, b, Counter)
+        await barrier.get()  # sent after the three on the same connection: b has received all of them
         assert g.started == [0]  # the others wait for the first to return
         g.event.set()
         assert await disto.collect(futs) == [0, 1, 2] and g.started == [0, 1, 2]
@@ -121,7 +107,7 @@ async def test_default_actor_runs_one_call_at_a_time_and_opt_in_concurrency() ->
         conc = await spawn(a, b, Concurrent)
         cfuts = [conc.wait(i) for i in range(3)]
         c = instance(b, conc)
-        await until(lambda: len(c.started) == 3)
+        await eventually(lambda: len(c.started) == 3, what="all three calls to start")
         assert c.started == [0, 1, 2]  # all three running at once, started in arrival order
         c.event.set()
         assert await disto.collect(cfuts) == [0, 1, 2]
@@ -186,7 +172,7 @@ async def test_stop_drains_callers_with_actor_dead() -> None:
     async with nodes(2) as (a, b):
         gate = await spawn(a, b, Gate)
         futs = [gate.wait(i) for i in range(5)]
-        await asyncio.sleep(0.05)
+        await eventually(lambda: instance(b, gate).started == [0], what="the first call to start")
         assert await b.stop_actor(gate.actor_id)
         results = await disto.collect_all(futs)
         assert all(isinstance(r, disto.ActorDeadError) for r in results), results
@@ -198,16 +184,9 @@ async def test_cancel_reaches_the_remote_task() -> None:
     async with nodes(2) as (a, b):
         gate = await spawn(a, b, Concurrent)
         fut = gate.wait(1)
-        for _ in range(100):
-            if (await gate.seen())[0]:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: instance(b, gate).started == [1], what="the call to start")
         fut.cancel()
-        for _ in range(100):
-            if (await gate.seen())[1] == [1]:
-                break
-            await asyncio.sleep(0.01)
-        assert (await gate.seen())[1] == [1]
+        await eventually(lambda: instance(b, gate).cancelled == [1], what="the remote task to be cancelled")
         with pytest.raises(asyncio.CancelledError):
             await fut
 
@@ -222,11 +201,8 @@ async def test_asyncio_timeout_and_within_cancel_remotely() -> None:
             await disto.within(gate.wait(2), 0.1)
         with pytest.raises(disto.TimeoutError):
             await gate.wait(3).within(0.1)
-        for _ in range(100):
-            if sorted((await gate.seen())[1]) == [1, 2, 3]:
-                break
-            await asyncio.sleep(0.01)
-        assert sorted((await gate.seen())[1]) == [1, 2, 3]
+        await eventually(lambda: sorted(instance(b, gate).cancelled) == [1, 2, 3],
+                         what="all three remote tasks to be cancelled")
 
 
 async def test_gather_wait_and_combinators_on_remote_futures() -> None:
@@ -241,8 +217,9 @@ async def test_gather_wait_and_combinators_on_remote_futures() -> None:
         assert await disto.collect_any([ref.get(), ref.get()]) == 2
         assert await disto.window([lambda i=i: ref.add(i) for i in range(10)], 3) == \
             [2 + sum(range(i + 1)) for i in range(10)]
-        assert isinstance(ref.get(), disto.Future) and isinstance(ref.get(), asyncio.Future)
-        await asyncio.sleep(0.01)  # let the two futures above finish
+        f = ref.get()
+        assert isinstance(f, disto.Future) and isinstance(f, asyncio.Future)
+        assert await f == 2 + sum(range(10))
 
 
 async def test_named_actors_and_lookup() -> None:
@@ -265,7 +242,7 @@ async def test_pending_calls_fail_at_once_when_the_node_goes_away() -> None:
     try:
         gate = await spawn(a, b, Gate)
         futs = [gate.wait(i) for i in range(50)]
-        await asyncio.sleep(0.05)
+        await eventually(lambda: instance(b, gate).started == [0], what="the first call to start")
         await b.stop()
         results = await disto.collect_all(futs)
         assert all(isinstance(r, (disto.NodeLostError, disto.ActorDeadError)) for r in results), results
@@ -295,9 +272,10 @@ async def test_window_bounds_calls_in_flight_and_memory() -> None:
     async with nodes(2, config=cfg) as (a, b):
         gate = await spawn(a, b, Concurrent)
         futs = [gate.wait(i) for i in range(20)]
-        await asyncio.sleep(0.1)
-        ch = a._channels[b.address]
-        assert len(ch.pending) == 4 and len(ch.waiting) == 16
+        await eventually(lambda: len(instance(b, gate).started) == 4, what="the window's four calls to start")
+        calls = calls_to(a, b.address)
+        assert len(calls.pending) == 4 and len(calls.waiting) == 16
+        assert instance(b, gate).started == [0, 1, 2, 3]
         await b.spawn_local(Counter)  # the node itself is not blocked
         gate2 = disto.ActorRef(gate.node_id, gate.node_address, gate.actor_id, "Concurrent", None, b)
         await gate2.release()  # released via b's local path, since a's window is full
@@ -309,8 +287,11 @@ async def test_receiver_stops_reading_when_flooded() -> None:
     async with nodes(2, config=cfg) as (a, b):
         gate = await spawn(a, b, Gate)  # one at a time: everything else queues on b
         futs = [gate.wait(i) for i in range(2000)]
-        await asyncio.sleep(0.2)
-        queued = sum(ch.queued for ch in b._all_channels)
+        await eventually(lambda: sum(ch.queued for ch in channels(b)) >= 8, what="b to fill its bound")
+        barrier = await b.spawn_local(Counter)
+        for _ in range(3):
+            await barrier.get()  # let b's loop run: it must not read past its bound meanwhile
+        queued = sum(ch.queued for ch in channels(b))
         assert queued <= 8 + 1, queued  # b read no more than its bound; the rest waits in sockets and on a
         instance(b, gate).event.set()  # (a release() call would queue behind the waiters)
         assert await disto.collect(futs) == list(range(2000))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from disto.membership import FailureDetector
+from disto.liveness import FailureDetector
 
 
 def test_quiet_peer_is_declared_lost_once_after_the_timeout() -> None:

@@ -18,14 +18,17 @@ from disto.search import DistributedIndex, SearchService, ground_truth, one_reca
 from disto.search._faiss import as_ids, as_matrix  # noqa: E402
 from disto.search.index import _placement  # noqa: E402
 from disto.search._idl import IDL_PATH  # noqa: E402
+from helpers import TOKEN  # noqa: E402
 
 D = 32  # the dimension of the conftest `search_data` set (IVF64,PQ8)
-TOKEN = "search-token-0123456789"
 
 
-def single_index(trained: object, xb: np.ndarray, nprobe: int) -> object:
+def single_index(trained: object, xb: np.ndarray, nprobe: int, ids: np.ndarray | None = None) -> object:
     ix = faiss.deserialize_index(faiss.serialize_index(trained))
-    ix.add(xb)
+    if ids is None:
+        ix.add(xb)
+    else:
+        ix.add_with_ids(xb, ids)
     ix.nprobe = nprobe
     return ix
 
@@ -159,24 +162,27 @@ async def test_lost_shard_fails_fast_or_gives_a_flagged_partial_result(search_da
         await ix.add(xb)
         await solo.add(xb)
         full = await ix.search(xq, 10)
-        block_before = ix._blocks._free[0]
+        block_before = ix._blocks.free[0]
         os.kill(cluster.nodes[1].pid, signal.SIGKILL)
         # replicated: every shard still has a live replica, so answers stay complete and identical
         for _ in range(3):
             r = await asyncio.wait_for(ix.search(xq, 10), 10)
             assert not r.partial and (r.labels == full.labels).all()
         # the batch block of the search that gave up on a replica was not reused (a frozen one could still write)
-        assert block_before not in ix._blocks._free and not os.path.exists(block_before.path)
+        assert block_before not in ix._blocks.free and not os.path.exists(block_before.path)
         # unreplicated: shard 0 of `solo` lived on node 1
         with pytest.raises(disto.NodeLostError, match="shard 0"):
             await asyncio.wait_for(solo.search(xq, 10), 10)
         part = await asyncio.wait_for(solo.search(xq, 10, allow_partial=True), 10)
         assert part.partial and part.missing == (0,)
-        # the partial answer is exactly what the surviving shard holds
-        survivor = solo.shards[1][0]
-        info = await survivor.info()
-        assert info["ntotal"] > 0 and (part.labels[part.labels >= 0] >= 0).all()
-        assert set(np.unique(part.labels[part.labels >= 0])) <= set(range(len(xb)))
+        # the partial answer is exactly the single index's answer over what the surviving shard holds: the
+        # vectors of the lists that shard 1 owns
+        _, lists = faiss.extract_index_ivf(trained).quantizer.search(xb, 1)
+        held = np.flatnonzero(solo._owner[lists[:, 0]] == 1)
+        assert 0 < len(held) < len(xb) and (await solo.shards[1][0].info())["ntotal"] == len(held)
+        _, expect = single_index(trained, xb[held], 8, ids=held).search(xq, 10)
+        assert (part.labels == expect).mean() >= 0.999
+        assert np.isin(part.labels[part.labels >= 0], held).all()
 
 
 # ------------------------------------------------------------------ the Thrift service

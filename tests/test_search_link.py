@@ -19,7 +19,10 @@ import disto  # noqa: E402
 from disto.search import DistributedIndex  # noqa: E402
 from disto.search._idl import S  # noqa: E402
 from disto.search.index import balance_lists  # noqa: E402
-from disto.search.link import SECRET_BYTES, Block, BlockPool, Layout, LinkServer  # noqa: E402
+from disto.memory import Segment  # noqa: E402
+from disto.search.link import SECRET_BYTES, BlockPool, Layout, LinkServer  # noqa: E402
+from disto.search.link_protocol import (GREETING, RouterEnd, ShardEnd, ShardSearchError, done_bytes,  # noqa: E402
+                                        error_bytes)
 from disto.wire.messages import decode_struct, encode  # noqa: E402
 from test_search import D, single_index  # noqa: E402
 
@@ -51,12 +54,68 @@ def test_a_batch_layout_is_aligned_and_disjoint() -> None:
         d2, i2 = lay.results(block, 2)
         d2[:] = 1.5
         i2[:] = 9
-        merged = block.view(lay.distances, np.float32, (3, 37, 7))
+        merged = block.array(lay.distances, np.float32, (3, 37, 7))
         assert (merged[2] == 1.5).all() and (merged[0] == 0).all() and d0.shape == (37, 7)
-        assert (block.view(lay.labels, np.int64, (3, 37, 7))[2] == 9).all()
+        assert (block.array(lay.labels, np.int64, (3, 37, 7))[2] == 9).all()
     finally:
         block.discard()
     assert not os.path.exists(block.path)
+
+
+# ------------------------------------------------------------------ level 1: the link protocol from bytes
+def _frame(req: object) -> bytes:
+    body = encode(req)
+    return struct.pack("!I", len(body)) + body
+
+
+def test_the_shard_end_wants_the_secret_then_parses_requests_and_knows_a_repeat() -> None:
+    secret = os.urandom(SECRET_BYTES)
+    lay = Layout(n=3, d=4, k=2, nprobe=2, shards=2)
+    seg = type("Seg", (), {"name": "disto-1-search-1"})()
+    first, again, other = (lay.request(seq, seg, shard) for seq, shard in ((1, 0), (2, 0), (3, 1)))
+    end = ShardEnd(secret)
+    assert end.receive(secret[:10]) == (b"", [])  # a secret in pieces is fine
+    data = secret[10:] + _frame(first) + _frame(again)[:7]
+    send, reqs = end.receive(data)
+    assert send == GREETING and [(r.seq, r.struct.segment) for r in reqs] == [(1, "disto-1-search-1")]
+    send, reqs = end.receive(_frame(again)[7:] + _frame(other))
+    assert send == b"" and [(r.seq, r.struct is None) for r in reqs] == [(2, True), (3, False)]
+    assert reqs[1].struct.distances == lay.request(3, seg, 1).distances
+    end.forget_last()  # (after a refused request) the same bytes are decoded in full again
+    _, reqs = end.receive(_frame(lay.request(4, seg, 1)))
+    assert reqs[0].seq == 4 and reqs[0].struct is not None
+    with pytest.raises(disto.AuthenticationError):
+        ShardEnd(secret).receive(b"x" * SECRET_BYTES)
+    with pytest.raises(disto.RemoteProtocolError, match="bytes"):
+        ShardEnd(secret).receive(secret + struct.pack("!I", 1 << 20))
+    with pytest.raises(disto.RemoteProtocolError):
+        ShardEnd(secret).receive(secret + struct.pack("!I", 3) + b"\xff\xff\xff")
+
+
+def test_the_router_end_takes_answers_in_order_and_refuses_the_rest() -> None:
+    end = RouterEnd(3)
+    lay = Layout(n=3, d=4, k=2, nprobe=2, shards=2)
+    seg = type("Seg", (), {"name": "disto-1-search-1"})()
+    key = ("disto-1-search-1", 3)
+    sent = [end.request(tag, key, lambda: lay.request(0, seg, 0)) for tag in ("a", "b", "c")]
+    assert sent[0][4:] != sent[1][4:] and sent[0][15:] == sent[1][15:]  # same bytes but for the seq
+    assert end.receive(GREETING) == [] and end.greeted
+    plain = done_bytes(1, 0.25, 0.75)
+    assert end.receive(plain[:10]) == []  # an answer in two pieces
+    assert end.receive(plain[10:]) == [("a", (0.25, 0.75))]
+    both = error_bytes(2, "ValueError: no") + done_bytes(3, 1.0, 2.0)  # the full decoder's path, then plain
+    (tag_b, err), (tag_c, ok) = end.receive(both)
+    assert (tag_b, tag_c, ok) == ("b", "c", (1.0, 2.0))
+    assert isinstance(err, ShardSearchError) and isinstance(err, disto.DistoError) and "shard 3: ValueError" in str(err)
+    # an answer to nothing that was asked, a frame beyond the bound, a bad greeting: the link is broken
+    for bad, greet in ((done_bytes(9, 0, 0), True), (struct.pack("!I", 1 << 20), True), (b"\x02", False)):
+        end = RouterEnd(3)
+        end.request("x", key, lambda: lay.request(0, seg, 0))
+        if greet:
+            end.receive(GREETING)
+        with pytest.raises(disto.RemoteProtocolError):
+            end.receive(bad)
+        assert end.take_pending() == ["x"]
 
 
 # ------------------------------------------------------------------ level 2: the link's protocol, no cluster
@@ -92,12 +151,12 @@ def _ask(c: socket.socket, req: object) -> object:
 
 def test_the_link_searches_in_place_and_refuses_what_is_out_of_bounds() -> None:
     srv = _Server()
-    block = Block(f"disto-{os.getpid()}-search-{10**6 + 1}", 1 << 16)
+    block = Segment.create("search", 1 << 16)
     try:
         assert oct(os.stat(os.path.dirname(srv.server.path)).st_mode & 0o777) == "0o700"
         lay = Layout(n=3, d=4, k=2, nprobe=2, shards=2)
-        block.view(lay.queries, np.float32, (3, 4))[:] = np.arange(12, dtype=np.float32).reshape(3, 4)
-        block.view(lay.assign, np.int64, (3, 2))[:] = [[1, 2], [3, 4], [5, 6]]
+        block.array(lay.queries, np.float32, (3, 4))[:] = np.arange(12, dtype=np.float32).reshape(3, 4)
+        block.array(lay.assign, np.int64, (3, 2))[:] = [[1, 2], [3, 4], [5, 6]]
         c = srv.connect()
         assert c.recv(1) == b"\x01"
         for seq in (1, 2):  # the second one takes the cached path: same answer
@@ -232,35 +291,6 @@ async def test_a_stopped_shard_process_fails_the_search_instead_of_hanging(searc
             assert part.partial and part.missing == (1,)
         finally:
             os.kill(pid, signal.SIGKILL)
-
-
-@pytest.mark.async_timeout(10)
-async def test_the_router_end_takes_answers_in_order_and_refuses_the_rest() -> None:
-    from disto.search import ShardSearchError
-    from disto.search.link import _DONE, Replies, ShardLink
-
-    link = ShardLink(3)
-    link._hello = asyncio.get_running_loop().create_future()
-    link._hello.set_result(True)
-    replies = Replies(2)
-    link._pending.extend([(1, replies, 0), (2, replies, 1)])
-    # a plain answer arriving in two pieces, then an error answer (the full decoder's path)
-    plain = _DONE.pack(_DONE.size - 4, 10, 1, 1, 4, 2, 0.25, 4, 3, 0.75, 0)
-    link._data(plain[:10])
-    link._data(plain[10:])
-    err = encode(S.ShardSearchDone(seq=2, started=0.0, ended=0.0, error="ValueError: no"))
-    link._data(struct.pack("!I", len(err)) + err)
-    assert replies.future.done() and replies.results[0] == (0.25, 0.75)
-    assert isinstance(replies.results[1], ShardSearchError) and isinstance(replies.results[1], disto.DistoError)
-    # an answer to nothing that was asked, or a frame beyond the bound: the link is broken, its waiters told
-    for bad in (plain, struct.pack("!I", 1 << 20)):
-        link = ShardLink(3)
-        link._hello = asyncio.get_running_loop().create_future()
-        link._hello.set_result(True)
-        waiting = Replies(1)
-        link._pending.append((9, waiting, 0))
-        link._data(bad)
-        assert link.closed and isinstance(waiting.results[0], disto.RemoteProtocolError)
 
 
 @pytest.mark.async_timeout(30)

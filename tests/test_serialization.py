@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from disto import SerializationError
-from disto.serialization import BufferPool, dumps, loads
+from disto.memory import BufferPool
+from disto.serialization import dumps, loads
 
 
 def roundtrip(obj):

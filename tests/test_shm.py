@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import disto
-from disto.serialization import Route, ShmExporter, ShmImporter, janitor, route
-from disto.serialization.shm import PREFIX
+from disto.memory import janitor
+from disto.memory.segments import PREFIX
+from disto.serialization import Route, ShmExporter, ShmImporter, route
 from helpers import nodes, spawn
 
 MB = 1 << 20
@@ -51,7 +52,7 @@ def disto_segments() -> set[str]:
 
 def test_exporter_reuses_released_segments_and_cleans_up() -> None:
     before = disto_segments()
-    ex, im = ShmExporter("t1"), ShmImporter()
+    ex, im = ShmExporter(), ShmImporter()
     a = np.arange(MB // 8, dtype=np.float64)
     name, off, n = ex.export_copy(memoryview(a))
     released = []
@@ -148,13 +149,13 @@ async def test_replies_use_shared_memory_too() -> None:
 async def test_shared_tensors_travel_by_reference() -> None:
     async with nodes(2) as (a, b):
         k = await spawn(a, b, Keeper)
-        from disto.actor import _current_node
+        from disto.actor import context
 
-        token = _current_node.set(a)
+        token = context.current.set(a)
         try:
             t = disto.shared_tensor((256, 256))
         finally:
-            _current_node.reset(token)
+            context.current.reset(token)
         t.fill_(1.0)
         await k.scale(t, 3.0)
         assert float(t[0, 0]) == 3.0 and a.buffers.exporter.stats()["copies"] == 0

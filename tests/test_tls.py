@@ -14,11 +14,9 @@ import pytest
 pytest.importorskip("cryptography")
 
 import disto  # noqa: E402
-from disto.node import NodeConfig  # noqa: E402
-from helpers import TOKEN, Counter, spawn  # noqa: E402
+from helpers import HERE, TOKEN, Counter, channel_to, channels, eventually, spawn  # noqa: E402
 from tls_certs import CA  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +31,9 @@ def pki(tmp_path_factory) -> dict:
     return out
 
 
-def cfg(pki: dict, who: str, ca: str | None = None, **kw) -> NodeConfig:
+def cfg(pki: dict, who: str, ca: str | None = None, **kw) -> disto.NodeConfig:
     cert, key = pki[who]
-    return NodeConfig(tls_cert=cert, tls_key=key, tls_ca=ca or pki["ca"], handshake_timeout=2.0, **kw)
+    return disto.NodeConfig(tls_cert=cert, tls_key=key, tls_ca=ca or pki["ca"], handshake_timeout=2.0, **kw)
 
 
 async def test_tls_nodes_call_each_other_and_move_tensors(pki) -> None:
@@ -47,7 +45,7 @@ async def test_tls_nodes_call_each_other_and_move_tensors(pki) -> None:
             with disto.transfer("tcp"):  # through the TLS socket, not shared memory
                 back = await ref.echo(big)
             assert np.array_equal(back, big)
-            ch = a._channels[b.address]
+            ch = channel_to(a, b.address)
             assert isinstance(ch.transport.get_extra_info("ssl_object"), ssl.SSLObject)
             assert ch.transport.get_extra_info("peercert")["subject"][0][0][1] == "node-b"
 
@@ -56,7 +54,7 @@ async def test_tls_nodes_call_each_other_and_move_tensors(pki) -> None:
 async def test_peers_without_a_valid_certificate_get_nothing(pki, who) -> None:
     async with disto.Node(TOKEN, config=cfg(pki, "a")) as a:
         if who == "plain":
-            config = NodeConfig(handshake_timeout=2.0)
+            config = disto.NodeConfig(handshake_timeout=2.0)
         else:
             config = cfg(pki, "stranger", ca=pki["ca"])  # trusts our CA, but its own cert is not ours
         # the intruder is a client node: it dials the seed and never gets a member list
@@ -68,9 +66,8 @@ async def test_peers_without_a_valid_certificate_get_nothing(pki, who) -> None:
             assert await ref.add(2) == 2
             # the intruder's half-open channel (its TLS handshake failed: asyncio tells the protocol nothing) is
             # dropped by the handshake timer
-            async with asyncio.timeout(10):
-                while len(a._all_channels) != 1:
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: len(channels(a)) == 1, timeout=10,
+                             what="the intruder's half-open channel to be dropped")
 
 
 async def test_dialer_refuses_a_listener_with_a_foreign_certificate(pki) -> None:
@@ -93,24 +90,25 @@ async def test_dialer_checks_the_listeners_name_unless_told_not_to(pki) -> None:
 
 def test_tls_settings_are_checked(pki) -> None:
     with pytest.raises(ValueError, match="missing --tls-key"):
-        disto.Node(TOKEN, config=NodeConfig(tls_cert=pki["a"][0], tls_ca=pki["ca"]))
+        disto.Node(TOKEN, config=disto.NodeConfig(tls_cert=pki["a"][0], tls_ca=pki["ca"]))
     with pytest.raises(ValueError, match="not found"):
-        disto.Node(TOKEN, config=NodeConfig(tls_cert="/nonexistent.pem", tls_key=pki["a"][1], tls_ca=pki["ca"]))
+        disto.Node(TOKEN, config=disto.NodeConfig(tls_cert="/nonexistent.pem", tls_key=pki["a"][1], tls_ca=pki["ca"]))
     with pytest.raises(ValueError, match="cannot load"):
-        disto.Node(TOKEN, config=NodeConfig(tls_cert=pki["a"][0], tls_key=pki["b"][1], tls_ca=pki["ca"]))
+        disto.Node(TOKEN, config=disto.NodeConfig(tls_cert=pki["a"][0], tls_key=pki["b"][1], tls_ca=pki["ca"]))
 
 
 @pytest.mark.loops("uvloop")
 async def test_cluster_processes_with_tls_flags(pki) -> None:
     config = cfg(pki, "c")
-    async with disto.LocalCluster(nodes=2, config=config, env={"PYTHONPATH": HERE}) as cluster:
+    cluster_token = disto.new_token()
+    async with disto.LocalCluster(nodes=2, config=config, env={"PYTHONPATH": HERE}, token=cluster_token) as cluster:
         ref = await cluster.nodes[1].spawn(Counter, 1)
         assert await ref.add(1) == 2
         # the command-line client needs the flags too; without them it cannot even ask for the status
         seed = cluster.nodes[0].address
         env = dict(os.environ, DISTO_TOKEN=TOKEN)
         flags = ["--tls-cert", pki["c"][0], "--tls-key", pki["c"][1], "--tls-ca", pki["ca"]]
-        token = ["--token", cluster.node._token.decode()]
+        token = ["--token", cluster_token]
         ok = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "disto", "status", seed, *token, *flags],
                                      capture_output=True, text=True, env=env, timeout=60)
         assert ok.returncode == 0, ok.stderr

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from disto._errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
-from disto.wire import Connection, Identity, Kind, Message, Ready, State, T
-from disto.wire.connection import HEADER, HANDSHAKE_MAX_BODY
+from disto.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from disto.wire import CLOSED, NEED_DATA, Connection, Identity, Kind, Message, Ready, State, T
+from disto.wire.framing import HANDSHAKE_MAX_BODY, HEADER
 from disto.wire.messages import decode, encode, validate
 
 TOKEN = b"a-test-token-of-enough-length!!"
@@ -27,7 +27,7 @@ def pump(src: Connection, dst: Connection) -> list:
     for data in src.data_to_send():
         dst.receive_data(data)
     out = []
-    while (ev := dst.next_event()) is not None:
+    while (ev := dst.next_event()) not in (NEED_DATA, CLOSED):
         out.append(ev)
     return out
 
@@ -47,7 +47,7 @@ def feed(conn: Connection, frames: list, chunk: int | None = None) -> list:
     step = chunk or len(data) or 1
     for i in range(0, len(data), step):
         conn.receive_data(data[i:i + step])
-        while (ev := conn.next_event()) is not None:
+        while (ev := conn.next_event()) not in (NEED_DATA, CLOSED):
             events.append(ev)
     return events
 
@@ -95,7 +95,7 @@ def test_replayed_handshake_is_refused() -> None:
     # a recorder replays HELLO and AUTH to a fresh listener: its nonce differs, so AUTH no longer verifies
     b2 = Connection(dialer=False, token=TOKEN, identity=Identity("B"))
     b2.receive_data(hello[0])
-    assert b2.next_event() is None
+    assert b2.next_event() is NEED_DATA
     b2.data_to_send()
     b2.receive_data(auth[0])
     with pytest.raises(AuthenticationError):
@@ -110,7 +110,7 @@ def test_application_frame_before_handshake_is_never_decoded() -> None:
         b.next_event()
     assert b.state is State.CLOSED
     b.receive_data(b"more bytes")  # ignored once closed
-    assert b.next_event() is None
+    assert b.next_event() is CLOSED
 
 
 def test_handshake_frame_size_is_bounded() -> None:
@@ -182,7 +182,7 @@ def test_large_buffers_land_in_alloc_memory_without_copy() -> None:
     # the receiver asks for the destination as soon as the body is parsed, and bytes go straight there
     header_and_body = len(data) - len(payload)
     b.receive_data(data[:header_and_body + 10])
-    assert b.next_event() is None
+    assert b.next_event() is NEED_DATA
     dest = b.get_buffer()
     assert dest.obj is blocks[0]
     rest = data[header_and_body + 10:]
@@ -268,7 +268,7 @@ def test_random_streams_only_raise_protocol_errors(blob: bytes, authenticated: b
         handshake(a, b)
     try:
         b.receive_data(blob)
-        while b.next_event() is not None:
+        while b.next_event() not in (NEED_DATA, CLOSED):
             pass
     except (RemoteProtocolError, AuthenticationError):
         assert b.state is State.CLOSED
@@ -292,7 +292,7 @@ def test_roundtrip_any_split(calls: list, cuts: list) -> None:
     events = []
     for lo, hi in zip(points, points[1:]):
         b.receive_data(data[lo:hi])
-        while (ev := b.next_event()) is not None:
+        while (ev := b.next_event()) not in (NEED_DATA, CLOSED):
             events.append(ev)
     assert len(events) == len(calls)
     for ev, (cid, actor, method, payload, bufs) in zip(events, calls):

@@ -10,7 +10,7 @@ Needs Faiss (``pip install 'disto[search]'``). See docs/search.md.
 """
 from .datasets import clustered, dataset, ground_truth, one_recall_at, recall_at
 from .index import DistributedIndex, SearchResult, balance_lists
-from .link import ShardSearchError
+from .link_protocol import ShardSearchError
 from .service import SearchService, serve
 from .shard import IndexShard
 

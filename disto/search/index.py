@@ -308,14 +308,14 @@ class DistributedIndex:
         block = self._blocks.take(lay.size)
         clean = False
         try:
-            xs = block.view(lay.queries, np.float32, (n, self.d))
+            xs = block.array(lay.queries, np.float32, (n, self.d))
             np.copyto(xs, xq)
-            assign = block.view(lay.assign, np.int64, (n, nprobe))
-            coarse = block.view(lay.coarse, np.float32, (n, nprobe))
+            assign = block.array(lay.assign, np.int64, (n, nprobe))
+            coarse = block.array(lay.coarse, np.float32, (n, nprobe))
             # the shards' result slots, made now: nothing but the answers is left for after the wait
             slots = [lay.results(block, s) for s in range(nshards)]
-            merged = (block.view(lay.distances, np.float32, (nshards, n, k)),
-                      block.view(lay.labels, np.int64, (nshards, n, k)))
+            merged = (block.array(lay.distances, np.float32, (nshards, n, k)),
+                      block.array(lay.labels, np.int64, (nshards, n, k)))
             await self._coarse(xs, nprobe, coarse, assign)
             t1 = time.perf_counter()
             w1 = time.time()

@@ -1,8 +1,9 @@
-"""cloudpickle payloads with out-of-band buffers (numpy, torch, bytearray) and receive-buffer pooling."""
+"""Payloads: cloudpickle with out-of-band buffers (numpy, torch, bytearray), the per-buffer placement policy,
+and same-host export and import of buffers through shared memory. No asyncio or sockets; torch only when a
+tensor is seen."""
 from .pickler import DEVICE_MAP, dumps, dumps_for, loads
 from .placement import Route, route
-from .pool import BufferPool
-from .shm import ShmExporter, ShmImporter, janitor
+from .shm import ShmExporter, ShmImporter, buffer_address
 
-__all__ = ["DEVICE_MAP", "dumps", "dumps_for", "loads", "Route", "route", "BufferPool", "ShmExporter",
-           "ShmImporter", "janitor"]
+__all__ = ["DEVICE_MAP", "dumps", "dumps_for", "loads", "Route", "route", "ShmExporter", "ShmImporter",
+           "buffer_address"]

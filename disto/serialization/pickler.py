@@ -18,7 +18,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from .._errors import SerializationError
+from ..errors import SerializationError
 
 PROTOCOL = 5
 OOB_MIN = 1024  # smaller buffers stay in the pickle stream: a descriptor costs more than copying them

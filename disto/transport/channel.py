@@ -2,23 +2,22 @@
 
 A :class:`Channel` is an ``asyncio.BufferedProtocol`` around a sans-IO :class:`~disto.wire.Connection`. It reads
 straight into the memory the connection asks for (large tensors land in pooled blocks), hands complete events to
-its owner (the Node), and writes frames with coalescing: the first frame of a loop tick is written at once, later
-ones in the same tick are gathered and written with one ``writelines``; replies produced while a batch of received
-frames is processed go out in one write at the end of the batch.
+its owner (the node's peer table), and writes frames with coalescing: the first frame of a loop tick is written at
+once, later ones in the same tick are gathered and written with one ``writelines``; replies produced while a batch
+of received frames is processed go out in one write at the end of the batch.
+
+A channel owns bytes and flow control only: the state of calls made over it lives with the node's outbound calls,
+and shared-memory leases with its buffer router, keyed by channel.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-from .._errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
-from ..wire import Connection, Kind, Message, Ready, State
-
-if TYPE_CHECKING:
-    from ..futures import Future
+from ..errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from ..wire import CLOSED, NEED_DATA, Connection, Kind, Message, Ready, State, T
 
 log = logging.getLogger("disto.transport")
 
@@ -28,15 +27,15 @@ _monotonic = time.monotonic  # frames written while a received batch is still be
 
 class ChannelOwner(Protocol):
     def on_ready(self, ch: "Channel") -> None: ...
-    def on_message(self, ch: "Channel", msg: Message) -> None: ...
+    def on_event(self, ch: "Channel", ev: Message) -> None: ...
     def on_lost(self, ch: "Channel", exc: BaseException | None) -> None: ...
+    def on_writable(self, ch: "Channel") -> None: ...
 
 
 class Channel(asyncio.BufferedProtocol):
-    """One peer connection. Holds the caller-side state of calls sent on it (pending futures, window)."""
+    """One peer connection: its bytes, its write coalescing, and flow control in both directions."""
 
-    def __init__(self, owner: ChannelOwner, conn: Connection, *, address: str = "", max_inflight: int = 1024,
-                 max_queued: int = 1024) -> None:
+    def __init__(self, owner: ChannelOwner, conn: Connection, *, address: str = "", max_queued: int = 1024) -> None:
         self.owner = owner
         self.conn = conn
         self.get_buffer = conn.get_buffer  # asyncio calls it for every read: skip one Python frame
@@ -46,11 +45,6 @@ class Channel(asyncio.BufferedProtocol):
         self.ready = False
         self.closed = False
         self.lost_reason: BaseException | None = None
-        # caller side
-        self.pending: dict[int, Future] = {}
-        self.waiting: deque[Any] = deque()  # calls not yet sent: window full, not ready, or writing paused
-        self.max_inflight = max_inflight
-        self.next_call_id = 1
         self.ready_waiters: list[asyncio.Future] = []
         # callee side: calls received and not finished; past max_queued we stop reading (TCP backpressure)
         self.queued = 0
@@ -64,10 +58,7 @@ class Channel(asyncio.BufferedProtocol):
         self.writing_paused = False
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.last_heard = time.monotonic()  # any bytes from the peer are a sign of life
-        # shared memory
-        self.same_host = False
-        self.leases: dict[str, int] = {}   # SHM blocks we lent the peer: segment -> count
-        self.releases: list[str] = []      # SHM blocks of the peer's that we no longer use, to tell it
+        self.same_host = False  # the peer shares our kernel and pid namespace (set once ready)
 
     # ----------------------------------------------------------------- asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,23 +79,24 @@ class Channel(asyncio.BufferedProtocol):
         if self._processing:
             return  # re-entered from a reply sent inline; the outer loop carries on
         conn = self.conn
+        on_event = self.owner.on_event
         self._processing = True
         self._batch = batch = []
         try:
             while not self._reading_paused and not self.closed:
                 ev = conn.next_event()
-                if ev is None:
+                if ev is NEED_DATA or ev is CLOSED:
                     break
-                if type(ev) is Message:
-                    self.owner.on_message(self, ev)
-                    if len(batch) >= FLUSH_EVERY:
-                        # hand the peer the first replies while we work on the rest: both sides then work
-                        # in parallel instead of in turns
-                        self._write_now(batch)
-                        batch.clear()
-                elif type(ev) is Ready:
+                if type(ev) is Ready:
                     batch.extend(conn.data_to_send())
                     self._on_ready()
+                    continue
+                on_event(self, ev)
+                if len(batch) >= FLUSH_EVERY:
+                    # hand the peer the first replies while we work on the rest: both sides then work in
+                    # parallel instead of in turns
+                    self._write_now(batch)
+                    batch.clear()
             if conn.state is State.HANDSHAKE:
                 batch.extend(conn.data_to_send())
         except (ProtocolError, AuthenticationError) as e:
@@ -140,9 +132,7 @@ class Channel(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        drain = getattr(self.owner, "drain_waiting", None)
-        if drain is not None:
-            drain(self)
+        self.owner.on_writable(self)
 
     # ----------------------------------------------------------------- state
     def _on_ready(self) -> None:
@@ -178,9 +168,6 @@ class Channel(asyncio.BufferedProtocol):
                 return f"{peer[0]}:{peer[1]}"
         return self.address or "?"
 
-    def call_capacity(self) -> bool:
-        return self.ready and not self.writing_paused and len(self.pending) < self.max_inflight
-
     # ----------------------------------------------------------------- writing
     def send(self, kind: int, body: Any, buffers: Sequence[Any] = ()) -> None:
         if self.closed or self.conn.state is not State.READY:
@@ -188,10 +175,8 @@ class Channel(asyncio.BufferedProtocol):
         self.write(self.conn.send(kind, body, buffers))
 
     def send_cancel(self, call_id: int) -> None:
-        """Ask the peer to cancel a call. Its pending entry stays until the peer answers, so the window still
-        counts it."""
+        """Ask the peer to cancel a call (a future's cancel hook)."""
         if self.ready and self.can_send():
-            from ..wire import T
             self.send(Kind.CANCEL, T.Cancel(call_id=call_id))
 
     def can_send(self) -> bool:
@@ -257,7 +242,6 @@ class Channel(asyncio.BufferedProtocol):
     def goodbye(self, reason: str) -> None:
         """Tell the peer we are leaving, then close once written."""
         if self.ready and not self.closed:
-            from ..wire import T
             try:
                 self.send(Kind.GOODBYE, T.Goodbye(reason=reason))
             except LocalProtocolError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from .._errors import RemoteProtocolError
+from ..errors import RemoteProtocolError
 
 _q = struct.Struct("!q")
 _i = struct.Struct("!i")

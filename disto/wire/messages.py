@@ -15,7 +15,7 @@ import thriftpy2
 from thriftpy2.protocol.cybin import TCyBinaryProtocol
 from thriftpy2.transport.memory import TCyMemoryBuffer
 
-from .._errors import RemoteProtocolError
+from ..errors import RemoteProtocolError
 
 IDL_PATH = os.path.join(os.path.dirname(__file__), "disto.thrift")
 T: Any = thriftpy2.load(IDL_PATH, module_name="disto_thrift")

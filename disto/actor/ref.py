@@ -1,73 +1,36 @@
-"""Actors and references to them.
+"""References to actors: :class:`ActorRef` (picklable: node address and actor id) and :class:`MethodRef`.
 
-An :class:`Actor` is a plain class: its public methods (names not starting with ``_``), sync or async, are
-callable remotely through an :class:`ActorRef`. ``ref.method(*args)`` returns a :class:`disto.Future`;
-``ref.method.tell(*args)`` sends a one-way call.
+``ref.method(*args)`` returns a :class:`disto.Future`; ``ref.method.tell(*args)`` sends a one-way call. A ref
+talks through the node of the code that uses it (:mod:`disto.actor.context`). Every node runs two system actors
+at fixed ids, reached with :func:`system_ref`.
 """
 from __future__ import annotations
 
-import contextvars
-from typing import TYPE_CHECKING, Any, ClassVar
+import enum
+from typing import TYPE_CHECKING, Any
+
+from . import context
 
 if TYPE_CHECKING:
-    from .futures import Future
-    from .node import Node
-
-# The node that runs the current code: set while a node dispatches a message or runs an actor, so that refs
-# unpickled or created there talk through that node. Falls back to the process's default node.
-_current_node: contextvars.ContextVar["Node | None"] = contextvars.ContextVar("disto_node", default=None)
-_default_node: list["Node"] = []
+    from ..futures import Future
+    from ..node import Node
 
 
-def current_node() -> "Node":
-    """The disto node of the running code (inside an actor: its node; in a driver: the node it started)."""
-    node = _current_node.get()
-    if node is not None and not node.closed:
-        return node
-    for node in reversed(_default_node):
-        if not node.closed:
-            return node
-    from ._errors import ClosedError
-    raise ClosedError("no disto node is running in this process: use disto.LocalCluster(), disto.connect() "
-                      "or disto.Node")
+class SystemActor(enum.IntEnum):
+    """The actors every node runs, by their fixed ids (the registry only on the seed)."""
+
+    NODE_SERVICE = 0
+    REGISTRY = 1
 
 
-class Actor:
-    """Base class of actors.
-
-    Class attributes:
-      ``max_concurrency`` (default 1): how many calls may run at once. With 1, calls run one after another in
-      arrival order, an async method holding the actor until it returns. With N > 1, up to N async methods
-      interleave at their ``await`` points (they still start in arrival order).
-
-    Optional hooks: ``async def on_start(self)`` runs after ``__init__`` before the first call;
-    ``async def on_stop(self)`` runs when the actor is stopped. ``self.ref`` is this actor's own ActorRef.
-    """
-
-    max_concurrency: ClassVar[int] = 1
-    _disto_ref: "ActorRef"
-
-    @property
-    def ref(self) -> "ActorRef":
-        return self._disto_ref
+FIRST_USER_ACTOR_ID = 16
+_SYSTEM_CLASS = {SystemActor.NODE_SERVICE: "NodeService", SystemActor.REGISTRY: "Registry"}
 
 
-_RESERVED = frozenset(dir(Actor))
-
-
-def public_methods(cls: type) -> dict[str, str]:
-    """Public method name -> attribute name, for actor class ``cls`` (computed once per class)."""
-    table = cls.__dict__.get("_disto_methods")
-    if table is None:
-        table = {}
-        for attr in dir(cls):
-            if attr.startswith("_") or attr in _RESERVED:
-                continue
-            fn = getattr(cls, attr, None)
-            if callable(fn):
-                table[attr] = attr
-        cls._disto_methods = table  # type: ignore[attr-defined]
-    return table
+def system_ref(which: SystemActor, address: str, *, node_id: str = "", via: "Node | None" = None) -> "ActorRef":
+    """The ref of the node service or the registry of the node at ``address`` (``node_id`` pins one incarnation
+    of it; "" accepts whichever node listens there now). Calls go through ``via`` (default: the current node)."""
+    return ActorRef(node_id, address, int(which), _SYSTEM_CLASS[which], None, via)
 
 
 class MethodRef:
@@ -94,7 +57,7 @@ class MethodRef:
 
 
 def _rebuild_ref(node_id: str, address: str, actor_id: int, cls_name: str, name: str | None) -> "ActorRef":
-    return ActorRef(node_id, address, actor_id, cls_name, name, _current_node.get())
+    return ActorRef(node_id, address, actor_id, cls_name, name, context.current.get())
 
 
 class ActorRef:
@@ -119,7 +82,7 @@ class ActorRef:
     def _resolve_node(self) -> "Node":
         node = self._node
         if node is None or node.closed:
-            node = self._node = current_node()
+            node = self._node = context.current_node()
         return node
 
     def __getattr__(self, name: str) -> MethodRef:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .actor import current_node
+from ..actor import current_node
 
 
 def shared_array(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
@@ -17,11 +17,7 @@ def shared_array(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.nd
     dt = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    node = current_node()
-    if node.buffers is None:
-        from ._errors import ClosedError
-        raise ClosedError("the node is not started")
-    raw, _ = node.buffers.exporter.allocate_shared(n)
+    raw, _ = current_node().buffers.exporter.allocate_shared(n)
     return raw.view(dt).reshape(shape)
 
 

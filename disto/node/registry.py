@@ -1,56 +1,22 @@
-"""System actors: every node runs a NodeService (actor #0); the seed node also runs the Registry (actor #1).
-
-They are ordinary disto actors, reached through the same wire and mailboxes as user actors.
-"""
+"""The registry: actor #1 of the seed node. It keeps the member list and the actor names, and restarts
+supervised actors whose node was lost. It sees its node only through the narrow :class:`RegistryHost`
+interface."""
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Coroutine, Protocol
 
-from ._errors import ActorNotFoundError, NameTakenError
-from .actor import Actor, ActorRef
-
-if TYPE_CHECKING:
-    from .node import Node
+from ..actor import Actor, ActorRef, SystemActor, system_ref
+from ..errors import ActorNotFoundError, DistoError, NameTakenError
 
 
-class NodeService(Actor):
-    """Spawns and stops actors on its node; reports its state; shuts the node down on request."""
+class RegistryHost(Protocol):
+    node_id: str
 
-    def __init__(self, node: "Node") -> None:
-        self._node = node
-
-    async def spawn(self, cls: type, args: tuple = (), kwargs: dict | None = None,
-                    name: str | None = None, max_restarts: int = 0) -> ActorRef:
-        ref = await self._node.spawn_local(cls, args, kwargs or {}, name)
-        if max_restarts:
-            # the seed remembers how to build it again if this node is lost
-            assert self._node.registry is not None
-            try:
-                await self._node.registry.supervise(ref, cls, args, kwargs or {}, max_restarts)
-            except BaseException:
-                await self._node.stop_actor(ref.actor_id)
-                raise
-        return ref
-
-    async def stop_actor(self, actor_id: int) -> bool:
-        return await self._node.stop_actor(actor_id)
-
-    def info(self) -> dict[str, Any]:
-        return self._node.stats()
-
-    def ping(self) -> str:
-        return "pong"
-
-    def members_changed(self, members: list[dict[str, Any]]) -> None:
-        self._node._on_members(members)
-
-    def shutdown(self, reason: str = "shutdown requested") -> bool:
-        node = self._node
-        # stop after this reply has been written
-        asyncio.get_running_loop().call_soon(lambda: node._spawn_bg(node.stop(reason)))
-        return True
+    def on_members(self, members: list[dict[str, Any]]) -> None: ...
+    def spawn_bg(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task: ...
+    def add_peer_lost_callback(self, cb: Callable[[str, str], None]) -> None: ...
 
 
 class _Spec:
@@ -68,13 +34,13 @@ class Registry(Actor):
     """Member list and actor names, kept by the seed node. A member whose connection to the seed is lost is
     dropped with its names."""
 
-    def __init__(self, node: "Node") -> None:
-        self._node = node
+    def __init__(self, host: RegistryHost) -> None:
+        self._host = host
         self._members: dict[str, dict[str, Any]] = {}
         self._names: dict[str, ActorRef] = {}
         self._supervised: dict[tuple[str, int], _Spec] = {}  # (node id, actor id) -> how to restart it
         self.restarts: list[dict[str, Any]] = []  # what was restarted where (for status and tests)
-        node.add_peer_lost_callback(self._peer_lost)
+        host.add_peer_lost_callback(self._peer_lost)
 
     def join(self, info: dict[str, Any]) -> list[dict[str, Any]]:
         info = dict(info, joined_at=time.time())
@@ -89,12 +55,14 @@ class Registry(Actor):
         """Tell every member the new member list (one-way: a member that is gone must not hold us up)."""
         members = self.members()
         for m in members:
-            if m["node_id"] == skip or m["node_id"] == self._node.node_id or m["address"].startswith("client:"):
+            if m["node_id"] == skip or m["node_id"] == self._host.node_id or m["address"].startswith("client:"):
                 continue
-            service = ActorRef(m["node_id"], m["address"], 0, "NodeService", None, self._node)
-            service.members_changed.tell(members)
-        if skip != self._node.node_id:
-            self._node._on_members(members)
+            self._service(m).members_changed.tell(members)
+        if skip != self._host.node_id:
+            self._host.on_members(members)
+
+    def _service(self, member: dict[str, Any]) -> ActorRef:
+        return system_ref(SystemActor.NODE_SERVICE, member["address"], node_id=member["node_id"], via=self._host)
 
     def members(self) -> list[dict[str, Any]]:
         return sorted(self._members.values(), key=lambda m: m["joined_at"])
@@ -140,12 +108,10 @@ class Registry(Actor):
         orphans = [(key, spec) for key, spec in self._supervised.items() if key[0] == node_id]
         for key, spec in orphans:
             del self._supervised[key]
-            self._node._spawn_bg(self._restart(spec, lost_node=node_id))
+            self._host.spawn_bg(self._restart(spec, lost_node=node_id))
 
     async def _restart(self, spec: "_Spec", lost_node: str) -> None:
         """Build a supervised actor again (constructor rerun, state lost) on a live worker node."""
-        from ._errors import DistoError
-
         candidates = [m for m in self.members() if m["role"] == "worker" and m["node_id"] != lost_node]
         if not candidates:
             self.restarts.append({"name": spec.name, "error": "no live worker node"})
@@ -156,10 +122,9 @@ class Registry(Actor):
             if nid in load:
                 load[nid] += 1
         # ties go to nodes other than the seed, which already carries the registry
-        target = min(candidates, key=lambda m: (load[m["node_id"]], m["node_id"] == self._node.node_id))
-        service = ActorRef(target["node_id"], target["address"], 0, "NodeService", None, self._node)
+        target = min(candidates, key=lambda m: (load[m["node_id"]], m["node_id"] == self._host.node_id))
         try:
-            ref = await service.spawn(spec.cls, spec.args, spec.kwargs, spec.name, spec.restarts_left - 1)
+            ref = await self._service(target).spawn(spec.cls, spec.args, spec.kwargs, spec.name, spec.restarts_left - 1)
             self.restarts.append({"name": spec.name, "node": target["address"], "actor_id": ref.actor_id,
                                   "restarts_left": spec.restarts_left - 1})
         except DistoError as e:

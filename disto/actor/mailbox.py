@@ -15,10 +15,10 @@ import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._errors import ActorDeadError, RemoteError
+from ..errors import ActorDeadError, RemoteError
 
 if TYPE_CHECKING:
-    from .transport import Channel
+    from ..transport import Channel
 
 log = logging.getLogger("disto.actor")
 

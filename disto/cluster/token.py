@@ -6,7 +6,7 @@ import os
 import secrets
 import stat
 
-from ._errors import AuthenticationError
+from ..errors import AuthenticationError
 
 
 def new_token() -> str:

@@ -1,4 +1,4 @@
-"""Failure detection, pure: timestamps in, events out. No asyncio, sockets or clocks of its own.
+"""The failure detector, pure: timestamps in, events out. No asyncio, sockets or clocks of its own.
 
 Every byte received from a peer counts as a sign of life (``heard``); when a peer has been quiet for
 ``interval`` we owe it a heartbeat (``due``), and when it has been quiet for ``timeout`` it is declared lost

@@ -1,38 +1,41 @@
 """How a node's payload buffers reach a peer: inline on the socket, or through shared memory when the peer is on
-this host (the placement policy decides per buffer), with the SHM leases, RELEASE messages and peer-death
-cleanup that go with it. Used by :class:`disto.node.Node`; one instance per node."""
+this host (the placement policy decides per buffer), with the shared-memory leases, RELEASE messages and
+peer-death cleanup that go with it. One instance per node; it keeps its per-peer state keyed by channel."""
 from __future__ import annotations
 
 import asyncio
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+import sys
+from typing import Any, Callable
 
-from ._errors import SerializationError
-from .serialization import Route, ShmExporter, ShmImporter, dumps, dumps_for, route
-from .serialization.shm import _address
-from .wire import BufferKind, Kind, T
-
-if TYPE_CHECKING:
-    from .transport import Channel
+from ..errors import SerializationError
+from ..serialization import Route, ShmExporter, ShmImporter, buffer_address, dumps, dumps_for, route
+from ..serialization import pickler
+from ..transport import Channel
+from ..wire import BufferKind, Kind, Release, T
 
 INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not through a Thrift field
+CUDA_COLLECT_EVERY = 1.0      # seconds between torch.cuda.ipc_collect() calls once CUDA IPC was used
 _DESC = T.BufferDesc
 
 
 class BufferRouter:
-    def __init__(self, node_id: str, *, transfer: str, shm_min: int, shm_pool_bytes: int,
+    def __init__(self, *, transfer: str, shm_min: int, shm_pool_bytes: int,
                  loop: Callable[[], asyncio.AbstractEventLoop | None]) -> None:
         self.transfer = transfer
         self.shm_min = shm_min
-        self.exporter = ShmExporter(node_id, max_free_bytes=shm_pool_bytes)
+        self.exporter = ShmExporter(max_free_bytes=shm_pool_bytes)
         self.importer = ShmImporter()
         self._loop = loop
+        self._leases: dict[Channel, dict[str, int]] = {}  # blocks lent to each peer: segment -> count
+        self._releases: dict[Channel, list[str]] = {}     # the peer's blocks we no longer use, to tell it
+        self._last_collect = 0.0
 
     def close(self) -> None:
         self.exporter.close()
         self.importer.close()
 
-    def serialize(self, ch: "Channel", obj: Any, mode: str | None) -> tuple[bytes, list, bool]:
+    def serialize(self, ch: Channel, obj: Any, mode: str | None) -> tuple[bytes, list, bool]:
         """Pickle for this channel's peer: (stream, buffers, stream is out of band). Buffers for a peer on this
         host go through shared memory as the placement policy says."""
         mode = mode or self.transfer
@@ -47,11 +50,11 @@ class BufferRouter:
             return stream, bufs, True
         return stream, bufs, False
 
-    def _export(self, ch: "Channel", bufs: list, shared: dict, mode: str) -> list:
+    def _export(self, ch: Channel, bufs: list, shared: dict, mode: str) -> list:
         out: list[Any] = []
         for v in bufs:
             n = v.nbytes
-            ref = shared.get(_address(v)) if shared else None
+            ref = shared.get(buffer_address(v)) if shared else None
             if ref is None:
                 ref = self.exporter.find_shared(v) or self.importer.find_shared(v)
             r = route(same_process=False, same_host=True, is_cuda=False, already_shared=ref is not None, size=n,
@@ -61,13 +64,14 @@ class BufferRouter:
                 out.append(_DESC(size=n, kind=BufferKind.SHM_SHARED, segment=ref[0], offset=ref[1]))
             elif r is Route.SHM:
                 name, offset, _ = self.exporter.export_copy(v)
-                ch.leases[name] = ch.leases.get(name, 0) + 1
+                leases = self._leases.setdefault(ch, {})
+                leases[name] = leases.get(name, 0) + 1
                 out.append(_DESC(size=n, kind=BufferKind.SHM, segment=name, offset=offset))
             else:
                 out.append(v)
         return out
 
-    def import_(self, ch: "Channel", bufs: list) -> list:
+    def import_(self, ch: Channel, bufs: list) -> list:
         """Turn shared-memory descriptors into memory; SHM blocks are released to the sender when dropped."""
         out = []
         for b in bufs:
@@ -82,7 +86,8 @@ class BufferRouter:
                 raise SerializationError(f"buffer kind {b.kind} is not supported here")
         return out
 
-    def _release_later(self, ch: "Channel", name: str) -> None:
+    # ------------------------------------------------------------------ telling senders what we dropped
+    def _release_later(self, ch: Channel, name: str) -> None:
         # runs from a finalizer, in whatever thread dropped the last reference
         loop = self._loop()
         if loop is None or ch.closed or loop.is_closed():
@@ -92,33 +97,49 @@ class BufferRouter:
         except RuntimeError:
             pass  # the loop is closing
 
-    def _release_now(self, ch: "Channel", name: str) -> None:
+    def _release_now(self, ch: Channel, name: str) -> None:
         if ch.closed:
             return
-        if not ch.releases:
+        names = self._releases.get(ch)
+        if names is None:
+            names = self._releases[ch] = []
             asyncio.get_running_loop().call_soon(self._flush_releases, ch)
-        ch.releases.append(name)
+        names.append(name)
 
-    @staticmethod
-    def _flush_releases(ch: "Channel") -> None:
-        names, ch.releases = ch.releases, []
+    def _flush_releases(self, ch: Channel) -> None:
+        names = self._releases.pop(ch, None)
         if names and ch.can_send():
             ch.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n) for n in names]))
 
-    def on_release(self, ch: "Channel", body: Any) -> None:
-        for d in body.buffers:
+    # ------------------------------------------------------------------ what peers tell us
+    def on_release(self, ch: Channel, ev: Release) -> None:
+        leases = self._leases.get(ch)
+        if not leases:
+            return
+        for d in ev.body.buffers:
             name = d.segment or ""
-            count = ch.leases.get(name, 0)
+            count = leases.get(name, 0)
             if count > 0:  # only what we leased to this very peer
                 if count == 1:
-                    del ch.leases[name]
+                    del leases[name]
                 else:
-                    ch.leases[name] = count - 1
+                    leases[name] = count - 1
                 self.exporter.release(name)
 
-    def peer_lost(self, ch: "Channel") -> None:
+    def peer_lost(self, ch: Channel) -> None:
         """The peer can no longer release what it held: take it all back."""
-        for name, count in ch.leases.items():
+        self._releases.pop(ch, None)
+        for name, count in self._leases.pop(ch, {}).items():
             for _ in range(count):
                 self.exporter.release(name)
-        ch.leases.clear()
+
+    def leased_to(self, ch: Channel) -> int:
+        return sum(self._leases.get(ch, {}).values())
+
+    def tick(self, now: float) -> None:
+        """Let torch free CUDA memory whose IPC consumers are done with it (once this process shared some)."""
+        if pickler.CUDA_IPC_USED and now - self._last_collect >= CUDA_COLLECT_EVERY:
+            self._last_collect = now
+            torch = sys.modules.get("torch")
+            if torch is not None:
+                torch.cuda.ipc_collect()

@@ -1,0 +1,130 @@
+"""Clusters from the driver's side: join a running one with :func:`connect` (or start one with
+:class:`~disto.LocalCluster`). Both give a :class:`Cluster` with ``nodes``, ``spawn``, ``lookup`` and ``stop``."""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from ..actor import ActorRef, SystemActor, check_actor_class, system_ref
+from ..errors import ActorNotFoundError, DistoError, RemoteError
+from ..futures import Future
+from ..node import Node, NodeConfig
+from .token import resolve_token
+
+
+def check_spawn(cls: object, name: object, max_restarts: object) -> None:
+    """Refuse a bad spawn here, before a round trip: TypeError or ValueError saying what is wrong."""
+    check_actor_class(cls)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"an actor name must be a non-empty string, got {name!r}")
+    if type(max_restarts) is not int or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+
+
+class NodeHandle:
+    """A node of the cluster, seen from the driver: spawn actors on it, ask for its state, shut it down."""
+
+    def __init__(self, info: dict[str, Any], via: Node) -> None:
+        self.info = info
+        self.node_id: str = info["node_id"]
+        self.address: str = info["address"]
+        self.pid: int = info.get("pid", 0)
+        self._service = system_ref(SystemActor.NODE_SERVICE, self.address, node_id=self.node_id, via=via)
+
+    def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0,
+              **kwargs: Any) -> Future[ActorRef]:
+        """Create an actor of ``cls`` on this node; ``args``/``kwargs`` go to its constructor. ``name`` makes it
+        findable with ``cluster.lookup(name)`` (the name must be free). With ``max_restarts=N`` the actor is
+        built again (constructor rerun, state lost) on another live node if its node is lost, up to N times;
+        its name then resolves to the new actor. Calls in flight when it died fail (at most once).
+
+        A ``cls`` that is not a subclass of :class:`disto.Actor`, or a bad ``name`` or ``max_restarts``, raises
+        TypeError or ValueError here, before anything is sent."""
+        check_spawn(cls, name, max_restarts)
+        return self._service.spawn(cls, args, kwargs, name, max_restarts)
+
+    def stats(self) -> Future[dict[str, Any]]:
+        return self._service.info()
+
+    def shutdown(self) -> Future[bool]:
+        return self._service.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<NodeHandle {self.address} {self.node_id}>"
+
+
+class Cluster:
+    """A driver's view of a cluster. Made by :func:`connect` or :class:`LocalCluster`."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node  # this process's own node (it runs actors spawned locally, and all our calls)
+        self.nodes: list[NodeHandle] = []
+        self._rr = itertools.count()
+
+    async def refresh(self) -> list[NodeHandle]:
+        """Re-read the member list from the seed."""
+        assert self.node.registry is not None
+        members = await self.node.registry.members()
+        self.nodes = [NodeHandle(m, self.node) for m in members if m.get("role") == "worker"]
+        return self.nodes
+
+    def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0,
+              **kwargs: Any) -> Future[ActorRef]:
+        """Create an actor on some node (round robin over ``nodes``); see :meth:`NodeHandle.spawn`."""
+        if not self.nodes:
+            raise DistoError("the cluster has no worker nodes")
+        node = self.nodes[next(self._rr) % len(self.nodes)]
+        return node.spawn(cls, *args, name=name, max_restarts=max_restarts, **kwargs)
+
+    async def lookup(self, name: str) -> ActorRef:
+        """The actor registered under ``name``; ActorNotFoundError if there is none."""
+        assert self.node.registry is not None
+        try:
+            return await self.node.registry.lookup(name)
+        except RemoteError as e:
+            if isinstance(e.cause, ActorNotFoundError):
+                raise ActorNotFoundError(f"no actor is named {name!r}", actor=name, node=e.node) from None
+            raise
+
+    async def stop(self, ref: ActorRef) -> bool:
+        """Stop an actor: its queued calls fail with ActorDeadError. False if it was not running."""
+        service = system_ref(SystemActor.NODE_SERVICE, ref.node_address, node_id=ref.node_id, via=self.node)
+        return await service.stop_actor(ref.actor_id)
+
+    async def close(self) -> None:
+        await self.node.stop("driver leaving")
+
+    async def __aenter__(self) -> "Cluster":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class connect:  # noqa: N801 - used as `async with disto.connect(...)`, like a function
+    """Join a running cluster through any of its nodes' seed: ``async with disto.connect("127.0.0.1:7000")``.
+
+    The token comes from ``token``, else ``DISTO_TOKEN``, else ``token_file``/``DISTO_TOKEN_FILE``. The driver
+    runs a node of its own listening on ``listen`` (so actors can call back actors it spawns locally)."""
+
+    def __init__(self, seed: str, *, token: str | bytes | None = None, token_file: str | None = None,
+                 listen: str | None = "127.0.0.1:0", config: NodeConfig | None = None) -> None:
+        self._seed = seed
+        self._token = resolve_token(token, token_file)
+        self._listen = listen
+        self._config = config
+        self._cluster: Cluster | None = None
+
+    async def __aenter__(self) -> Cluster:
+        node = Node(self._token, listen=self._listen, seed=self._seed, role="driver", config=self._config)
+        await node.start()
+        self._cluster = Cluster(node)
+        await self._cluster.refresh()
+        return self._cluster
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._cluster is not None:
+            await self._cluster.close()
+
+    def __await__(self) -> Any:
+        return self.__aenter__().__await__()

@@ -1,0 +1,130 @@
+"""The actors of one node: their instances, mailboxes and refs, by id; spawning and stopping them."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from ..actor import (FIRST_USER_ACTOR_ID, ActorRef, Mailbox, check_actor_class, public_methods)
+from ..actor import context
+from ..errors import ActorDeadError, ActorNotFoundError, ClosedError, DistoError
+from .config import Here
+from .replies import Replies
+
+log = logging.getLogger("disto.node")
+
+
+class Cell:
+    """One actor: the object, its mailbox and its ref."""
+
+    __slots__ = ("instance", "mailbox", "ref")
+
+    def __init__(self, instance: Any, mailbox: Mailbox, ref: ActorRef) -> None:
+        self.instance = instance
+        self.mailbox = mailbox
+        self.ref = ref
+
+
+class ActorTable:
+    def __init__(self, here: Here, replies: Replies, node: Any) -> None:
+        self._here = here
+        self._replies = replies
+        self._node = node  # what the actors' refs call through, and the context their code runs in
+        self.cells: dict[int, Cell] = {}
+        self._next_id = FIRST_USER_ACTOR_ID
+
+    def _mailbox(self, instance: Any, ref: ActorRef) -> Mailbox:
+        cls = type(instance)
+        label = ref._describe()
+        fail: Callable[..., None] = self._replies.fail
+        return Mailbox(instance, label, getattr(cls, "max_concurrency", 1), self._replies.reply,
+                       lambda item, exc, tb: fail(item, exc, tb, label), public_methods(cls))
+
+    def install_system(self, instance: Any, actor_id: int) -> ActorRef:
+        ref = ActorRef(self._here.node_id, self._here.address, actor_id, type(instance).__name__, None, self._node)
+        instance._disto_ref = ref
+        self.cells[actor_id] = Cell(instance, self._mailbox(instance, ref), ref)
+        return ref
+
+    async def spawn(self, cls: type, args: tuple, kwargs: dict, name: str | None, registry: ActorRef | None
+                    ) -> ActorRef:
+        """Create an actor of class ``cls`` here: its constructor and ``on_start`` run now, in this node's
+        context; then its name (if any) is registered."""
+        check_actor_class(cls)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"an actor name must be a non-empty string, got {name!r}")
+        if self._here.closing:
+            raise ClosedError("node is stopping")
+        actor_id = self._next_id
+        self._next_id += 1
+        ref = ActorRef(self._here.node_id, self._here.address, actor_id, cls.__qualname__, name, self._node)
+        instance = cls.__new__(cls)
+        instance._disto_ref = ref
+        token = context.current.set(self._node)
+        try:
+            instance.__init__(*args, **kwargs)
+            on_start = getattr(instance, "on_start", None)
+            if on_start is not None:
+                r = on_start()
+                if asyncio.iscoroutine(r):
+                    await r
+        finally:
+            context.current.reset(token)
+        cell = Cell(instance, self._mailbox(instance, ref), ref)
+        self.cells[actor_id] = cell
+        if name is not None:
+            assert registry is not None
+            try:
+                await registry.register(name, ref)
+            except BaseException:
+                self.cells.pop(actor_id, None)
+                cell.mailbox.stop()
+                raise
+        return ref
+
+    async def stop(self, actor_id: int, registry: ActorRef | None) -> bool:
+        """Stop one actor: queued calls fail with ActorDeadError, running ones are cancelled, then ``on_stop``;
+        its name is freed and it is no longer supervised."""
+        if actor_id < FIRST_USER_ACTOR_ID:
+            raise ValueError("system actors cannot be stopped")
+        cell = self.cells.pop(actor_id, None)
+        if cell is None:
+            return False
+        cell.mailbox.stop()
+        on_stop = getattr(cell.instance, "on_stop", None)
+        if on_stop is not None:
+            try:
+                r = on_stop()
+                if asyncio.iscoroutine(r):
+                    await r
+            except Exception:
+                log.exception("on_stop of %s raised", cell.mailbox.label)
+        if registry is not None and not self._here.closing:
+            try:  # a stopped actor is not restarted, and its name is free again
+                registry.unsupervise.tell(self._here.node_id, actor_id)
+                if cell.ref.actor_name:
+                    await registry.unregister(cell.ref.actor_name, cell.ref)
+            except DistoError as e:
+                log.debug("could not unregister %s: %s", cell.ref.actor_name, e)
+        return True
+
+    async def stop_all(self) -> None:
+        for actor_id in [a for a in self.cells if a >= FIRST_USER_ACTOR_ID]:
+            await self.stop(actor_id, None)
+        for cell in list(self.cells.values()):
+            cell.mailbox.stop()
+        self.cells.clear()
+
+    def refs(self) -> list[ActorRef]:
+        """The user actors (not the system ones)."""
+        return [c.ref for a, c in self.cells.items() if a >= FIRST_USER_ACTOR_ID]
+
+    def missing(self, actor_id: int, node_id: str | None) -> DistoError:
+        """Why a call to ``actor_id`` (on node incarnation ``node_id``) finds no actor here."""
+        here = self._here
+        if node_id and node_id != here.node_id:
+            return ActorDeadError(f"actor #{actor_id} lived on a node that has since restarted",
+                                  actor=f"#{actor_id}", node=here.address)
+        if FIRST_USER_ACTOR_ID <= actor_id < self._next_id:
+            return ActorDeadError(f"actor #{actor_id} was stopped", actor=f"#{actor_id}", node=here.address)
+        return ActorNotFoundError(f"no actor #{actor_id} on {here.address}", actor=f"#{actor_id}", node=here.address)

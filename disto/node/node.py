@@ -1,0 +1,235 @@
+"""A Node: one process's disto runtime, as a composition root. It wires the parts, each of which owns one
+concern and its state, and routes what its channels report to them:
+
+    peers       listener, dialling, TLS, one channel per peer            (node/peers.py)
+    outbound    calls we make: window, pending tables, replies back      (node/outbound.py)
+    inbound     calls for our actors, from peers or from this process    (node/inbound.py)
+    actors      the actor table: spawn, stop, lookup                     (node/actors.py)
+    replies     our actors' results and errors back to their callers     (node/replies.py)
+    liveness    heartbeats, failure detection, probing lost nodes        (node/liveness.py)
+    membership  joining the seed and following the member list           (node/membership.py)
+    buffers     shared-memory transfers to same-host peers               (node/buffers.py)
+
+Events from a channel are handled by a table keyed by event type.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Callable, Coroutine
+
+from ..actor import ActorRef, SystemActor, context, system_ref
+from ..errors import DistoError
+from ..futures import Future
+from ..ids import new_node_id
+from ..memory import janitor
+from ..transport import Channel
+from ..wire import Call, Cancel, Failure, Goodbye, Heartbeat, Message, Release, Reply
+from .actors import ActorTable
+from .buffers import BufferRouter
+from .config import Here, NodeConfig, normalize_token
+from .inbound import InboundCalls
+from .liveness import Liveness
+from .membership import Membership
+from .outbound import OutboundCalls
+from .peers import Peers
+from .registry import Registry
+from .replies import Replies
+from .service import NodeService
+from .stats import process_stats
+
+log = logging.getLogger("disto.node")
+
+def _ignore(ch: Channel, ev: Message) -> None:
+    pass  # a heartbeat: its bytes already counted as a sign of life (Channel.last_heard)
+
+
+class Node:
+    """One disto node. ``async with Node(token) as node`` starts it; ``listen=None`` makes a node that only dials.
+
+    ``seed`` is the address of the node that keeps the member list and the name registry; a node without a seed
+    keeps its own (it is a seed). ``role`` is "worker" (gets actors from ``cluster.spawn``), "driver" (a program
+    that joined to use the cluster) or "client" (does not join at all: command-line tools).
+    """
+
+    def __init__(self, token: str | bytes | None, *, listen: str | None = "127.0.0.1:0", seed: str | None = None,
+                 role: str = "worker", config: NodeConfig | None = None) -> None:
+        self._token = normalize_token(token)
+        self.config = cfg = config or NodeConfig()
+        self.node_id = new_node_id()
+        self.role = role
+        self.seed = seed
+        self._listen = listen
+        self._here = here = Here(self.node_id, role)
+        self.closed = False
+        self._started = False
+        self._stopped = asyncio.Event()
+        self._bg: set[asyncio.Task] = set()
+        self._peer_lost_callbacks: list[Callable[[str, str], None]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.registry: ActorRef | None = None
+        self._peers = Peers(here, self._token, cfg, self)
+        self.buffers = BufferRouter(transfer=cfg.transfer, shm_min=cfg.shm_min, shm_pool_bytes=cfg.shm_pool_bytes,
+                                    loop=lambda: self.loop)
+        self._replies = Replies(here, self.buffers)
+        self._actors = ActorTable(here, self._replies, self)
+        self._inbound = InboundCalls(here, self._actors, self._replies, self.buffers, self)
+        self._liveness = Liveness(cfg, self._peers)
+        self._outbound = OutboundCalls(here, self._peers, self.buffers, self._inbound.call_local,
+                                       self._liveness.is_lost, cfg.max_inflight)
+        self._membership: Membership | None = None
+        self._handlers: dict[type, Callable[[Channel, Any], None]] = {
+            Call: self._inbound.on_call, Reply: self._outbound.on_reply, Failure: self._outbound.on_failure,
+            Cancel: self._inbound.on_cancel, Release: self.buffers.on_release, Heartbeat: _ignore,
+            Goodbye: self._peers.on_goodbye}
+
+    @property
+    def address(self) -> str:
+        return self._here.address
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        return self._membership.members if self._membership is not None else []
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> "Node":
+        if self._started:
+            raise DistoError("node already started")
+        self._started = True
+        self.loop = self._outbound.loop = asyncio.get_running_loop()
+        bound = await self._peers.listen(self._listen)
+        if bound is not None:
+            self._liveness.start_udp(self._token, self.node_id, *bound)
+        janitor()
+        self.spawn_bg(self._liveness.run(also=self.buffers.tick))
+        context.node_started(self)
+        self._actors.install_system(NodeService(self), SystemActor.NODE_SERVICE)
+        if self.seed is None:
+            self._actors.install_system(Registry(self), SystemActor.REGISTRY)
+        self.registry = system_ref(SystemActor.REGISTRY, self.seed or self.address, via=self)
+        self._membership = Membership(self._here, self.seed, self.registry, self._peers.identity.host_id,
+                                      self._liveness.monitor.back, self.spawn_bg)
+        if self.role == "client":
+            return self  # a command-line client talks to the cluster without becoming a member
+        try:
+            await self._membership.join()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    def info_for_registry(self) -> dict[str, Any]:
+        assert self._membership is not None
+        return self._membership.info()
+
+    async def __aenter__(self) -> "Node":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, reason: str = "node stopping") -> None:
+        """Stop every actor (their callers get ActorDeadError), say goodbye to peers, close the listener."""
+        if self._here.closing:
+            await self._stopped.wait()
+            return
+        self._here.closing = True
+        await self._actors.stop_all()
+        await self._peers.close(reason)
+        for t in list(self._bg):
+            t.cancel()
+        self.buffers.close()
+        self._liveness.stop()
+        janitor()
+        self.closed = True
+        context.node_stopped(self)
+        self._stopped.set()
+
+    def stop_soon(self, reason: str) -> None:
+        """Stop once the current callback is done (a reply being written goes out first)."""
+        asyncio.get_running_loop().call_soon(lambda: self.spawn_bg(self.stop(reason)))
+
+    def spawn_bg(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return task
+
+    # ---------------------------------------------------------------- what channels report (ChannelOwner)
+    def on_ready(self, ch: Channel) -> None:
+        self._peers.on_ready(ch)
+        self._liveness.add(ch)
+        self._outbound.drain(ch)
+
+    def on_event(self, ch: Channel, ev: Message) -> None:
+        token = context.current.set(self)
+        try:
+            self._handlers[type(ev)](ch, ev)
+        finally:
+            context.current.reset(token)
+
+    def on_writable(self, ch: Channel) -> None:
+        self._outbound.drain(ch)
+
+    def on_lost(self, ch: Channel, exc: BaseException | None) -> None:
+        self._peers.forget(ch)
+        self._liveness.remove(ch)
+        if self._membership is not None:
+            self._membership.on_channel_lost(ch)
+        self.buffers.peer_lost(ch)
+        self._outbound.fail_all(ch, exc)
+        peer = ch.conn.peer
+        if peer is not None and ch.ready:
+            for cb in list(self._peer_lost_callbacks):
+                try:
+                    cb(peer.node_id, ch.address)
+                except Exception:
+                    log.exception("peer-lost callback failed")
+
+    def add_peer_lost_callback(self, cb: Callable[[str, str], None]) -> None:
+        """``cb(node_id, address)`` whenever a connection to a peer that had completed its handshake is lost."""
+        self._peer_lost_callbacks.append(cb)
+
+    def on_members(self, members: list[dict[str, Any]]) -> None:
+        if self._membership is not None:
+            self._membership.on_members(members)
+
+    # ---------------------------------------------------------------- actors and calls
+    def call(self, ref: ActorRef, method: str, args: tuple, kwargs: dict, oneway: bool = False) -> Future:
+        """Call ``method`` of the actor ``ref`` (what ``ref.method(...)`` does)."""
+        return self._outbound.call(ref, method, args, kwargs, oneway)
+
+    async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,
+                          name: str | None = None) -> ActorRef:
+        """Create an actor of class ``cls`` on this node. Its constructor and ``on_start`` run here."""
+        return await self._actors.spawn(cls, args, kwargs or {}, name, self.registry)
+
+    async def stop_actor(self, actor_id: int) -> bool:
+        """Stop one actor: queued calls fail with ActorDeadError, running ones are cancelled, then ``on_stop``."""
+        return await self._actors.stop(actor_id, self.registry if not self.closed else None)
+
+    def actors(self) -> list[ActorRef]:
+        return self._actors.refs()
+
+    async def wait_ready(self, address: str) -> Channel:
+        """Connect to ``address`` (if not yet) and wait until the handshake is done."""
+        return await self._peers.wait_ready(address)
+
+    def stats(self) -> dict[str, Any]:
+        ready = self._peers.ready()
+        now = self._liveness.clock()
+        return {
+            "node_id": self.node_id, "address": self.address, "role": self.role, "pid": os.getpid(),
+            "actors": [{"id": r.actor_id, "class": r.actor_class, "name": r.actor_name} for r in self.actors()],
+            "peers": sorted(ch.address or ch.peer_name() for ch in ready),
+            "last_heard": {ch.address or ch.peer_name(): round(now - ch.last_heard, 3) for ch in ready},
+            "lost": sorted(self._liveness.monitor.lost),  # addresses declared lost that have not answered since
+            "pending_calls": self._outbound.in_flight(),
+            "buffer_pool": self._peers.pool.stats(),
+            "process": process_stats(),
+            "shm": self.buffers.exporter.stats(),
+        }

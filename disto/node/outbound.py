@@ -1,0 +1,173 @@
+"""Calls this node makes to actors on other nodes: the per-peer window and pending table, and the replies and
+failures that come back for them.
+
+Call path: pickle the arguments, frame a CALL on the peer's channel if the window has room (else queue it), and
+keep the future in the peer's pending table until a REPLY or FAILURE with its call id arrives; when the channel
+is lost, every pending and queued call fails at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections import deque
+from typing import Callable
+
+from ..actor import FIRST_USER_ACTOR_ID, ActorRef
+from ..errors import ActorDeadError, AuthenticationError, ClosedError, DistoError, NodeLostError, SerializationError
+from ..futures import Future
+from ..serialization import loads
+from ..transport import Channel
+from ..wire import Failure, Reply
+from .buffers import BufferRouter
+from .config import Here, transfer_mode
+from .failures import exception_from
+from .inbound import failed, payload_of
+from .peers import Peers
+
+_pickle_dumps = pickle.dumps
+_SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
+
+LocalCall = Callable[[ActorRef, str, tuple, dict, Future, bool], None]
+
+
+def _scalars(args: tuple) -> bool:
+    for a in args:
+        if type(a) not in _SCALAR_TYPES:
+            return False
+    return True
+
+
+class CallTable:
+    """The calls to one peer: awaiting a reply (``pending``, at most the window) or not yet sent (``waiting``:
+    the window is full, the channel not ready, or its writes paused)."""
+
+    __slots__ = ("pending", "waiting", "next_id")
+
+    def __init__(self) -> None:
+        self.pending: dict[int, Future] = {}
+        self.waiting: deque[tuple[tuple, Future, bool]] = deque()
+        self.next_id = 1
+
+
+class OutboundCalls:
+    def __init__(self, here: Here, peers: Peers, buffers: BufferRouter, local: LocalCall,
+                 is_lost: Callable[[str], bool], max_inflight: int) -> None:
+        self._here = here
+        self._peers = peers
+        self._buffers = buffers
+        self._local = local
+        self._is_lost = is_lost
+        self.max_inflight = max_inflight
+        self.tables: dict[Channel, CallTable] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None  # the node's, once started
+
+    def call(self, ref: ActorRef, method: str, args: tuple, kwargs: dict, oneway: bool = False) -> Future:
+        here = self._here
+        fut: Future = Future(loop=self.loop)
+        if ref.node_address == here.address:
+            self._local(ref, method, args, kwargs, fut, oneway)
+            return fut
+        if here.closing:
+            return failed(fut, ClosedError("this node is stopped"), oneway)
+        if ref.actor_id >= FIRST_USER_ACTOR_ID and self._is_lost(ref.node_address):
+            return failed(fut, ActorDeadError(
+                f"the node of {ref._describe()} ({ref.node_address}) was declared lost and has not joined again",
+                actor=ref._describe(), node=ref.node_address), oneway)
+        ch = self._peers.channel_to(ref.node_address)
+        table = self.tables.get(ch)
+        if table is None:
+            table = self.tables[ch] = CallTable()
+        call = (ref, method, args, kwargs, transfer_mode.get())
+        if not table.waiting and ch.ready and not ch.writing_paused and len(table.pending) < self.max_inflight:
+            self._send(ch, table, call, fut, oneway)
+        else:
+            table.waiting.append((call, fut, oneway))
+        return fut
+
+    def _send(self, ch: Channel, table: CallTable, call: tuple, fut: Future, oneway: bool) -> None:
+        ref, method, args, kwargs, mode = call
+        if not kwargs and _scalars(args):
+            stream, bufs, oob = _pickle_dumps((args, kwargs), 5), (), False
+        else:
+            try:
+                stream, bufs, oob = self._buffers.serialize(ch, (args, kwargs), mode)
+            except SerializationError as e:
+                failed(fut, e, oneway)
+                return
+        if oob:
+            stream = None
+        node_id = ref.node_id or None
+        if oneway:
+            if ch.can_send():
+                ch.write(ch.conn.send_call(0, ref.actor_id, method, stream, bufs, oob, node_id))
+            fut.set_result(None)
+            return
+        cid = table.next_id
+        table.next_id = cid + 1
+        table.pending[cid] = fut
+        fut._on_cancel = ch.send_cancel  # its pending entry stays until the peer answers: the window counts it
+        fut._cancel_arg = cid
+        if ch.can_send():
+            ch.write(ch.conn.send_call(cid, ref.actor_id, method, stream, bufs, oob, node_id))
+
+    def drain(self, ch: Channel) -> None:
+        """Send queued calls while the window has room."""
+        table = self.tables.get(ch)
+        if table is None:
+            return
+        waiting = table.waiting
+        limit = self.max_inflight
+        while waiting and ch.ready and not ch.writing_paused and len(table.pending) < limit:
+            call, fut, oneway = waiting.popleft()
+            if not fut.done():  # skip calls cancelled while they waited
+                self._send(ch, table, call, fut, oneway)
+
+    # ------------------------------------------------------------------ answers
+    def _answered(self, ch: Channel, call_id: int) -> Future | None:
+        table = self.tables.get(ch)
+        if table is None:
+            return None
+        fut = table.pending.pop(call_id, None)
+        if table.waiting:
+            self.drain(ch)
+        return None if fut is None or fut.done() else fut  # else cancelled, or a stale id
+
+    def on_reply(self, ch: Channel, ev: Reply) -> None:
+        body = ev.body
+        fut = self._answered(ch, body.call_id)
+        if fut is None:
+            return
+        try:
+            stream, bufs = payload_of(body, ev.buffers)
+            if body.buffers is not None:
+                bufs = self._buffers.import_(ch, bufs)
+            fut.set_result(loads(stream, bufs))
+        except SerializationError as e:
+            fut.set_exception(e)
+
+    def on_failure(self, ch: Channel, ev: Failure) -> None:
+        fut = self._answered(ch, ev.body.call_id)
+        if fut is not None:
+            fut.set_exception(exception_from(ev.body, ch.address))
+
+    def fail_all(self, ch: Channel, exc: BaseException | None) -> None:
+        """The channel is gone: every call pending or queued on it fails now."""
+        table = self.tables.pop(ch, None)
+        if table is None or not (table.pending or table.waiting):
+            return
+        if self._here.closing:
+            err: DistoError = ClosedError("this node was stopped")
+        elif isinstance(exc, (NodeLostError, AuthenticationError)):
+            err = exc
+        else:
+            why = f"{type(exc).__name__}: {exc}" if exc else "connection closed"
+            err = NodeLostError(f"connection to {ch.peer_name()} lost ({why})", node=ch.address)
+        for fut in table.pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        for _, fut, oneway in table.waiting:
+            if not fut.done():
+                failed(fut, err, oneway)
+
+    def in_flight(self) -> int:
+        return sum(len(t.pending) + len(t.waiting) for t in self.tables.values())

@@ -1,0 +1,73 @@
+"""What our actors' calls produced, back to their callers: a REPLY or a FAILURE on the caller's channel, or the
+local caller's future. The mailboxes call :meth:`Replies.reply` and :meth:`Replies.fail`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+from typing import Any
+
+from ..actor import CallItem
+from ..errors import SerializationError
+from ..transport import Channel
+from ..wire import FailureKind, Kind
+from .buffers import BufferRouter
+from .config import Here
+from .failures import failure_body, failure_kind, local_exception
+
+log = logging.getLogger("disto.node")
+
+SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
+_pickle_dumps = pickle.dumps
+
+
+class Replies:
+    def __init__(self, here: Here, buffers: BufferRouter) -> None:
+        self._here = here
+        self._buffers = buffers
+
+    def reply(self, item: CallItem, value: Any) -> None:
+        ch = item.ch
+        if ch is None:
+            fut = item.fut
+            if fut is not None and not fut.done():
+                fut.set_result(value)
+            return
+        ch.call_finished()
+        if item.call_id == 0 or not ch.can_send():
+            return
+        if type(value) in SCALAR_TYPES:
+            ch.write(ch.conn.send_reply(item.call_id, _pickle_dumps(value, 5)))
+            return
+        try:
+            stream, bufs, oob = self._buffers.serialize(ch, value, None)
+        except SerializationError as e:
+            self.send_failure(ch, item.call_id, FailureKind.SERIALIZATION, e, "", None, item.method)
+            return
+        ch.write(ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob))
+
+    def fail(self, item: CallItem, exc: BaseException, tb: str, label: str) -> None:
+        ch = item.ch
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        if ch is None:
+            fut = item.fut
+            if fut is None:
+                if not cancelled:
+                    log.warning("one-way call %s.%s failed: %s", label, item.method, exc, exc_info=bool(tb))
+            elif not fut.done():
+                if cancelled:
+                    fut.cancel()
+                else:
+                    fut.set_exception(local_exception(exc, tb, label, item.method, self._here.address))
+            return
+        ch.call_finished()
+        if item.call_id == 0:
+            if not cancelled:
+                log.warning("one-way call %s.%s from %s failed: %s\n%s", label, item.method, ch.peer_name(), exc,
+                            tb)
+            return
+        self.send_failure(ch, item.call_id, failure_kind(exc, tb), exc, tb, label, item.method)
+
+    def send_failure(self, ch: Channel, call_id: int, kind: int, exc: BaseException, tb: str,
+                     actor: str | None, method: str | None) -> None:
+        ch.send(Kind.FAILURE, failure_body(call_id, kind, exc, tb, actor, method, self._here.address))

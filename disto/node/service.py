@@ -1,0 +1,57 @@
+"""The node service: actor #0 of every node. It spawns and stops actors there, reports the node's state, and
+shuts the node down on request. An ordinary actor, reached through the same wire and mailboxes as user actors;
+it sees its node only through the narrow :class:`ServiceHost` interface."""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..actor import Actor, ActorRef, check_actor_class
+
+
+class ServiceHost(Protocol):
+    registry: ActorRef | None
+
+    async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,
+                          name: str | None = None) -> ActorRef: ...
+    async def stop_actor(self, actor_id: int) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+    def on_members(self, members: list[dict[str, Any]]) -> None: ...
+    def stop_soon(self, reason: str) -> None: ...
+
+
+class NodeService(Actor):
+    """Spawns and stops actors on its node; reports its state; shuts the node down on request."""
+
+    def __init__(self, host: ServiceHost) -> None:
+        self._host = host
+
+    async def spawn(self, cls: type, args: tuple = (), kwargs: dict | None = None,
+                    name: str | None = None, max_restarts: int = 0) -> ActorRef:
+        check_actor_class(cls)
+        host = self._host
+        ref = await host.spawn_local(cls, args, kwargs or {}, name)
+        if max_restarts:
+            # the seed remembers how to build it again if this node is lost
+            assert host.registry is not None
+            try:
+                await host.registry.supervise(ref, cls, args, kwargs or {}, max_restarts)
+            except BaseException:
+                await host.stop_actor(ref.actor_id)
+                raise
+        return ref
+
+    async def stop_actor(self, actor_id: int) -> bool:
+        return await self._host.stop_actor(actor_id)
+
+    def info(self) -> dict[str, Any]:
+        return self._host.stats()
+
+    def ping(self) -> str:
+        return "pong"
+
+    def members_changed(self, members: list[dict[str, Any]]) -> None:
+        self._host.on_members(members)
+
+    def shutdown(self, reason: str = "shutdown requested") -> bool:
+        self._host.stop_soon(reason)  # after this reply has been written
+        return True
