@@ -14,9 +14,8 @@ import pytest
 
 import disto
 from actors import Worker
+from helpers import HERE, TOKEN
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOKEN = "chaos-test-token-0123456789abcdef"
 
 
 def free_port() -> int:

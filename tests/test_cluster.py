@@ -309,23 +309,6 @@ def test_torchrun_forms_one_cluster() -> None:
     assert "ranks ['0', '1']" in out.stdout, out.stdout + out.stderr
 
 
-def test_launcher_environments() -> None:
-    from disto.launch import first_slurm_host, read_env
-
-    le = read_env({"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
-    assert (le.rank, le.world, le.seed_host, le.seed_port, le.host) == (1, 4, "127.0.0.1", 29501, "127.0.0.1")
-    le = read_env({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "localhost",
-                   "DISTO_PORT": "7000"})
-    assert (le.rank, le.world, le.seed_host, le.seed_port) == (3, 8, "127.0.0.1", 7000)
-    assert first_slurm_host("gpu[03-05,07],cpu1") == "gpu03"
-    assert first_slurm_host("node7") == "node7"
-    assert first_slurm_host("a-b[1,2]") == "a-b1"
-    with pytest.raises(disto.DistoError):
-        read_env({})
-    with pytest.raises(disto.DistoError):
-        read_env({"RANK": "4", "WORLD_SIZE": "4"})
-
-
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(60)
 async def test_supervised_actor_is_restarted_elsewhere_and_keeps_its_name() -> None:

@@ -9,7 +9,7 @@ import torch
 import disto
 from disto.easgd import (CenterShard, EASGDConfig, Trainer, Worker, center_step_, elastic_step_, flatten_,
                          shard_bounds, simulate)
-from helpers import nodes, spawn
+from helpers import eventually, nodes, spawn
 
 
 def blobs(n: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +217,6 @@ async def test_allreduce_sgd_through_torch_distributed() -> None:
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(90)
 async def test_a_lost_parameter_shard_stops_the_run_with_a_clear_error(tmp_path) -> None:
-    import asyncio
     import os
     import signal
 
@@ -234,8 +233,8 @@ async def test_a_lost_parameter_shard_stops_the_run_with_a_clear_error(tmp_path)
         victim = cluster.nodes[1]  # holds shard 1 (and worker 1)
 
         async def kill_soon() -> None:
-            while not os.path.exists(checkpoint):
-                await asyncio.sleep(0.05)
+            await eventually(lambda: os.path.exists(checkpoint), timeout=60, interval=0.05,
+                             what="the first checkpoint")
             os.kill(victim.pid, signal.SIGKILL)
 
         killer = asyncio.ensure_future(kill_soon())
@@ -292,8 +291,10 @@ async def test_allreduce_workers_stop_together_when_only_one_is_told() -> None:
         workers = [await h.spawn(Worker, r, cfg, small_model, blob_data, torch.nn.functional.cross_entropy,
                                  [shard], bounds) for r, h in enumerate(cluster.nodes)]
         runs = [w.run() for w in workers]
-        while (await workers[0].stats())["steps"] < 20:
-            await asyncio.sleep(0.05)
+        async def stepped() -> bool:
+            return (await workers[0].stats())["steps"] >= 20
+
+        await eventually(stepped, timeout=30, interval=0.05, what="20 all-reduce steps")
         await workers[1].stop()  # only one of them: the other must not be left alone in the collective
         stats = await disto.within(disto.collect(runs), 20.0)
         assert stats[0]["steps"] == stats[1]["steps"] > 20

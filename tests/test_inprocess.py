@@ -328,3 +328,42 @@ async def test_unpicklable_result_fails_with_serialization_error() -> None:
         ref = await spawn(a, b, Leaky)
         with pytest.raises(disto.SerializationError):
             await ref.lock()
+
+
+class Hooked(disto.Actor):
+    def __init__(self) -> None:
+        self.starts = 0
+
+    async def on_start(self) -> None:
+        self.starts += 1
+
+    async def on_stop(self) -> None:
+        pass
+
+    def starts_seen(self) -> int:
+        return self.starts
+
+
+async def test_lifecycle_hooks_are_not_remotely_callable() -> None:
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Hooked)
+        for hook in ("on_start", "on_stop"):
+            with pytest.raises(AttributeError, match="no public method"):
+                await ref[hook]()
+        assert await ref.starts_seen() == 1  # ran once, by the node, and never again by a caller
+
+
+async def test_a_class_that_is_not_an_actor_is_refused_before_a_round_trip() -> None:
+    class Plain:
+        pass
+
+    async with nodes(2) as (a, b):
+        handle = disto.NodeHandle({"node_id": b.node_id, "address": b.address}, a)
+        for bad, what in ((Plain, "add disto.Actor to its bases"), (Counter(), "Counter"), (len, "builtin")):
+            with pytest.raises(TypeError, match=what):
+                handle.spawn(bad)  # raised by the call itself: nothing was sent
+        with pytest.raises(ValueError, match="name"):
+            handle.spawn(Counter, name="")
+        with pytest.raises(ValueError, match="max_restarts"):
+            handle.spawn(Counter, max_restarts=-1)
+        assert await handle.spawn(Counter, 1)  # a real actor class still goes through

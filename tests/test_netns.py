@@ -13,9 +13,8 @@ import pytest
 
 import disto
 from actors import Worker
+from helpers import HERE, TOKEN, eventually
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOKEN = "netns-test-token-0123456789abcdef"
 NET = "10.213.0"  # only inside the namespaces this test creates
 BRIDGE = "brdisto"
 HOSTS = 4
@@ -160,11 +159,11 @@ async def test_partitioned_node_is_lost_within_the_bound_and_the_rest_keeps_work
         print(f"\npartition: node 3's 100 pending calls failed after {lost_after:.2f} s; among the other three "
               f"nodes, one flow alone before: {before:,.0f} calls/s; three flows during: {sum(during):,.0f} calls/s")
         # healed: node 3 joins the seed again and its actors answer again
-        for _ in range(150):
+        async def answers() -> bool:
             try:
                 await cut.pid()
-                break
+                return True
             except (disto.ActorDeadError, disto.NodeLostError):
-                await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("node 3 did not come back after the link came up")
+                return False
+
+        await eventually(answers, timeout=15, interval=0.1, what="node 3 to come back after the link came up")

@@ -1,7 +1,6 @@
 """Same-host transfers through shared memory: placement, value and reference semantics, leases, cleanup."""
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 
@@ -13,9 +12,8 @@ import disto
 from disto.memory import janitor
 from disto.memory.segments import PREFIX
 from disto.serialization import Route, ShmExporter, ShmImporter, route
-from helpers import nodes, spawn
+from helpers import MB, eventually, nodes, spawn
 
-MB = 1 << 20
 
 
 @pytest.mark.parametrize("facts,mode,expected", [
@@ -72,6 +70,40 @@ def test_exporter_reuses_released_segments_and_cleans_up() -> None:
     assert disto_segments() == before
 
 
+def test_one_segment_primitive_one_naming_scheme(tmp_path) -> None:
+    from disto.memory import Segment, SegmentPool, is_segment_name, segment_name
+
+    a, b = segment_name("buf"), segment_name("search")
+    assert a.startswith(f"{PREFIX}{os.getpid()}-buf-") and is_segment_name(a) and is_segment_name(b, "search")
+    assert int(b.rsplit("-", 1)[1]) > int(a.rsplit("-", 1)[1])  # one counter per process: never reused
+    assert not is_segment_name(b, "buf") and not is_segment_name("../etc/passwd") and not is_segment_name("x")
+    with pytest.raises(ValueError):
+        segment_name("Bad-Word")
+    seg = Segment.create("search", 1000, directory=str(tmp_path))
+    assert (os.stat(seg.path).st_mode & 0o777) == 0o600 and seg.size == 1000
+    seg.array(64, np.float32, (2, 3))[:] = 7
+    other = Segment.open(seg.name, str(tmp_path), purpose="search")  # another process would do the same
+    assert (other.array(64, np.float32, (2, 3)) == 7).all()
+    for bad in ((3, np.float32, (1,)), (992, np.float32, (3,)), (-8, np.int64, (1,))):  # misaligned, past the end
+        with pytest.raises(ValueError):
+            other.array(*bad)
+    with pytest.raises(ValueError, match="not a disto buf segment"):
+        Segment.open(seg.name, str(tmp_path), purpose="buf")
+    other.discard()
+    seg.discard()
+    assert not os.path.exists(seg.path)
+    pool = SegmentPool("buf", min_size=4096, max_free=2, directory=str(tmp_path))
+    s1, s2, s3 = pool.take(5000), pool.take(100), pool.take(100)
+    assert (s1.size, s2.size) == (8192, 4096)  # powers of two, at least min_size
+    for s_ in (s1, s2, s3):
+        pool.give(s_)
+    assert pool.free == [s2, s3] and not os.path.exists(s1.path)  # beyond max_free: the oldest goes
+    assert pool.take(10) is s2 and pool.created == 3  # best fit, reused
+    pool.close()
+    s2.discard()
+    assert os.listdir(tmp_path) == []
+
+
 def test_janitor_removes_segments_of_dead_processes(tmp_path) -> None:
     dead = tmp_path / f"{PREFIX}999999999-x-1"
     dead.write_bytes(b"x")
@@ -111,14 +143,6 @@ class Keeper(disto.Actor):
         return x
 
 
-async def settle(pred, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 async def test_value_semantics_and_block_reuse() -> None:
     async with nodes(2) as (a, b):
         k = await spawn(a, b, Keeper)
@@ -129,7 +153,7 @@ async def test_value_semantics_and_block_reuse() -> None:
         stats = a.buffers.exporter.stats()
         assert stats["copies"] == 1 and stats["leased"] == 1
         await k.drop()
-        await settle(lambda: a.buffers.exporter.stats()["leased"] == 0)  # RELEASE came back
+        await eventually(lambda: a.buffers.exporter.stats()["leased"] == 0)  # RELEASE came back
         assert await k.keep(x) == 2 * MB
         assert a.buffers.exporter.stats()["segments"] == 1  # the released segment was reused
 
@@ -143,7 +167,7 @@ async def test_replies_use_shared_memory_too() -> None:
         assert b.buffers.exporter.stats()["copies"] == 1  # the reply went b -> a through b's pool
         del back
         gc.collect()
-        await settle(lambda: b.buffers.exporter.stats()["leased"] == 0)
+        await eventually(lambda: b.buffers.exporter.stats()["leased"] == 0)
 
 
 async def test_shared_tensors_travel_by_reference() -> None:

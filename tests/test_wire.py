@@ -379,3 +379,42 @@ def test_fast_decoders_accept_fields_in_any_order() -> None:
         decode_call(missing, 0, len(missing))
     wrong_type = struct.pack("!bhi", 8, 1, 5) + b"\0"  # call_id as i32: not ours to judge
     assert decode_call(wrong_type, 0, len(wrong_type)) is None
+
+
+# ---------------------------------------------------------------------- the handshake's table, typed events
+def test_the_handshake_is_its_transition_table() -> None:
+    from disto.wire.handshake import TRANSITIONS, Step
+
+    assert TRANSITIONS == {(Step.AWAIT_HELLO, Kind.HELLO): Step.AWAIT_AUTH,
+                           (Step.AWAIT_WELCOME, Kind.WELCOME): Step.DONE,
+                           (Step.AWAIT_AUTH, Kind.AUTH): Step.DONE}
+    # a listener past HELLO wants AUTH: a second HELLO is refused
+    a, b = make_pair()
+    hello = a.data_to_send()
+    b.receive_data(hello[0])
+    assert b.next_event() is NEED_DATA and b._handshake.step is Step.AWAIT_AUTH
+    b.receive_data(hello[0])
+    with pytest.raises(AuthenticationError, match="expected AUTH during the handshake, got HELLO"):
+        b.next_event()
+    # a dialer wants WELCOME and nothing else
+    a, b = make_pair()
+    a.data_to_send()
+    body = encode(T.Auth(proof=b"\0" * 32))
+    a.receive_data(HEADER.pack(len(body), 1, Kind.AUTH, 0, 0) + body)
+    with pytest.raises(AuthenticationError, match="expected WELCOME"):
+        a.next_event()
+
+
+def test_events_have_one_type_per_kind_and_the_sentinels_mean_one_thing_each() -> None:
+    from disto.wire import Call, Cancel, Goodbye, Heartbeat, Release, Reply
+
+    a, b = make_pair()
+    handshake(a, b)
+    assert b.next_event() is NEED_DATA
+    frames = [*a.send_call(1, 16, "m", b"\x80\x05N."), *a.send_reply(1, b"\x80\x05N."),
+              *a.send(Kind.CANCEL, T.Cancel(call_id=1)), *a.send(Kind.HEARTBEAT, T.Heartbeat(seq=1)),
+              *a.send(Kind.RELEASE, T.Release(buffers=[])), *a.send(Kind.GOODBYE, T.Goodbye(reason="bye"))]
+    events = feed(b, frames)
+    assert [type(e) for e in events] == [Call, Reply, Cancel, Heartbeat, Release, Goodbye]
+    assert events[0].body.method == "m" and events[-1].body.reason == "bye"
+    assert b.next_event() is CLOSED  # after GOODBYE, and ever after

@@ -7,8 +7,9 @@ and the lost addresses to probe again. Two rules beyond the plain failure detect
 - **Stall compensation.** If the tick itself comes late (our own event loop was blocked: a long synchronous
   method, a slow import), what the peers sent is still unread in our sockets, so their silence is ours: every
   peer counts as heard now instead of being declared lost.
-- **Probing with backoff.** An address declared lost is dialled again, first after 1 s, then less and less
-  often (at most every 10 s); once it answers the handshake (:meth:`LivenessMonitor.back`) it is no longer lost,
+- **Probing with backoff.** An address declared lost is dialled again, less and less often: the wait between
+  probes is 1 s plus a quarter of the time it has been lost (so the first probe comes 4/3 s after), at most 10 s.
+  Once it answers the handshake, or is a member again (:meth:`LivenessMonitor.back`), it is no longer lost,
   whatever order the membership news arrives in.
 """
 from __future__ import annotations
