@@ -79,6 +79,7 @@ class Node:
         self._outbound = OutboundCalls(here, self._peers, self.buffers, self._inbound.call_local,
                                        self._liveness.is_lost, cfg.max_inflight)
         self._membership: Membership | None = None
+        self.call = self._outbound.call  # type: ignore[method-assign]  # the hot path: skip a frame
         self._handlers: dict[type, Callable[[Channel, Any], None]] = {
             Call: self._inbound.on_call, Reply: self._outbound.on_reply, Failure: self._outbound.on_failure,
             Cancel: self._inbound.on_cancel, Release: self.buffers.on_release, Heartbeat: _ignore,
@@ -200,7 +201,8 @@ class Node:
 
     # ---------------------------------------------------------------- actors and calls
     def call(self, ref: ActorRef, method: str, args: tuple, kwargs: dict, oneway: bool = False) -> Future:
-        """Call ``method`` of the actor ``ref`` (what ``ref.method(...)`` does)."""
+        """Call ``method`` of the actor ``ref`` (what ``ref.method(...)`` does). (Replaced per instance by the
+        outbound part's own method.)"""
         return self._outbound.call(ref, method, args, kwargs, oneway)
 
     async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,

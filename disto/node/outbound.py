@@ -124,18 +124,24 @@ class OutboundCalls:
 
     # ------------------------------------------------------------------ answers
     def _answered(self, ch: Channel, call_id: int) -> Future | None:
+        """The future waiting for ``call_id`` (None if it was cancelled, or the id is stale); the window moves."""
         table = self.tables.get(ch)
         if table is None:
             return None
         fut = table.pending.pop(call_id, None)
         if table.waiting:
             self.drain(ch)
-        return None if fut is None or fut.done() else fut  # else cancelled, or a stale id
+        return None if fut is None or fut.done() else fut
 
     def on_reply(self, ch: Channel, ev: Reply) -> None:
         body = ev.body
-        fut = self._answered(ch, body.call_id)
-        if fut is None:
+        table = self.tables.get(ch)  # _answered, inlined: this is the hot path
+        if table is None:
+            return
+        fut = table.pending.pop(body.call_id, None)
+        if table.waiting:
+            self.drain(ch)
+        if fut is None or fut.done():
             return
         try:
             stream, bufs = payload_of(body, ev.buffers)
