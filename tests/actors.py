@@ -48,6 +48,9 @@ class Worker(disto.Actor):
     def crash(self) -> None:
         os._exit(3)
 
+    def text(self, n: int) -> str:
+        return "x" * n
+
 
 class Concurrent(Worker):
     max_concurrency = 1000

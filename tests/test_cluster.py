@@ -102,6 +102,19 @@ async def test_kill_9_fails_every_pending_call_fast() -> None:
 
 
 @pytest.mark.loops("uvloop")
+async def test_a_return_value_over_max_body_travels_and_other_calls_are_unharmed() -> None:
+    async with disto.LocalCluster(nodes=1, env=ENV) as cluster:
+        w = await cluster.spawn(Worker)
+        c = await cluster.spawn(Concurrent)
+        pending = [c.wait(i) for i in range(20)]  # another actor's calls, in flight on the same connection
+        assert await w.pid() == cluster.nodes[0].pid
+        for _ in range(2):
+            assert len(await w.text(24 << 20)) == 24 << 20  # 24 MB: over max_body (16 MB)
+        await c.release()
+        assert await disto.collect(pending) == list(range(20))
+
+
+@pytest.mark.loops("uvloop")
 async def test_actor_that_kills_its_process_fails_the_call() -> None:
     async with disto.LocalCluster(nodes=1, env=ENV) as cluster:
         w = await cluster.spawn(Worker)

@@ -367,3 +367,34 @@ async def test_a_class_that_is_not_an_actor_is_refused_before_a_round_trip() -> 
         with pytest.raises(ValueError, match="max_restarts"):
             handle.spawn(Counter, max_restarts=-1)
         assert await handle.spawn(Counter, 1)  # a real actor class still goes through
+
+
+class Big(disto.Actor):
+    def text(self, n: int) -> str:
+        return "x" * n
+
+    def size(self, s: str) -> int:
+        return len(s)
+
+
+async def test_values_of_any_size_travel_and_only_an_oversized_call_fails() -> None:
+    n = 20 << 20  # a 20 MB str: over max_body, so it goes out of band
+    async with nodes(2, config=disto.NodeConfig(max_frame=64 << 20)) as (a, b):
+        big = await spawn(a, b, Big)
+        other = await spawn(a, b, Concurrent)
+        waiting = [other.wait(i) for i in range(10)]  # calls to another actor on that node, in flight meanwhile
+        assert await big.size("y" * n) == n            # as an argument
+        assert await big.text(n) == "x" * n            # as a return value
+        with disto.transfer("tcp"):
+            assert await big.size("z" * n) == n        # and over the socket, not shared memory
+        # beyond the frame limit: that one call fails, naming the limit and the setting; nothing else does
+        with disto.transfer("tcp"):
+            with pytest.raises(disto.SerializationError, match="max_frame"):
+                await big.size("w" * (80 << 20))
+            with pytest.raises(disto.SerializationError, match="max_frame"):
+                await big.text(80 << 20)
+        assert not any(f.done() for f in waiting)
+        await spawn(a, b, Counter)
+        instance(b, other).event.set()
+        assert await disto.collect(waiting) == list(range(10))  # the connection carried on throughout
+        assert await big.size("ok") == 2

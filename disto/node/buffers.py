@@ -8,7 +8,7 @@ import functools
 import sys
 from typing import Any, Callable
 
-from ..errors import SerializationError
+from ..errors import LocalProtocolError, SerializationError
 from ..serialization import Route, ShmExporter, ShmImporter, buffer_address, dumps, dumps_for, route
 from ..serialization import pickler
 from ..transport import Channel
@@ -17,6 +17,20 @@ from ..wire import BufferKind, Kind, Release, T
 INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not through a Thrift field
 CUDA_COLLECT_EVERY = 1.0      # seconds between torch.cuda.ipc_collect() calls once CUDA IPC was used
 _DESC = T.BufferDesc
+
+
+def scalar_payload(stream: bytes) -> tuple[bytes, list, bool]:
+    """A pickle stream made by the scalar fast path, as (stream, buffers, out of band): out of band when large
+    (a 100 MB str travels like an array does)."""
+    if len(stream) > INLINE_PAYLOAD_MAX:
+        return stream, [memoryview(stream)], True
+    return stream, [], False
+
+
+def too_large(e: LocalProtocolError, max_frame: int) -> SerializationError:
+    """What a call gets when its value does not fit in one frame (the connection is not affected)."""
+    return SerializationError(f"the value is too large to send ({e}); the limit is NodeConfig.max_frame = "
+                              f"{max_frame} bytes, which must be raised on every node")
 
 
 class BufferRouter:

@@ -18,6 +18,13 @@ from ..serialization import dumps, loads
 from ..wire import FailureKind, T
 
 INLINE_ERROR_MAX = 1 << 20  # a pickled exception larger than this travels as text only
+TEXT_MAX = 64 << 10         # the message and traceback text of a failure are cut to this many characters
+
+
+def _cut(text: str) -> str:
+    if len(text) <= TEXT_MAX:
+        return text
+    return text[:TEXT_MAX // 2] + f"\n... [{len(text) - TEXT_MAX} characters cut] ...\n" + text[-TEXT_MAX // 2:]
 
 
 def is_runtime(exc: BaseException, tb: str) -> bool:
@@ -46,8 +53,8 @@ def failure_body(call_id: int, kind: int, exc: BaseException, tb: str, actor: st
         except SerializationError:
             pass
     msg = str(exc) if not isinstance(exc, ActorNotFoundError) else exc.args[0] if exc.args else ""
-    return T.Failure(call_id=call_id, kind=kind, type_name=describe_exception(exc), message=msg, traceback=tb,
-                     actor=actor, method=method, node=node, error=pickled)
+    return T.Failure(call_id=call_id, kind=kind, type_name=describe_exception(exc), message=_cut(msg),
+                     traceback=_cut(tb), actor=actor, method=method, node=node, error=pickled)
 
 
 def lookup_class(type_name: str | None) -> type[BaseException] | None:

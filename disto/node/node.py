@@ -72,12 +72,12 @@ class Node:
         self._peers = Peers(here, self._token, cfg, self)
         self.buffers = BufferRouter(transfer=cfg.transfer, shm_min=cfg.shm_min, shm_pool_bytes=cfg.shm_pool_bytes,
                                     loop=lambda: self.loop)
-        self._replies = Replies(here, self.buffers)
+        self._replies = Replies(here, self.buffers, cfg.max_frame)
         self._actors = ActorTable(here, self._replies, self)
         self._inbound = InboundCalls(here, self._actors, self._replies, self.buffers, self)
         self._liveness = Liveness(cfg, self._peers)
         self._outbound = OutboundCalls(here, self._peers, self.buffers, self._inbound.call_local,
-                                       self._liveness.is_lost, cfg.max_inflight)
+                                       self._liveness.is_lost, cfg.max_inflight, cfg.max_frame)
         self._membership: Membership | None = None
         self.call = self._outbound.call  # type: ignore[method-assign]  # the hot path: skip a frame
         self._handlers: dict[type, Callable[[Channel, Any], None]] = {

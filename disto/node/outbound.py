@@ -13,12 +13,13 @@ from collections import deque
 from typing import Callable
 
 from ..actor import FIRST_USER_ACTOR_ID, ActorRef
-from ..errors import ActorDeadError, AuthenticationError, ClosedError, DistoError, NodeLostError, SerializationError
+from ..errors import (ActorDeadError, AuthenticationError, ClosedError, DistoError, LocalProtocolError, NodeLostError,
+                      SerializationError)
 from ..futures import Future
 from ..serialization import loads
 from ..transport import Channel
 from ..wire import Failure, Reply
-from .buffers import BufferRouter
+from .buffers import BufferRouter, scalar_payload, too_large
 from .config import Here, transfer_mode
 from .failures import exception_from
 from .inbound import failed, payload_of
@@ -51,13 +52,14 @@ class CallTable:
 
 class OutboundCalls:
     def __init__(self, here: Here, peers: Peers, buffers: BufferRouter, local: LocalCall,
-                 is_lost: Callable[[str], bool], max_inflight: int) -> None:
+                 is_lost: Callable[[str], bool], max_inflight: int, max_frame: int) -> None:
         self._here = here
         self._peers = peers
         self._buffers = buffers
         self._local = local
         self._is_lost = is_lost
         self.max_inflight = max_inflight
+        self.max_frame = max_frame
         self.tables: dict[Channel, CallTable] = {}
         self.loop: asyncio.AbstractEventLoop | None = None  # the node's, once started
 
@@ -86,29 +88,32 @@ class OutboundCalls:
 
     def _send(self, ch: Channel, table: CallTable, call: tuple, fut: Future, oneway: bool) -> None:
         ref, method, args, kwargs, mode = call
-        if not kwargs and _scalars(args):
-            stream, bufs, oob = _pickle_dumps((args, kwargs), 5), (), False
-        else:
-            try:
+        try:
+            if not kwargs and _scalars(args):
+                stream, bufs, oob = scalar_payload(_pickle_dumps((args, kwargs), 5))
+            else:
                 stream, bufs, oob = self._buffers.serialize(ch, (args, kwargs), mode)
-            except SerializationError as e:
-                failed(fut, e, oneway)
-                return
-        if oob:
-            stream = None
-        node_id = ref.node_id or None
+        except SerializationError as e:
+            failed(fut, e, oneway)
+            return
+        cid = 0 if oneway else table.next_id
+        try:
+            frames = ch.conn.send_call(cid, ref.actor_id, method, None if oob else stream, bufs, oob,
+                                       ref.node_id or None) if ch.can_send() else None
+        except LocalProtocolError as e:  # larger than a frame may be: this call fails, the connection is fine
+            failed(fut, too_large(e, self.max_frame), oneway)
+            return
         if oneway:
-            if ch.can_send():
-                ch.write(ch.conn.send_call(0, ref.actor_id, method, stream, bufs, oob, node_id))
+            if frames is not None:
+                ch.write(frames)
             fut.set_result(None)
             return
-        cid = table.next_id
         table.next_id = cid + 1
         table.pending[cid] = fut
         fut._on_cancel = ch.send_cancel  # its pending entry stays until the peer answers: the window counts it
         fut._cancel_arg = cid
-        if ch.can_send():
-            ch.write(ch.conn.send_call(cid, ref.actor_id, method, stream, bufs, oob, node_id))
+        if frames is not None:
+            ch.write(frames)
 
     def drain(self, ch: Channel) -> None:
         """Send queued calls while the window has room."""

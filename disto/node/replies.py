@@ -8,10 +8,10 @@ import pickle
 from typing import Any
 
 from ..actor import CallItem
-from ..errors import SerializationError
+from ..errors import LocalProtocolError, SerializationError
 from ..transport import Channel
 from ..wire import FailureKind, Kind
-from .buffers import BufferRouter
+from .buffers import BufferRouter, scalar_payload, too_large
 from .config import Here
 from .failures import failure_body, failure_kind, local_exception
 
@@ -22,9 +22,10 @@ _pickle_dumps = pickle.dumps
 
 
 class Replies:
-    def __init__(self, here: Here, buffers: BufferRouter) -> None:
+    def __init__(self, here: Here, buffers: BufferRouter, max_frame: int) -> None:
         self._here = here
         self._buffers = buffers
+        self._max_frame = max_frame
 
     def reply(self, item: CallItem, value: Any) -> None:
         ch = item.ch
@@ -36,15 +37,17 @@ class Replies:
         ch.call_finished()
         if item.call_id == 0 or not ch.can_send():
             return
-        if type(value) in SCALAR_TYPES:
-            ch.write(ch.conn.send_reply(item.call_id, _pickle_dumps(value, 5)))
-            return
         try:
-            stream, bufs, oob = self._buffers.serialize(ch, value, None)
-        except SerializationError as e:
-            self.send_failure(ch, item.call_id, FailureKind.SERIALIZATION, e, "", None, item.method)
+            if type(value) in SCALAR_TYPES:
+                stream, bufs, oob = scalar_payload(_pickle_dumps(value, 5))
+            else:
+                stream, bufs, oob = self._buffers.serialize(ch, value, None)
+            frames = ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob)
+        except (SerializationError, LocalProtocolError) as e:
+            err = e if isinstance(e, SerializationError) else too_large(e, self._max_frame)
+            self.send_failure(ch, item.call_id, FailureKind.SERIALIZATION, err, "", None, item.method)
             return
-        ch.write(ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob))
+        ch.write(frames)
 
     def fail(self, item: CallItem, exc: BaseException, tb: str, label: str) -> None:
         ch = item.ch
