@@ -6,6 +6,8 @@ Exceptions cross the wire, so each class keeps its fields in ``__dict__`` and pi
 from __future__ import annotations
 
 import builtins
+import os
+import traceback
 from typing import Any
 
 
@@ -83,11 +85,20 @@ class TimeoutError(DistoError, builtins.TimeoutError):  # noqa: A001 - deliberat
 class RemoteError(ActorError):
     """A remote method raised.
 
-    Fields: ``type_name`` ("module.QualName" of the remote exception), ``message``, ``remote_traceback`` (text),
-    ``actor``, ``method``, ``node`` and ``cause`` (the original exception object when it could be unpickled here,
-    else None). When the original class is importable here, the raised object is also an instance of it, so
-    ``except ValueError`` catches a remote ``ValueError``.
+    When the original exception's class exists on the caller's side (it is importable, or its module was shipped),
+    the raised object is an instance of a subclass of both that class and RemoteError, named like the original:
+    ``except OutOfStock`` catches it, its ``args``, ``str()`` and fields (``e.item``) are the original's, through
+    any number of actor hops. Each hop's remote traceback is added as an exception note, so it is shown when the
+    exception is printed.
+
+    Fields of disto's own (the original's fields of the same name win): ``type_name`` ("module.QualName" of the
+    remote exception), ``message`` (its str), ``remote_traceback`` (the last hop's, as text), ``actor``,
+    ``method``, ``node`` (where it was raised), ``cause`` (the original exception object, None for a stand-in)
+    and ``stand_in`` (True when the original could not be sent here: it did not pickle or unpickle; type name,
+    message and traceback still arrive).
     """
+
+    _FIELDS = ("type_name", "message", "remote_traceback", "actor", "method", "node", "cause", "stand_in")
 
     def __init__(
         self,
@@ -98,10 +109,11 @@ class RemoteError(ActorError):
         method: str | None = None,
         node: str | None = None,
         cause: BaseException | None = None,
+        stand_in: bool = False,
     ) -> None:
         # No super().__init__: in the dynamic subclasses the next class in the MRO is the original exception,
         # whose __init__ may want other arguments (UnicodeDecodeError takes five).
-        self.args = (f"{type_name}: {message}",)
+        self.args = (message,)
         self.actor = actor
         self.node = node
         self.type_name = type_name
@@ -109,13 +121,10 @@ class RemoteError(ActorError):
         self.remote_traceback = remote_traceback
         self.method = method
         self.cause = cause
+        self.stand_in = stand_in
 
     def __str__(self) -> str:
-        where = f"{self.actor}.{self.method}" if self.actor else (self.method or "?")
-        text = f"{self.type_name}: {self.message} (in {where} on {self.node})"
-        if self.remote_traceback:
-            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
-        return text
+        return self.message if type(self) is RemoteError else super().__str__()
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = dict(self.__dict__)
@@ -132,7 +141,8 @@ def _remote_base(cls: type[RemoteError]) -> type[BaseException] | None:
 
 
 def remote_error_class(original: type[BaseException] | None) -> type[RemoteError]:
-    """A subclass of both RemoteError and ``original`` (cached), or RemoteError when they cannot be combined."""
+    """A subclass of both RemoteError and ``original`` (cached) that prints as ``original`` does, or RemoteError
+    when they cannot be combined."""
     if (original is None or not issubclass(original, Exception) or issubclass(original, RemoteError)
             or issubclass(original, (StopIteration, StopAsyncIteration))):  # these change generator semantics
         return RemoteError
@@ -140,10 +150,11 @@ def remote_error_class(original: type[BaseException] | None) -> type[RemoteError
     if cls is None:
         try:
             cls = type(
-                f"Remote{original.__name__}",
+                original.__name__,
                 (RemoteError, original),
-                {"_disto_original": original, "__module__": __name__,
-                 "__init__": RemoteError.__init__, "__str__": RemoteError.__str__,
+                {"_disto_original": original, "__module__": original.__module__,
+                 "__qualname__": original.__qualname__, "__doc__": original.__doc__,
+                 "__init__": RemoteError.__init__, "__str__": original.__str__, "__repr__": original.__repr__,
                  "__reduce__": RemoteError.__reduce__},
             )
         except TypeError:  # layout conflict (a C exception with its own struct) or a final class
@@ -154,7 +165,7 @@ def remote_error_class(original: type[BaseException] | None) -> type[RemoteError
 
 def _rebuild_remote(original: type[BaseException] | None, args: tuple[Any, ...], state: dict[str, Any]) -> RemoteError:
     cls = remote_error_class(original)
-    exc = cls.__new__(cls)
+    exc = cls.__new__(cls, *args) if cls is not RemoteError else cls.__new__(cls)
     exc.args = args
     exc.__dict__.update(state)
     return exc
@@ -176,8 +187,58 @@ def make_remote_error(
     method: str | None = None,
     node: str | None = None,
     cause: BaseException | None = None,
+    stand_in: bool = False,
 ) -> RemoteError:
+    """The exception a caller gets for one hop. ``cause`` is the exception as it arrived from the callee (the
+    original, or a RemoteError of an earlier hop): its args, fields and notes carry over, and this hop's
+    traceback is added as a note."""
     cls = remote_error_class(original)
-    exc = cls.__new__(cls)
-    RemoteError.__init__(exc, type_name, message, remote_traceback, actor, method, node, cause)
+    root = cause.cause if isinstance(cause, RemoteError) else cause
+    try:
+        exc = cls.__new__(cls, *cause.args) if cause is not None and cls is not RemoteError else cls.__new__(cls)
+    except TypeError:
+        exc = cls.__new__(cls)
+    RemoteError.__init__(exc, type_name, message, remote_traceback, actor, method, node, root, stand_in)
+    notes: list[str] = []
+    if cause is not None:
+        exc.args = cause.args
+        inherited = dict(cause.__dict__)
+        if isinstance(cause, RemoteError):
+            for k in RemoteError._FIELDS:  # this hop's say where it was raised
+                inherited.pop(k, None)
+        notes = list(inherited.pop("__notes__", None) or ())
+        exc.__dict__.update(inherited)  # the original's fields, even where they share a name with disto's
+    where = f"{actor}.{method}" if actor else (method or "?")
+    if stand_in:
+        notes.append(f"(disto: a stand-in for the remote {type_name}, which could not be sent here; raised in "
+                     f"{where} on {node})")
+    if remote_traceback:
+        notes.append(f"Remote traceback, in {where} on {node}:\n{remote_traceback.rstrip()}")
+    if notes:
+        exc.__notes__ = notes
     return exc
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_LIBRARIES = tuple(_PACKAGE + sub + os.sep for sub in ("easgd", "search"))  # built on disto: their frames stay
+
+
+def _internal(filename: str) -> bool:
+    return filename.startswith(_PACKAGE) and not filename.startswith(_LIBRARIES)
+
+
+def format_remote_traceback(exc: BaseException) -> str:
+    """The traceback text a caller is sent: the method's own frames (disto's internal ones trimmed), source lines
+    where the source exists, chained exceptions, but not the exception's notes (earlier hops carry their own)."""
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
+    _trim(te)
+    te.__notes__ = None  # type: ignore[assignment]
+    return "".join(te.format())
+
+
+def _trim(te: traceback.TracebackException) -> None:
+    frames = [f for f in te.stack if not _internal(f.filename or "")]
+    te.stack = traceback.StackSummary.from_list(frames)
+    for chained in (te.__cause__, te.__context__):
+        if chained is not None:
+            _trim(chained)

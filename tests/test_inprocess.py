@@ -153,7 +153,48 @@ async def test_unpicklable_exception_still_arrives() -> None:
         ref = await spawn(a, b, Thrower)
         with pytest.raises(disto.RemoteError) as info:
             await ref.go()
-        assert "Weird" in info.value.type_name and info.value.message == "odd" and info.value.cause is None
+        e = info.value
+        assert "Weird" in e.type_name and e.message == "odd" and str(e) == "odd" and e.cause is None
+        assert e.stand_in and type(e) is disto.RemoteError  # (a class local to a function cannot be looked up)
+        notes = "\n".join(e.__notes__)
+        assert "a stand-in for the remote" in notes and "could not be sent" in notes and 'raise Weird("odd")' in notes
+
+
+class OutOfStock(Exception):
+    def __init__(self, item: str, wanted: int) -> None:
+        super().__init__(f"only 3 of {item} left, {wanted} wanted")
+        self.item = item
+        self.wanted = wanted
+
+
+class Store(disto.Actor):
+    def take(self, item: str, wanted: int) -> None:
+        raise OutOfStock(item, wanted)
+
+
+class Shop(disto.Actor):
+    async def buy(self, store: disto.ActorRef, item: str, wanted: int) -> None:
+        await store.take(item, wanted)
+
+
+async def test_a_custom_exception_arrives_as_itself_through_two_hops() -> None:
+    async with nodes(3) as (a, b, c):
+        store = await spawn(a, c, Store)
+        shop = await spawn(a, b, Shop)
+        with pytest.raises(OutOfStock) as info:
+            await shop.buy(store, "widget", 5)  # a -> b -> c raises
+        e = info.value
+        assert e.args == ("only 3 of widget left, 5 wanted",) and str(e) == "only 3 of widget left, 5 wanted"
+        assert (e.item, e.wanted) == ("widget", 5) and isinstance(e, disto.RemoteError)
+        assert e.node == b.address and e.method == "buy" and type(e.cause) is OutOfStock
+        hop_c, hop_b = e.__notes__
+        assert f"on {c.address}" in hop_c and "raise OutOfStock(item, wanted)" in hop_c and "test_inprocess.py" in hop_c
+        assert f"on {b.address}" in hop_b and "await store.take(item, wanted)" in hop_b
+        assert "disto/node" not in hop_b + hop_c and "mailbox.py" not in hop_b + hop_c  # disto's frames trimmed
+        local = await a.spawn_local(Store)
+        with pytest.raises(OutOfStock) as info:
+            await local.take("gadget", 1)  # a local call: the same shape
+        assert info.value.item == "gadget" and "raise OutOfStock" in info.value.__notes__[0]
 
 
 async def test_unknown_method_private_method_unknown_actor() -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import ActorDeadError, RemoteError
+from ..errors import ActorDeadError, RemoteError, format_remote_traceback
 
 if TYPE_CHECKING:
     from ..transport import Channel
@@ -87,7 +86,7 @@ class Mailbox:
             result = getattr(self.instance, attr)(*item.args, **item.kwargs)
         except BaseException as e:  # noqa: BLE001 - every error goes back to the caller
             self.running -= 1
-            self._fail(item, e, _user_traceback(e))
+            self._fail(item, e, format_remote_traceback(e))
             if not isinstance(e, Exception):
                 raise
             return
@@ -109,7 +108,7 @@ class Mailbox:
             else:
                 self._fail(item, e, "")
         except Exception as e:  # noqa: BLE001
-            self._fail(item, e, _user_traceback(e))
+            self._fail(item, e, format_remote_traceback(e))
         else:
             self._reply(item, result)
         finally:
@@ -140,14 +139,6 @@ class Mailbox:
         for item in list(self.running_items):
             if item.task is not None:
                 item.task.cancel()
-
-
-def _user_traceback(exc: BaseException) -> str:
-    """The traceback text without the mailbox's own frame (the user's code starts one frame down)."""
-    tb = exc.__traceback__
-    if tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def describe_exception(exc: BaseException) -> str:

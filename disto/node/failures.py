@@ -48,10 +48,11 @@ def failure_body(call_id: int, kind: int, exc: BaseException, tb: str, actor: st
     if kind == FailureKind.REMOTE:
         try:
             stream, bufs = dumps(exc)
-            if not bufs and len(stream) <= INLINE_ERROR_MAX:
-                pickled = stream
-        except SerializationError:
-            pass
+            if bufs or len(stream) > INLINE_ERROR_MAX:
+                raise SerializationError(f"it pickles to more than {INLINE_ERROR_MAX} bytes")
+            pickled = stream
+        except SerializationError as e:  # the caller gets a stand-in; say why
+            tb = f"{tb.rstrip()}\n(disto: the exception itself could not be sent: {e})\n"
     msg = str(exc) if not isinstance(exc, ActorNotFoundError) else exc.args[0] if exc.args else ""
     return T.Failure(call_id=call_id, kind=kind, type_name=describe_exception(exc), message=_cut(msg),
                      traceback=_cut(tb), actor=actor, method=method, node=node, error=pickled)
@@ -76,16 +77,17 @@ def exception_from(body: Any, default_node: str) -> BaseException:
     node = body.node or default_node
     if kind == FailureKind.REMOTE:
         cause: Any = None
+        tb = body.traceback or ""
         if body.error:
             try:
                 cause = loads(body.error)
-            except SerializationError:
-                cause = None
+            except SerializationError as e:
+                tb = f"{tb.rstrip()}\n(disto: the exception could not be rebuilt here: {e})\n"
         if not isinstance(cause, BaseException):
             cause = None
         original = original_class(cause) if cause is not None else lookup_class(body.type_name)
-        return make_remote_error(original, body.type_name or "Exception", message, body.traceback or "",
-                                 body.actor, body.method, node, cause)
+        return make_remote_error(original, body.type_name or "Exception", message, tb, body.actor, body.method,
+                                 node, cause, stand_in=cause is None)
     if kind == FailureKind.ACTOR_NOT_FOUND:
         return ActorNotFoundError(message, actor=body.actor, node=node)
     if kind == FailureKind.ACTOR_DEAD:

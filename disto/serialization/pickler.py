@@ -13,6 +13,8 @@ import io
 import os
 import pickle
 import sys
+import types
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
@@ -147,7 +149,40 @@ def _reduce_cuda_ipc(t: Any) -> Any:
                                  ) from None
 
 
+def rebuild_exception(cls: type[BaseException], args: tuple, state: dict[str, Any]) -> BaseException:
+    """An exception as it was: its class, ``args`` and fields, without calling its ``__init__`` (whose signature
+    may be anything: ``OutOfStock(item, wanted)`` calling ``super().__init__(message)`` has args (message,))."""
+    try:
+        exc = cls.__new__(cls, *args)
+    except TypeError:
+        exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+def _reduce_exception(exc: BaseException) -> Any:
+    """Exceptions of user classes pickle through their fields, not their constructor (the default reduction
+    calls ``cls(*args)``, which fails for most custom ``__init__`` signatures); builtin ones, and classes with a
+    reduction of their own, keep it."""
+    cls = type(exc)
+    if (cls.__module__ == "builtins" or cls.__reduce_ex__ is not BaseException.__reduce_ex__
+            or cls.__reduce__ is not BaseException.__reduce__ or not hasattr(exc, "__dict__")):
+        return NotImplemented
+    return (rebuild_exception, (cls, exc.args, dict(exc.__dict__)))
+
+
+def _code_reduce(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of code pickled by value, keeping the file name it replaces with "<dynamic-code>"
+    (so a remote traceback through a driver script's class names the script, and shows its lines where the file
+    exists)."""
+    fn, args = cloudpickle.cloudpickle._code_reduce(code)
+    return fn, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
 class _Pickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+
     def __init__(self, *args: Any, same_host: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.same_host = same_host
@@ -167,6 +202,10 @@ class _Pickler(cloudpickle.Pickler):
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(obj, torch.Tensor):
             return _reduce_tensor(obj, self)
+        if isinstance(obj, BaseException):
+            reduced = _reduce_exception(obj)
+            if reduced is not NotImplemented:
+                return reduced
         return super().reducer_override(obj)
 
 
