@@ -412,3 +412,55 @@ def test_udp_heartbeats_reject_forgeries_and_replays() -> None:
     finally:
         for h in (hb, other, wrong):
             h._sock.close()
+
+
+def _user_project(tmp_path) -> tuple[str, dict]:
+    """tests/programs copied to tmp_path/proj, as a researcher's own project: nothing on the nodes' path."""
+    import shutil
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for name in ("myactors.py", "myutils.py"):
+        shutil.copy(os.path.join(HERE, "programs", name), proj / name)
+    shutil.copy(os.path.join(HERE, "programs", "shop_driver.py"), proj / "driver.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DISTO_TOKEN", "DISTO_TOKEN_FILE")}
+    return str(tmp_path), env
+
+
+EXPECTED_SHOP = ["counter 15", "order myutils widget 2 True",
+                 "caught OutOfStock widget 5 ('only 3 of widget left, 5 wanted',)", "notes 2 True True",
+                 "unloadable True True True"]
+
+
+@pytest.mark.timeout(120)
+def test_a_driver_with_its_own_modules_runs_from_another_directory(tmp_path) -> None:
+    cwd, env = _user_project(tmp_path)
+    out = subprocess.run([sys.executable, "proj/driver.py"], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=110)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines() == EXPECTED_SHOP, out.stdout + out.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_driver_with_its_own_modules_joins_a_running_cluster(tmp_path) -> None:
+    cwd, env = _user_project(tmp_path)
+    env["DISTO_TOKEN"] = disto.new_token()
+    nodes = []
+    try:
+        for seed in (None, "x"):
+            args = [sys.executable, "-m", "disto", "node", "start", "--listen", "127.0.0.1:0"]
+            if seed:
+                args += ["--seed", address]
+            # the nodes run elsewhere: neither proj/ nor tests/ is on their path
+            nodes.append(subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd="/"))
+            line = nodes[-1].stdout.readline()
+            if seed is None:
+                address = line.split("listening on ")[1].split(",")[0].split()[0]
+        out = subprocess.run([sys.executable, "proj/driver.py", address], cwd=cwd, env=env, capture_output=True,
+                             text=True, timeout=100)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.splitlines() == EXPECTED_SHOP, out.stdout + out.stderr
+    finally:
+        for p in nodes:
+            p.terminate()
+            p.wait(10)

@@ -124,3 +124,52 @@ def test_pool_trims_free_blocks_beyond_its_budget() -> None:
     for n in (100_000, 200_000, 400_000, 800_000):
         pool.alloc(n)
     assert pool.stats()["bytes"] <= 300_000 + 800_000 + 4096
+
+
+def test_own_modules_are_noted_shipped_with_what_they_import_and_served_from_source(tmp_path) -> None:
+    import importlib
+    import linecache
+    import sys
+
+    from disto.serialization.modules import ShippedModules, closure, shippable
+
+    (tmp_path / "shipkit").mkdir()
+    (tmp_path / "shipkit" / "__init__.py").write_text("")
+    (tmp_path / "shipkit" / "model.py").write_text(
+        "import shiphelp\nfrom shiphelp import scale\n\nclass Net:\n    def run(self):\n        return scale(2)\n")
+    (tmp_path / "shiphelp.py").write_text("def scale(x):\n    return 10 * x\n")
+    sys.path.insert(0, str(tmp_path))
+    names = ("shipkit", "shipkit.model", "shiphelp")
+    try:
+        model = importlib.import_module("shipkit.model")
+        assert shippable("shipkit.model") and not shippable("numpy") and not shippable("disto.node")
+        modules: set = set()
+        dumps(model.Net(), modules)
+        assert modules == {"shipkit.model"}  # noted while pickling (the class goes by reference)
+        sources = closure(modules)
+        assert [s.name for s in sources] == ["shipkit", "shiphelp", "shipkit.model"]  # parents, imports, itself
+        assert sources[0].is_package and "class Net" in sources[2].source
+    finally:
+        sys.path.remove(str(tmp_path))
+        for n in names:
+            sys.modules.pop(n, None)
+    # a process that cannot import them (the path is gone) gets them from the shipped sources
+    finder = ShippedModules()
+    finder.install(sources)
+    sys.meta_path.append(finder)
+    try:
+        (tmp_path / "shiphelp.py").unlink()  # and no file behind them: everything comes from the source sent
+        model = importlib.import_module("shipkit.model")
+        assert model.Net().run() == 20 and model.__spec__.loader is finder
+        assert linecache.getline(model.__file__, 6).strip() == "return scale(2)"  # tracebacks show the lines
+        assert shippable("shipkit.model")  # shipped here: passed on to the next peer
+    finally:
+        sys.meta_path.remove(finder)
+        for n in names:
+            sys.modules.pop(n, None)
+
+
+def test_a_module_that_cannot_be_imported_is_named_with_what_to_do() -> None:
+    stream = b"cnosuchmod\nfn\n."  # a function by reference, in a module that does not exist here
+    with pytest.raises(SerializationError, match=r"module 'nosuchmod' cannot be imported here.*ships its source"):
+        loads(stream)

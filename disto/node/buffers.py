@@ -35,8 +35,10 @@ def too_large(e: LocalProtocolError, max_frame: int) -> SerializationError:
 
 class BufferRouter:
     def __init__(self, *, transfer: str, shm_min: int, shm_pool_bytes: int,
-                 loop: Callable[[], asyncio.AbstractEventLoop | None]) -> None:
+                 loop: Callable[[], asyncio.AbstractEventLoop | None],
+                 ship: Callable[[Channel, set[str]], None]) -> None:
         self.transfer = transfer
+        self._ship = ship  # sends the peer the source of our own modules a payload refers to
         self.shm_min = shm_min
         self.exporter = ShmExporter(max_free_bytes=shm_pool_bytes)
         self.importer = ShmImporter()
@@ -53,12 +55,15 @@ class BufferRouter:
         """Pickle for this channel's peer: (stream, buffers, stream is out of band). Buffers for a peer on this
         host go through shared memory as the placement policy says."""
         mode = mode or self.transfer
+        modules: set[str] = set()
         if ch.same_host and mode != "tcp":
-            stream, bufs, shared = dumps_for(obj, same_host=True)
+            stream, bufs, shared = dumps_for(obj, same_host=True, modules=modules)
             if bufs:
                 bufs = self._export(ch, bufs, shared, mode)
         else:
-            stream, bufs = dumps(obj)
+            stream, bufs = dumps(obj, modules)
+        if modules:
+            self._ship(ch, modules)  # written now: ahead of the frame that needs them
         if len(stream) > INLINE_PAYLOAD_MAX:
             bufs.insert(0, memoryview(stream))
             return stream, bufs, True

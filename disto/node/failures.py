@@ -43,11 +43,12 @@ def failure_kind(exc: BaseException, tb: str) -> int:
 
 
 def failure_body(call_id: int, kind: int, exc: BaseException, tb: str, actor: str | None, method: str | None,
-                 node: str) -> Any:
+                 node: str, modules: set[str] | None = None) -> Any:
+    """The FAILURE message for a call; ``modules`` collects the shippable modules its pickled exception needs."""
     pickled = None
     if kind == FailureKind.REMOTE:
         try:
-            stream, bufs = dumps(exc)
+            stream, bufs = dumps(exc, modules)
             if bufs or len(stream) > INLINE_ERROR_MAX:
                 raise SerializationError(f"it pickles to more than {INLINE_ERROR_MAX} bytes")
             pickled = stream

@@ -63,6 +63,8 @@ class InboundCalls:
             if type(args) is not tuple or type(kwargs) is not dict:
                 raise SerializationError("call arguments must be (tuple, dict)")
         except (SerializationError, ValueError, TypeError) as e:
+            e = SerializationError(f"{e} (unpickling the arguments of {cell.mailbox.label}.{body.method} on node "
+                                   f"{here.address})")
             if body.call_id:
                 self._replies.send_failure(ch, body.call_id, FailureKind.SERIALIZATION, e, "", cell.mailbox.label,
                                            body.method)

@@ -25,13 +25,14 @@ from ..futures import Future
 from ..ids import new_node_id
 from ..memory import janitor
 from ..transport import Channel
-from ..wire import Call, Cancel, Failure, Goodbye, Heartbeat, Message, Release, Reply
+from ..wire import Call, Cancel, Failure, Goodbye, Heartbeat, Message, Modules, Release, Reply
 from .actors import ActorTable
 from .buffers import BufferRouter
 from .config import Here, NodeConfig, normalize_token
 from .inbound import InboundCalls
 from .liveness import Liveness
 from .membership import Membership
+from .modules import ModuleShipper
 from .outbound import OutboundCalls
 from .peers import Peers
 from .registry import Registry
@@ -70,9 +71,10 @@ class Node:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.registry: ActorRef | None = None
         self._peers = Peers(here, self._token, cfg, self)
+        self._modules = ModuleShipper(cfg.max_body)
         self.buffers = BufferRouter(transfer=cfg.transfer, shm_min=cfg.shm_min, shm_pool_bytes=cfg.shm_pool_bytes,
-                                    loop=lambda: self.loop)
-        self._replies = Replies(here, self.buffers, cfg.max_frame)
+                                    loop=lambda: self.loop, ship=self._modules.ship)
+        self._replies = Replies(here, self.buffers, cfg.max_frame, self._modules.ship)
         self._actors = ActorTable(here, self._replies, self)
         self._inbound = InboundCalls(here, self._actors, self._replies, self.buffers, self)
         self._liveness = Liveness(cfg, self._peers)
@@ -83,7 +85,7 @@ class Node:
         self._handlers: dict[type, Callable[[Channel, Any], None]] = {
             Call: self._inbound.on_call, Reply: self._outbound.on_reply, Failure: self._outbound.on_failure,
             Cancel: self._inbound.on_cancel, Release: self.buffers.on_release, Heartbeat: _ignore,
-            Goodbye: self._peers.on_goodbye}
+            Goodbye: self._peers.on_goodbye, Modules: self._modules.on_modules}
 
     @property
     def address(self) -> str:
@@ -103,6 +105,7 @@ class Node:
         if bound is not None:
             self._liveness.start_udp(self._token, self.node_id, *bound)
         janitor()
+        self._modules.start()
         self.spawn_bg(self._liveness.run(also=self.buffers.tick))
         context.node_started(self)
         self._actors.install_system(NodeService(self), SystemActor.NODE_SERVICE)
@@ -182,6 +185,7 @@ class Node:
         if self._membership is not None:
             self._membership.on_channel_lost(ch)
         self.buffers.peer_lost(ch)
+        self._modules.forget(ch)
         self._outbound.fail_all(ch, exc)
         peer = ch.conn.peer
         if peer is not None and ch.ready:

@@ -154,7 +154,8 @@ class OutboundCalls:
                 bufs = self._buffers.import_(ch, bufs)
             fut.set_result(loads(stream, bufs))
         except SerializationError as e:
-            fut.set_exception(e)
+            fut.set_exception(SerializationError(f"{e} (unpickling a reply from {ch.peer_name()} on node "
+                                                 f"{self._here.address})"))
 
     def on_failure(self, ch: Channel, ev: Failure) -> None:
         fut = self._answered(ch, ev.body.call_id)

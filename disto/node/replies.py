@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 from ..actor import CallItem
 from ..errors import LocalProtocolError, SerializationError
@@ -22,7 +22,9 @@ _pickle_dumps = pickle.dumps
 
 
 class Replies:
-    def __init__(self, here: Here, buffers: BufferRouter, max_frame: int) -> None:
+    def __init__(self, here: Here, buffers: BufferRouter, max_frame: int,
+                 ship: Callable[[Channel, set[str]], None]) -> None:
+        self._ship = ship
         self._here = here
         self._buffers = buffers
         self._max_frame = max_frame
@@ -73,4 +75,8 @@ class Replies:
 
     def send_failure(self, ch: Channel, call_id: int, kind: int, exc: BaseException, tb: str,
                      actor: str | None, method: str | None) -> None:
-        ch.send(Kind.FAILURE, failure_body(call_id, kind, exc, tb, actor, method, self._here.address))
+        modules: set[str] = set()
+        body = failure_body(call_id, kind, exc, tb, actor, method, self._here.address, modules)
+        if modules:
+            self._ship(ch, modules)
+        ch.send(Kind.FAILURE, body)

@@ -21,6 +21,7 @@ import cloudpickle
 import numpy as np
 
 from ..errors import SerializationError
+from .modules import shippable
 
 PROTOCOL = 5
 OOB_MIN = 1024  # smaller buffers stay in the pickle stream: a descriptor costs more than copying them
@@ -183,9 +184,10 @@ def _code_reduce(code: types.CodeType) -> Any:
 class _Pickler(cloudpickle.Pickler):
     dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
 
-    def __init__(self, *args: Any, same_host: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, same_host: bool = False, modules: set[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.same_host = same_host
+        self.modules = modules  # collects the shippable modules that classes and functions pickled here come from
         self.shared: dict[int, tuple[str, int]] = {}  # data address -> (path to map, offset) of shared tensors
 
     def note_torch_shared(self, data: Any) -> None:
@@ -206,18 +208,25 @@ class _Pickler(cloudpickle.Pickler):
             reduced = _reduce_exception(obj)
             if reduced is not NotImplemented:
                 return reduced
+        modules = self.modules
+        if modules is not None and (isinstance(obj, type) or type(obj) is types.FunctionType):
+            mod = getattr(obj, "__module__", None)
+            if type(mod) is str and mod not in modules and shippable(mod):
+                modules.add(mod)
         return super().reducer_override(obj)
 
 
-def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
-    """Pickle ``obj``; return the stream and the out-of-band buffers (views of the caller's memory, not copies)."""
+def dumps(obj: Any, modules: set[str] | None = None) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj``; return the stream and the out-of-band buffers (views of the caller's memory, not copies).
+    ``modules``, if given, collects the shippable modules the stream refers to (see :mod:`.modules`)."""
     if _is_simple(obj):
         return pickle.dumps(obj, PROTOCOL), []
-    stream, buffers, _ = dumps_for(obj, same_host=False)
+    stream, buffers, _ = dumps_for(obj, same_host=False, modules=modules)
     return stream, buffers
 
 
-def dumps_for(obj: Any, same_host: bool) -> tuple[bytes, list[memoryview], dict[int, tuple[str, int]]]:
+def dumps_for(obj: Any, same_host: bool, modules: set[str] | None = None
+              ) -> tuple[bytes, list[memoryview], dict[int, tuple[str, int]]]:
     """Like :func:`dumps`, for a destination on this host (``same_host``) or not. On the same host CUDA tensors
     become CUDA IPC handles, and the third result maps the address of each buffer that already lives in torch
     shared memory to how the receiver can map it. Elsewhere CUDA tensors travel through host memory."""
@@ -234,7 +243,7 @@ def dumps_for(obj: Any, same_host: bool) -> tuple[bytes, list[memoryview], dict[
     if _plain(obj):
         pickle.Pickler(f, PROTOCOL, buffer_callback=keep).dump(obj)
         return f.getvalue(), buffers, {}
-    pickler = _Pickler(f, protocol=PROTOCOL, buffer_callback=keep, same_host=same_host)
+    pickler = _Pickler(f, protocol=PROTOCOL, buffer_callback=keep, same_host=same_host, modules=modules)
     try:
         pickler.dump(obj)
     except SerializationError:
@@ -247,5 +256,10 @@ def dumps_for(obj: Any, same_host: bool) -> tuple[bytes, list[memoryview], dict[
 def loads(data: Any, buffers: list[Any] | tuple[Any, ...] = ()) -> Any:
     try:
         return pickle.loads(data, buffers=buffers)
+    except ModuleNotFoundError as e:
+        raise SerializationError(
+            f"cannot unpickle: module {e.name!r} cannot be imported here ({e}). Install it where this runs (or "
+            f"put it on PYTHONPATH), or have the caller import it before the call so that disto ships its source"
+        ) from e
     except Exception as e:
         raise SerializationError(f"cannot unpickle: {type(e).__name__}: {e}") from e

@@ -1,10 +1,10 @@
 """Sans-IO wire protocol: framing, the handshake's transition table, typed events and the message codec.
 No asyncio, sockets or torch below this line."""
 from .connection import Connection, State
-from .events import (CLOSED, NEED_DATA, Call, Cancel, Event, Failure, Goodbye, Heartbeat, Identity, Message, Ready,
-                     Release, Reply)
+from .events import (CLOSED, NEED_DATA, Call, Cancel, Event, Failure, Goodbye, Heartbeat, Identity, Message, Modules,
+                     Ready, Release, Reply)
 from .messages import WIRE_VERSION, BufferKind, FailureKind, Kind, T
 
 __all__ = ["Connection", "State", "CLOSED", "NEED_DATA", "Call", "Cancel", "Event", "Failure", "Goodbye",
-           "Heartbeat", "Identity", "Message", "Ready", "Release", "Reply", "WIRE_VERSION", "BufferKind",
+           "Heartbeat", "Identity", "Message", "Modules", "Ready", "Release", "Reply", "WIRE_VERSION", "BufferKind",
            "FailureKind", "Kind", "T"]

@@ -54,7 +54,7 @@ def _default_alloc(n: int) -> memoryview:
 _CALL = Kind.CALL
 _REPLY = Kind.REPLY
 _APP_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.FAILURE, Kind.CANCEL, Kind.HEARTBEAT, Kind.GOODBYE,
-                        Kind.RELEASE})
+                        Kind.RELEASE, Kind.MODULES})
 _KINDS_WITH_BUFFERS = frozenset({Kind.CALL, Kind.REPLY})
 
 

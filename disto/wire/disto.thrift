@@ -28,6 +28,7 @@ enum MessageKind {
   HEARTBEAT = 8,
   GOODBYE = 9,
   RELEASE = 10,
+  MODULES = 11,
 }
 
 /* Where an out-of-band buffer lives. INLINE buffers follow the body in the same frame. */
@@ -132,4 +133,18 @@ struct Goodbye {
 /* The receiver no longer uses these SHM blocks (their values were dropped): the sender may reuse them. */
 struct Release {
   1: required list<BufferDesc> buffers,
+}
+
+/* Python source of the sender's own modules (not installed on the receiver), sent once per connection ahead of
+ * the first message whose payload refers to them. `lines_only`: a script's source, kept for tracebacks only. */
+struct ModuleSource {
+  1: required string name,
+  2: required string source,
+  3: optional string filename,
+  4: optional bool is_package = false,
+  5: optional bool lines_only = false,
+}
+
+struct Modules {
+  1: required list<ModuleSource> modules,
 }

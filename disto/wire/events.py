@@ -79,8 +79,13 @@ class Release(Message):
     kind = Kind.RELEASE
 
 
+class Modules(Message):
+    __slots__ = ()
+    kind = Kind.MODULES
+
+
 EVENT_OF_KIND: dict[int, type[Message]] = {cls.kind: cls for cls in (Call, Reply, Failure, Cancel, Heartbeat,
-                                                                      Goodbye, Release)}
+                                                                      Goodbye, Release, Modules)}
 
 
 class _Sentinel:

@@ -36,6 +36,7 @@ STRUCT_OF_KIND: dict[int, type] = {
     Kind.HEARTBEAT: T.Heartbeat,
     Kind.GOODBYE: T.Goodbye,
     Kind.RELEASE: T.Release,
+    Kind.MODULES: T.Modules,
 }
 
 # Thrift binary type ids
