@@ -13,7 +13,7 @@ only point down; tests/test_layers.py checks it):
     cluster/                          connect(), LocalCluster, tokens
     cli, launch                       the `disto` command; `python -m disto.launch`
 """
-from .actor import Actor, ActorRef, MethodRef, current_node
+from .actor import Actor, ActorRef, MethodRef, current_node, on_loop
 from .cluster import Cluster, LocalCluster, NodeHandle, connect, new_token, write_token_file
 from .errors import (ActorDeadError, ActorError, ActorNotFoundError, AuthenticationError, ClosedError, DistoError,
                      LocalProtocolError, NameTakenError, NodeLostError, ProtocolError, RemoteError,
@@ -26,7 +26,7 @@ from .serialization import DEVICE_MAP
 __version__ = "0.1.0"
 
 __all__ = [
-    "Actor", "ActorRef", "MethodRef", "current_node",
+    "Actor", "ActorRef", "MethodRef", "current_node", "on_loop",
     "Cluster", "LocalCluster", "NodeHandle", "connect", "Node", "NodeConfig", "transfer",
     "shared_array", "shared_tensor", "DEVICE_MAP",
     "Future", "collect", "collect_all", "collect_any", "window", "within",

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="HOST:PORT to listen on (default 127.0.0.1:7000; port 0 picks a free one)")
     start.add_argument("--seed", help="HOST:PORT of the seed node to join (omit to be the seed)")
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    start.add_argument("--dedicated", action="store_true", help=argparse.SUPPRESS)  # one actor's own process
+    start.add_argument("--preload", default="", help="libraries to import in the background at start, comma "
+                       "separated (e.g. torch): the first call that needs them does not pay for the import")
     _add_token_args(start)
     stop = node.add_parser("stop", help="ask a running node to stop")
     stop.add_argument("address", help="HOST:PORT of the node")
@@ -63,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _node_start(args: argparse.Namespace) -> int:
-    node = Node(resolve_token(args.token, args.token_file), listen=args.listen, seed=args.seed, config=_config(args))
+    node = Node(resolve_token(args.token, args.token_file), listen=args.listen, seed=args.seed, config=_config(args),
+                role="dedicated" if args.dedicated else "worker")
+    node.preload_at_start = tuple(m for m in args.preload.split(",") if m)
     await node.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,6 +20,7 @@ class Worker(disto.Actor):
         await self.event.wait()
         return i
 
+    @disto.on_loop  # sets an asyncio.Event: the loop's object
     def release(self) -> None:
         self.event.set()
 
@@ -51,6 +52,10 @@ class Worker(disto.Actor):
     def text(self, n: int) -> str:
         return "x" * n
 
+    def imported(self, name: str) -> bool:
+        import sys
+        return name in sys.modules
+
 
 class Concurrent(Worker):
     max_concurrency = 1000
@@ -75,10 +80,25 @@ class Holder(disto.Actor):
 
 
 class Blocker(disto.Actor):
+    @disto.on_loop
     def block(self, seconds: float) -> str:
         import time
-        time.sleep(seconds)  # holds the node's event loop, as a long synchronous method does
+        time.sleep(seconds)  # holds the node's event loop (on purpose: the liveness tests need a stalled loop)
         return "done"
 
     def ping(self) -> str:
         return "pong"
+
+
+class GilHog(disto.Actor):
+    """Pure-Python work that holds the GIL for as long as it runs."""
+
+    def spin(self, seconds: float) -> int:
+        import time
+        n, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            n += 1
+        return n
+
+    def pid(self) -> int:
+        return os.getpid()

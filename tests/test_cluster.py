@@ -446,15 +446,16 @@ def test_a_driver_with_its_own_modules_joins_a_running_cluster(tmp_path) -> None
     cwd, env = _user_project(tmp_path)
     env["DISTO_TOKEN"] = disto.new_token()
     nodes = []
+    address = ""
     try:
-        for seed in (None, "x"):
+        for seed in (False, True):
             args = [sys.executable, "-m", "disto", "node", "start", "--listen", "127.0.0.1:0"]
             if seed:
                 args += ["--seed", address]
             # the nodes run elsewhere: neither proj/ nor tests/ is on their path
             nodes.append(subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd="/"))
             line = nodes[-1].stdout.readline()
-            if seed is None:
+            if not seed:
                 address = line.split("listening on ")[1].split(",")[0].split()[0]
         out = subprocess.run([sys.executable, "proj/driver.py", address], cwd=cwd, env=env, capture_output=True,
                              text=True, timeout=100)
@@ -464,3 +465,57 @@ def test_a_driver_with_its_own_modules_joins_a_running_cluster(tmp_path) -> None
         for p in nodes:
             p.terminate()
             p.wait(10)
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(60)
+async def test_an_actor_in_a_process_of_its_own_and_the_libraries_preloaded_at_spawn() -> None:
+    import torch  # noqa: F401 - the driver has it: the nodes import it before the first call needs it
+    from actors import GilHog
+
+    async with disto.LocalCluster(nodes=1, env=ENV) as cluster:
+        node = cluster.nodes[0]
+        hog = await node.spawn(GilHog, process=True)
+        hog_pid = await hog.pid()
+        assert hog_pid != node.pid and hog.node_address != node.address
+        await cluster.refresh()
+        assert [h.address for h in cluster.nodes] == [node.address]  # a dedicated process takes no other actors
+        w = await node.spawn(Worker)
+        assert await w.imported("torch")  # spawn waited for the preload: the first tensor pays no import
+        spinning = hog.spin(1.5)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for _ in range(20):
+            await w.add(1)
+        assert loop.time() - t0 < 1.0 and not spinning.done()  # the GIL it holds is not its node's
+        assert await spinning > 0
+        assert await cluster.stop(hog)  # its process ends with it
+        await eventually(lambda: not alive(hog_pid), what="the dedicated process to exit")
+        again = await node.spawn(GilHog, process=True)
+        again_pid = await again.pid()
+        os.kill(node.pid, signal.SIGKILL)  # and it dies with the node that started it
+        await eventually(lambda: not alive(again_pid), what="the dedicated process to die with its node")
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(60)
+async def test_after_a_freeze_the_callee_drops_the_calls_its_callers_gave_up_on() -> None:
+    async with disto.LocalCluster(nodes=2, env=ENV) as cluster:
+        frozen = cluster.nodes[1]
+        w = await frozen.spawn(Worker)  # one call at a time: a call still running would block it for good
+        stuck = w.wait(0)  # waits for a release that never comes
+        assert not stuck.done()
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(disto.NodeLostError):
+                await disto.within(stuck, 5.0)
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+
+        async def serves() -> bool:  # it wakes, sees its connections gone, cancels what came over them
+            try:
+                return await disto.within(w.pid(), 2.0) == frozen.pid
+            except (disto.ActorDeadError, disto.NodeLostError, disto.TimeoutError):
+                return False
+
+        await eventually(serves, timeout=20, interval=0.1, what="the actor to serve new calls after the freeze")

@@ -9,7 +9,7 @@ import pytest
 
 import disto
 from disto.node import NodeConfig
-from helpers import TOKEN, Counter, calls_to, channels, eventually, instance, nodes, spawn
+from helpers import TOKEN, Counter, calls_to, channel_to, channels, eventually, instance, nodes, spawn
 
 
 class Gate(disto.Actor):
@@ -29,6 +29,7 @@ class Gate(disto.Actor):
             raise
         return i
 
+    @disto.on_loop  # sets an asyncio.Event: the loop's object
     def release(self) -> None:
         self.event.set()
 
@@ -439,3 +440,106 @@ async def test_values_of_any_size_travel_and_only_an_oversized_call_fails() -> N
         instance(b, other).event.set()
         assert await disto.collect(waiting) == list(range(10))  # the connection carried on throughout
         assert await big.size("ok") == 2
+
+
+class Sleeper(disto.Actor):
+    def __init__(self, build_seconds: float = 0.0) -> None:
+        import threading
+        import time
+
+        time.sleep(build_seconds)  # a slow constructor (loading a model): on the actor's thread too
+        self.built_on = threading.current_thread().name
+        self.log: list[str] = []
+        self.napping = False
+
+    def nap(self, seconds: float, tag: str) -> str:
+        import threading
+        import time
+
+        self.napping = True
+        time.sleep(seconds)  # blocks: its own thread, not the node's loop
+        self.log.append(tag)
+        return threading.current_thread().name
+
+    async def note(self, tag: str) -> list[str]:
+        self.log.append(tag)
+        return list(self.log)
+
+    @disto.on_loop
+    def where(self) -> str:
+        import threading
+        return threading.current_thread().name
+
+    def poke(self, other: disto.ActorRef) -> int:
+        # sync code on the actor's thread calls another actor and blocks on the answer: the loop is free
+        other.add.tell(1)
+        return other.get().result(timeout=5)
+
+
+async def test_a_blocking_sync_method_stalls_neither_the_node_nor_other_actors() -> None:
+    import threading
+
+    async with nodes(2) as (a, b):
+        sleeper = await spawn(a, b, Sleeper)
+        other = await spawn(a, b, Counter)
+        loop = asyncio.get_running_loop()
+        nap = sleeper.nap(2.0, "nap")
+        await eventually(lambda: instance(b, sleeper).napping, what="the nap to start")
+        t0 = loop.time()
+        for _ in range(3):
+            assert await other.add(1) >= 1
+        assert loop.time() - t0 < 1.0  # answered while the nap holds its own actor's thread
+        assert not nap.done()
+        # the same actor's next call waits its turn (one call at a time, in order), sync or async
+        assert await sleeper.note("after") == ["nap", "after"]
+        assert (await nap).startswith("disto Sleeper#")
+        assert await sleeper.where() == threading.current_thread().name  # @on_loop: inline on the loop
+        assert await sleeper.poke(other) == 4  # a sync method may call other actors, and wait for them
+
+
+async def test_a_slow_constructor_does_not_stall_the_node_and_a_cancelled_sync_call_is_answered_at_once() -> None:
+    async with nodes(2) as (a, b):
+        other = await spawn(a, b, Counter)
+        building = asyncio.ensure_future(spawn(a, b, Sleeper, 1.5))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await other.add(2) == 2 and loop.time() - t0 < 1.0
+        sleeper = await building
+        assert instance(b, sleeper).built_on.startswith("disto Sleeper#")
+        nap = sleeper.nap(1.0, "nap")
+        await eventually(lambda: instance(b, sleeper).napping, what="the nap to start")
+        nap.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await nap  # the caller is answered now; the thread finishes its nap, and its result is dropped
+        assert await sleeper.note("next") == ["nap", "next"]  # the next call ran after the nap, in order
+
+
+async def test_sync_calls_queued_behind_a_blocking_one_run_in_order_and_cancelled_ones_are_skipped() -> None:
+    async with nodes(2) as (a, b):
+        sleeper = await spawn(a, b, Sleeper)
+        first = sleeper.nap(0.5, "first")
+        await eventually(lambda: instance(b, sleeper).napping, what="the first nap to start")
+        queued = [sleeper.nap(0.0, f"q{i}") for i in range(20)]  # they queue behind it, then run as one batch
+        queued[5].cancel()
+        await first
+        done = await disto.collect_all(queued)
+        assert isinstance(done[5], asyncio.CancelledError) and all(isinstance(d, str) for i, d in enumerate(done)
+                                                                    if i != 5)
+        assert instance(b, sleeper).log == ["first"] + [f"q{i}" for i in range(20) if i != 5]
+        assert await sleeper.note("last") == instance(b, sleeper).log  # the slot was released after the batch
+
+
+async def test_calls_whose_caller_is_gone_stop_running_on_the_callee() -> None:
+    async with nodes(2) as (a, b):
+        gate = await spawn(a, b, Gate)  # one call at a time: an abandoned call would hold it
+        sleeper = await spawn(a, b, Sleeper)
+        waiting = [gate.wait(i) for i in range(3)]
+        napping = sleeper.nap(0.5, "abandoned")
+        await eventually(lambda: instance(b, gate).started == [0] and instance(b, sleeper).napping)
+        channel_to(a, b.address).abort()  # the connection goes (a lost node, a cut link)
+        assert all(isinstance(r, disto.NodeLostError) for r in await disto.collect_all(waiting + [napping]))
+        await eventually(lambda: instance(b, gate).cancelled == [0], what="the running call to be cancelled")
+        g = instance(b, gate)
+        assert g.started == [0] and not instance(b, gate).event.is_set()  # the queued ones never started
+        assert await disto.within(gate.seen(), 5) == ([0], [0])  # the actor is free for new calls at once
+        assert await sleeper.note("next") == ["abandoned", "next"]  # a sync call runs to its end, then the next

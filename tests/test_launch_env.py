@@ -11,8 +11,6 @@ from disto.launch import first_slurm_host, read_env
 
 
 def test_launcher_environments() -> None:
-    from disto.launch import first_slurm_host, read_env
-
     le = read_env({"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
     assert (le.rank, le.world, le.seed_host, le.seed_port, le.host) == (1, 4, "127.0.0.1", 29501, "127.0.0.1")
     le = read_env({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "localhost",

@@ -1,7 +1,8 @@
-"""The base class of actors, and which of their methods are callable remotely."""
+"""The base class of actors, which of their methods are callable remotely, and how each one runs."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import inspect
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     from .ref import ActorRef
@@ -9,21 +10,45 @@ if TYPE_CHECKING:
 # called by the node at start and stop, never by a caller
 LIFECYCLE_HOOKS = frozenset({"on_start", "on_stop"})
 
+# how a method runs
+ASYNC = "async"    # a coroutine function: a task on the node's event loop
+THREAD = "thread"  # a plain function: on the actor's own thread
+LOOP = "loop"      # a plain function marked @on_loop (or sync_on_loop = True): inline on the event loop
+_ON_LOOP = "_disto_on_loop"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on_loop(fn: F) -> F:
+    """Run this synchronous method on the node's event loop instead of the actor's thread: for a method that is
+    quick and must touch the loop's objects (set an ``asyncio.Event``, create a task), or whose few microseconds
+    of latency matter. It must never block: while it runs, nothing else on the node does."""
+    setattr(fn, _ON_LOOP, True)
+    return fn
+
+
+def runs_on_loop(cls: type, fn: Any) -> bool:
+    """Whether synchronous code ``fn`` of actor class ``cls`` runs inline on the loop (not on its thread)."""
+    return bool(getattr(cls, "sync_on_loop", False) or getattr(fn, _ON_LOOP, False))
+
 
 class Actor:
     """Base class of actors.
 
     Every method whose name does not start with ``_`` (sync or async) is callable remotely, except the lifecycle
-    hooks. Class attributes:
+    hooks. Async methods run on the node's event loop; synchronous code (methods, ``__init__``, sync hooks)
+    runs on a thread of the actor's own, so that it may block without stalling the node. Class attributes:
       ``max_concurrency`` (default 1): how many calls may run at once. With 1, calls run one after another in
       arrival order, an async method holding the actor until it returns. With N > 1, up to N async methods
-      interleave at their ``await`` points (they still start in arrival order).
+      interleave at their ``await`` points (they still start in arrival order); sync methods still run one at
+      a time on the actor's thread, but then alongside its async ones.
+      ``sync_on_loop`` (default False): run all synchronous code on the event loop (see :func:`on_loop`).
 
     Optional hooks: ``async def on_start(self)`` runs after ``__init__`` before the first call;
     ``async def on_stop(self)`` runs when the actor is stopped. ``self.ref`` is this actor's own ActorRef.
     """
 
     max_concurrency: ClassVar[int] = 1
+    sync_on_loop: ClassVar[bool] = False
     _disto_ref: "ActorRef"
 
     @property
@@ -35,7 +60,7 @@ _RESERVED = frozenset(dir(Actor)) | LIFECYCLE_HOOKS
 
 
 def public_methods(cls: type) -> dict[str, str]:
-    """Public method name -> attribute name, for actor class ``cls`` (computed once per class)."""
+    """Public method name -> how it runs (ASYNC, THREAD or LOOP), for actor class ``cls`` (computed once)."""
     table = cls.__dict__.get("_disto_methods")
     if table is None:
         table = {}
@@ -44,7 +69,10 @@ def public_methods(cls: type) -> dict[str, str]:
                 continue
             fn = getattr(cls, attr, None)
             if callable(fn):
-                table[attr] = attr
+                if inspect.iscoroutinefunction(fn):
+                    table[attr] = ASYNC
+                else:
+                    table[attr] = LOOP if runs_on_loop(cls, fn) else THREAD
         cls._disto_methods = table  # type: ignore[attr-defined]
     return table
 

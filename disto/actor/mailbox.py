@@ -5,16 +5,21 @@ result is ready: a sync method for the duration of the call, an async method unt
 one slot (the default) that makes execution strictly sequential per actor; since a connection delivers frames in
 the order they were sent, calls from one caller to one actor run in the order sent.
 
-An idle actor runs a sync method inline, in the callback that received it: no task, no queue hop.
+Where a call runs: an async method as a task on the event loop; a sync method on the actor's own thread
+(:mod:`.threads`), so that it may block; a sync method marked :func:`~disto.on_loop` inline on the loop, in the
+callback that received it (no task, no queue hop, no thread).
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ActorDeadError, RemoteError, format_remote_traceback
+from .base import ASYNC, LOOP
+from .threads import ActorThread
 
 if TYPE_CHECKING:
     from ..transport import Channel
@@ -25,7 +30,7 @@ log = logging.getLogger("disto.actor")
 class CallItem:
     """One call to run: where it came from (a channel, or a local future) and what to run."""
 
-    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task")
+    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task", "abandoned")
 
     def __init__(self, ch: "Channel | None", call_id: int, method: str, args: tuple, kwargs: dict,
                  fut: asyncio.Future | None) -> None:
@@ -36,6 +41,7 @@ class CallItem:
         self.kwargs = kwargs
         self.fut = fut
         self.task: asyncio.Task | None = None
+        self.abandoned = False  # answered already (cancelled, actor stopped) while its thread still runs it
 
 
 # (item, value) / (item, exception, traceback text)
@@ -45,7 +51,7 @@ FailFn = Callable[[CallItem, BaseException, str], None]
 
 class Mailbox:
     def __init__(self, instance: Any, label: str, limit: int, reply: ReplyFn, fail: FailFn,
-                 methods: dict[str, str]) -> None:
+                 methods: dict[str, str], thread: ActorThread | None = None) -> None:
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, got {limit!r}")
         self.instance = instance
@@ -53,11 +59,12 @@ class Mailbox:
         self.limit = limit
         self.queue: deque[CallItem] = deque()
         self.running = 0
-        self.running_items: set[CallItem] = set()
+        self.running_items: set[CallItem] = set()  # async calls (tasks) and sync calls on the thread
         self.stopped = False
         self._reply = reply
         self._fail = fail
-        self._methods = methods  # public method name -> attribute name
+        self._methods = methods  # public method name -> how it runs
+        self.thread = thread
 
     def post(self, item: CallItem) -> None:
         if self.stopped:
@@ -76,14 +83,18 @@ class Mailbox:
             self._start(queue.popleft())
 
     def _start(self, item: CallItem) -> None:
-        attr = self._methods.get(item.method)
-        if attr is None:
+        how = self._methods.get(item.method)
+        if how is None:
             err = AttributeError(f"{type(self.instance).__name__} has no public method {item.method!r}")
             self._fail(item, err, "")
             return
         self.running += 1
+        if how is not LOOP and how is not ASYNC:
+            self._to_thread(item)
+            return
+        fn = getattr(self.instance, item.method)
         try:
-            result = getattr(self.instance, attr)(*item.args, **item.kwargs)
+            result = fn(*item.args, **item.kwargs)
         except BaseException as e:  # noqa: BLE001 - every error goes back to the caller
             self.running -= 1
             self._fail(item, e, format_remote_traceback(e))
@@ -91,13 +102,52 @@ class Mailbox:
                 raise
             return
         if asyncio.iscoroutine(result):
-            item.args = item.kwargs = None  # type: ignore[assignment] - let big arguments go early
-            task = asyncio.get_running_loop().create_task(self._run(item, result))
-            item.task = task
-            self.running_items.add(item)
+            self._as_task(item, result)
             return
         self.running -= 1
         self._reply(item, result)
+
+    def _to_thread(self, item: CallItem) -> None:
+        """Hand the actor's thread this sync call and every sync call queued right behind it: they run back to
+        back there, in order, holding one slot (as one call would)."""
+        batch = [item]
+        queue, methods = self.queue, self._methods
+        while queue and methods.get(queue[0].method) not in (None, LOOP, ASYNC):
+            batch.append(queue.popleft())
+        thread = self.thread
+        if thread is None:
+            thread = self.thread = ActorThread(f"disto {self.label}", asyncio.get_running_loop())
+        instance = self.instance
+        jobs = []
+        for i, it in enumerate(batch):
+            self.running_items.add(it)
+            last = i == len(batch) - 1
+            jobs.append((getattr(instance, it.method), it.args, it.kwargs,
+                         functools.partial(self._thread_done, it, last)))
+            it.args = it.kwargs = None  # type: ignore[assignment] - the thread holds them
+        thread.submit(jobs, lambda i: batch[i].abandoned)
+
+    def _as_task(self, item: CallItem, coro: Any) -> None:
+        item.args = item.kwargs = None  # type: ignore[assignment] - let big arguments go early
+        item.task = asyncio.get_running_loop().create_task(self._run(item, coro))
+        self.running_items.add(item)
+
+    def _thread_done(self, item: CallItem, last: bool, ok: bool, value: Any, tb: str) -> None:
+        """On the loop: a sync call came back from the actor's thread (``last``: the end of its batch, whose
+        slot is then free)."""
+        self.running_items.discard(item)
+        if ok and asyncio.iscoroutine(value) and not item.abandoned:  # a sync method that returned a coroutine
+            self.running += 1  # the task takes a slot of its own; the batch's is released below as usual
+            self._as_task(item, value)
+        elif not item.abandoned:
+            if ok:
+                self._reply(item, value)
+            else:
+                self._fail(item, value, tb)
+        if last:
+            self.running -= 1
+            if self.queue and not self.stopped:
+                self._drain()
 
     async def _run(self, item: CallItem, coro: Any) -> None:
         try:
@@ -117,11 +167,21 @@ class Mailbox:
             if self.queue and not self.stopped:
                 self._drain()
 
+    def _abandon(self, item: CallItem, exc: BaseException) -> None:
+        """Answer a call now whose sync code still runs on the thread (it cannot be interrupted); its result,
+        when it comes, is dropped. The actor stays busy until then."""
+        if not item.abandoned:
+            item.abandoned = True
+            self._fail(item, exc, "")
+
     def cancel(self, match: Callable[[CallItem], bool]) -> bool:
         """Cancel a queued or running call; True if one was found."""
         for item in self.running_items:
-            if match(item) and item.task is not None:
-                item.task.cancel()
+            if match(item):
+                if item.task is not None:
+                    item.task.cancel()
+                else:
+                    self._abandon(item, asyncio.CancelledError())
                 return True
         for item in self.queue:
             if match(item):
@@ -130,8 +190,24 @@ class Mailbox:
                 return True
         return False
 
+    def cancel_from(self, ch: "Channel") -> int:
+        """Cancel every call that came over ``ch`` (its caller is gone): queued ones are dropped, running async
+        ones cancelled, sync ones abandoned. Returns how many."""
+        gone = [item for item in self.queue if item.ch is ch]
+        for item in gone:
+            self.queue.remove(item)
+            self._fail(item, asyncio.CancelledError(), "")
+        running = [item for item in self.running_items if item.ch is ch]
+        for item in running:
+            if item.task is not None:
+                item.task.cancel()
+            else:
+                self._abandon(item, asyncio.CancelledError())
+        return len(gone) + len(running)
+
     def stop(self) -> None:
-        """Fail queued calls with ActorDeadError and cancel running ones."""
+        """Fail queued calls with ActorDeadError and cancel running ones (whoever owns the actor's thread ends
+        it, after ``on_stop``)."""
         self.stopped = True
         dead = ActorDeadError(f"actor {self.label} was stopped", actor=self.label)
         while self.queue:
@@ -139,6 +215,8 @@ class Mailbox:
         for item in list(self.running_items):
             if item.task is not None:
                 item.task.cancel()
+            else:
+                self._abandon(item, dead)
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -9,16 +9,19 @@ from ..actor import ActorRef, SystemActor, check_actor_class, system_ref
 from ..errors import ActorNotFoundError, DistoError, RemoteError
 from ..futures import Future
 from ..node import Node, NodeConfig
+from ..node.modules import heavy_imports
 from .token import resolve_token
 
 
-def check_spawn(cls: object, name: object, max_restarts: object) -> None:
+def check_spawn(cls: object, name: object, max_restarts: object, process: object = False) -> None:
     """Refuse a bad spawn here, before a round trip: TypeError or ValueError saying what is wrong."""
     check_actor_class(cls)
     if name is not None and (not isinstance(name, str) or not name):
         raise ValueError(f"an actor name must be a non-empty string, got {name!r}")
     if type(max_restarts) is not int or max_restarts < 0:
         raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+    if not isinstance(process, bool):
+        raise ValueError(f"process must be True or False, got {process!r}")
 
 
 class NodeHandle:
@@ -31,17 +34,18 @@ class NodeHandle:
         self.pid: int = info.get("pid", 0)
         self._service = system_ref(SystemActor.NODE_SERVICE, self.address, node_id=self.node_id, via=via)
 
-    def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0,
+    def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0, process: bool = False,
               **kwargs: Any) -> Future[ActorRef]:
         """Create an actor of ``cls`` on this node; ``args``/``kwargs`` go to its constructor. ``name`` makes it
         findable with ``cluster.lookup(name)`` (the name must be free). With ``max_restarts=N`` the actor is
         built again (constructor rerun, state lost) on another live node if its node is lost, up to N times;
         its name then resolves to the new actor. Calls in flight when it died fail (at most once).
+        ``process=True`` runs it in a process of its own on that node's host (for code that holds the GIL).
 
-        A ``cls`` that is not a subclass of :class:`disto.Actor`, or a bad ``name`` or ``max_restarts``, raises
-        TypeError or ValueError here, before anything is sent."""
-        check_spawn(cls, name, max_restarts)
-        return self._service.spawn(cls, args, kwargs, name, max_restarts)
+        A ``cls`` that is not a subclass of :class:`disto.Actor`, or a bad ``name``, ``max_restarts`` or
+        ``process``, raises TypeError or ValueError here, before anything is sent."""
+        check_spawn(cls, name, max_restarts, process)
+        return self._service.spawn(cls, args, kwargs, name, max_restarts, process, heavy_imports())
 
     def stats(self) -> Future[dict[str, Any]]:
         return self._service.info()
@@ -68,13 +72,13 @@ class Cluster:
         self.nodes = [NodeHandle(m, self.node) for m in members if m.get("role") == "worker"]
         return self.nodes
 
-    def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0,
+    def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0, process: bool = False,
               **kwargs: Any) -> Future[ActorRef]:
         """Create an actor on some node (round robin over ``nodes``); see :meth:`NodeHandle.spawn`."""
         if not self.nodes:
             raise DistoError("the cluster has no worker nodes")
         node = self.nodes[next(self._rr) % len(self.nodes)]
-        return node.spawn(cls, *args, name=name, max_restarts=max_restarts, **kwargs)
+        return node.spawn(cls, *args, name=name, max_restarts=max_restarts, process=process, **kwargs)
 
     async def lookup(self, name: str) -> ActorRef:
         """The actor registered under ``name``; ActorNotFoundError if there is none."""

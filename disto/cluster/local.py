@@ -3,29 +3,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import sys
 from typing import Any
 
 from ..errors import DistoError
 from ..node import Node, NodeConfig
-from ..transport.tls import ENV
+from ..node.modules import heavy_imports
+from ..node.process import end_process, start_node_process
 from .cluster import Cluster
 from .token import new_token
 
 log = logging.getLogger("disto.cluster")
-
-
-def _child_setup() -> None:
-    # die with the parent (a killed test runner must not leave nodes behind)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 class LocalCluster:
@@ -48,34 +36,13 @@ class LocalCluster:
         self.cluster: Cluster | None = None
 
     async def _start_node(self, seed: str | None) -> tuple[asyncio.subprocess.Process, str]:
-        rfd, wfd = os.pipe()
-        args = [self.python, "-m", "disto", "node", "start", "--listen", f"{self.host}:0", "--ready-fd", str(wfd)]
-        if seed:
-            args += ["--seed", seed]
-        env = dict(os.environ, **self.env, DISTO_TOKEN=self.token)
-        env.pop("DISTO_TOKEN_FILE", None)
-        cfg = self.config
-        for var in ENV.values():
-            env.pop(var, None)  # the nodes use the driver's TLS settings, not whatever this shell had
-        if cfg is not None and cfg.tls_cert:  # the nodes use the driver's TLS files (one host, one identity)
-            env.update({ENV["cert"]: cfg.tls_cert, ENV["key"]: cfg.tls_key or "", ENV["ca"]: cfg.tls_ca or ""})
-            if not cfg.tls_check_hostname:
-                args.append("--tls-no-check-hostname")
-        try:
-            proc = await asyncio.create_subprocess_exec(*args, env=env, pass_fds=(wfd,), stdin=asyncio.subprocess.DEVNULL,
-                                                        preexec_fn=_child_setup)
-        finally:
-            os.close(wfd)
+        preload = heavy_imports()  # what the driver imported: the nodes import it while the cluster comes up
+        proc, address = await start_node_process(listen=f"{self.host}:0", seed=seed, token=self.token,
+                                                 config=self.config, env=self.env, python=self.python,
+                                                 startup_timeout=self.startup_timeout,
+                                                 extra=("--preload", ",".join(preload)) if preload else ())
         self.procs.append(proc)
-        loop = asyncio.get_running_loop()
-        try:
-            line = await asyncio.wait_for(loop.run_in_executor(None, _read_line, rfd), self.startup_timeout)
-        finally:
-            os.close(rfd)
-        if not line:
-            code = await proc.wait()
-            raise DistoError(f"node process exited with code {code} before it was ready (see its stderr above)")
-        return proc, line.split()[0]
+        return proc, address
 
     async def __aenter__(self) -> Cluster:
         try:
@@ -106,22 +73,5 @@ class LocalCluster:
                 asyncio.gather(*(h.shutdown() for h in self.cluster.nodes), return_exceptions=True), 5.0)
             await self.cluster.close()
         for p in self.procs:
-            try:
-                await asyncio.wait_for(p.wait(), 5.0)
-            except asyncio.TimeoutError:
-                log.warning("node process %d did not exit; killing it", p.pid)
-                p.kill()
-                await p.wait()
-            except ProcessLookupError:
-                pass
+            await end_process(p, 5.0, log)
         self.procs.clear()
-
-
-def _read_line(fd: int) -> str:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 256)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode().strip()

@@ -18,6 +18,10 @@ class CenterShard(Actor):
 
     max_concurrency = 256  # workers waiting at a synchronous round must not block the others
 
+    # fetch/push are short tensor ops on the critical path of every exchange, and abort_rounds sets the rounds'
+    # asyncio events: all on the node's loop, without a hop to a thread
+    sync_on_loop = True
+
     def __init__(self, init: torch.Tensor, lr: float = 0.0) -> None:
         torch.set_num_threads(1)
         self.c = init.detach().clone()

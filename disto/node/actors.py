@@ -5,7 +5,8 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from ..actor import (FIRST_USER_ACTOR_ID, ActorRef, Mailbox, check_actor_class, public_methods)
+from ..actor import (FIRST_USER_ACTOR_ID, ActorRef, ActorThread, Mailbox, check_actor_class, public_methods,
+                     runs_on_loop)
 from ..actor import context
 from ..errors import ActorDeadError, ActorNotFoundError, ClosedError, DistoError
 from .config import Here
@@ -33,12 +34,12 @@ class ActorTable:
         self.cells: dict[int, Cell] = {}
         self._next_id = FIRST_USER_ACTOR_ID
 
-    def _mailbox(self, instance: Any, ref: ActorRef) -> Mailbox:
+    def _mailbox(self, instance: Any, ref: ActorRef, thread: ActorThread | None = None) -> Mailbox:
         cls = type(instance)
         label = ref._describe()
         fail: Callable[..., None] = self._replies.fail
         return Mailbox(instance, label, getattr(cls, "max_concurrency", 1), self._replies.reply,
-                       lambda item, exc, tb: fail(item, exc, tb, label), public_methods(cls))
+                       lambda item, exc, tb: fail(item, exc, tb, label), public_methods(cls), thread)
 
     def install_system(self, instance: Any, actor_id: int) -> ActorRef:
         ref = ActorRef(self._here.node_id, self._here.address, actor_id, type(instance).__name__, None, self._node)
@@ -60,17 +61,22 @@ class ActorTable:
         ref = ActorRef(self._here.node_id, self._here.address, actor_id, cls.__qualname__, name, self._node)
         instance = cls.__new__(cls)
         instance._disto_ref = ref
+        thread = ActorThread(f"disto {ref._describe()}", asyncio.get_running_loop())
         token = context.current.set(self._node)
         try:
-            instance.__init__(*args, **kwargs)
-            on_start = getattr(instance, "on_start", None)
-            if on_start is not None:
-                r = on_start()
-                if asyncio.iscoroutine(r):
-                    await r
-        finally:
-            context.current.reset(token)
-        cell = Cell(instance, self._mailbox(instance, ref), ref)
+            try:
+                await self._sync(cls, thread, instance.__init__, *args, **kwargs)
+                on_start = getattr(instance, "on_start", None)
+                if on_start is not None:
+                    r = await self._sync(cls, thread, on_start)
+                    if asyncio.iscoroutine(r):
+                        await r
+            finally:
+                context.current.reset(token)
+        except BaseException:
+            thread.stop()
+            raise
+        cell = Cell(instance, self._mailbox(instance, ref, thread), ref)
         self.cells[actor_id] = cell
         if name is not None:
             assert registry is not None
@@ -82,6 +88,13 @@ class ActorTable:
                 raise
         return ref
 
+    @staticmethod
+    async def _sync(cls: type, thread: ActorThread, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run an actor's synchronous code where its class says: its thread (default), or the loop."""
+        if runs_on_loop(cls, fn) or asyncio.iscoroutinefunction(fn):
+            return fn(*args, **kwargs)
+        return await thread.run(lambda: fn(*args, **kwargs))
+
     async def stop(self, actor_id: int, registry: ActorRef | None) -> bool:
         """Stop one actor: queued calls fail with ActorDeadError, running ones are cancelled, then ``on_stop``;
         its name is freed and it is no longer supervised."""
@@ -92,13 +105,16 @@ class ActorTable:
             return False
         cell.mailbox.stop()
         on_stop = getattr(cell.instance, "on_stop", None)
+        thread = cell.mailbox.thread
         if on_stop is not None:
             try:
-                r = on_stop()
+                r = await self._sync(type(cell.instance), thread, on_stop) if thread is not None else on_stop()
                 if asyncio.iscoroutine(r):
                     await r
             except Exception:
                 log.exception("on_stop of %s raised", cell.mailbox.label)
+        if thread is not None:
+            thread.stop()
         if registry is not None and not self._here.closing:
             try:  # a stopped actor is not restarted, and its name is free again
                 registry.unsupervise.tell(self._here.node_id, actor_id)
@@ -113,7 +129,13 @@ class ActorTable:
             await self.stop(actor_id, None)
         for cell in list(self.cells.values()):
             cell.mailbox.stop()
+            if cell.mailbox.thread is not None:
+                cell.mailbox.thread.stop()
         self.cells.clear()
+
+    def cancel_calls_from(self, ch: Any) -> int:
+        """The connection a caller used is gone: nobody waits for its calls any more, so stop running them."""
+        return sum(cell.mailbox.cancel_from(ch) for cell in list(self.cells.values()))
 
     def refs(self) -> list[ActorRef]:
         """The user actors (not the system ones)."""

@@ -159,6 +159,6 @@ class BufferRouter:
         """Let torch free CUDA memory whose IPC consumers are done with it (once this process shared some)."""
         if pickler.CUDA_IPC_USED and now - self._last_collect >= CUDA_COLLECT_EVERY:
             self._last_collect = now
-            torch = sys.modules.get("torch")
-            if torch is not None:
-                torch.cuda.ipc_collect()
+            cuda = getattr(sys.modules.get("torch"), "cuda", None)
+            if cuda is not None:
+                cuda.ipc_collect()

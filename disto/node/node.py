@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from typing import Any, Callable, Coroutine
 
 from ..actor import ActorRef, SystemActor, context, system_ref
-from ..errors import DistoError
+from ..errors import ClosedError, DistoError
 from ..futures import Future
 from ..ids import new_node_id
 from ..memory import janitor
@@ -32,7 +33,8 @@ from .config import Here, NodeConfig, normalize_token
 from .inbound import InboundCalls
 from .liveness import Liveness
 from .membership import Membership
-from .modules import ModuleShipper
+from .dedicated import DedicatedProcesses
+from .modules import ModuleShipper, Preloads
 from .outbound import OutboundCalls
 from .peers import Peers
 from .registry import Registry
@@ -81,6 +83,9 @@ class Node:
         self._outbound = OutboundCalls(here, self._peers, self.buffers, self._inbound.call_local,
                                        self._liveness.is_lost, cfg.max_inflight, cfg.max_frame)
         self._membership: Membership | None = None
+        self._dedicated = DedicatedProcesses(here, self._token, cfg, lambda: self.seed or self.address)
+        self._preloads = Preloads()
+        self.preload_at_start: tuple[str, ...] = ()  # libraries to import in the background once started
         self.call = self._outbound.call  # type: ignore[method-assign]  # the hot path: skip a frame
         self._handlers: dict[type, Callable[[Channel, Any], None]] = {
             Call: self._inbound.on_call, Reply: self._outbound.on_reply, Failure: self._outbound.on_failure,
@@ -101,11 +106,13 @@ class Node:
             raise DistoError("node already started")
         self._started = True
         self.loop = self._outbound.loop = asyncio.get_running_loop()
+        self._outbound.loop_thread = threading.get_ident()
         bound = await self._peers.listen(self._listen)
         if bound is not None:
             self._liveness.start_udp(self._token, self.node_id, *bound)
         janitor()
         self._modules.start()
+        self._preloads.start(self.preload_at_start)
         self.spawn_bg(self._liveness.run(also=self.buffers.tick))
         context.node_started(self)
         self._actors.install_system(NodeService(self), SystemActor.NODE_SERVICE)
@@ -142,6 +149,7 @@ class Node:
             await self._stopped.wait()
             return
         self._here.closing = True
+        await self._dedicated.stop_all()
         await self._actors.stop_all()
         await self._peers.close(reason)
         for t in list(self._bg):
@@ -187,6 +195,9 @@ class Node:
         self.buffers.peer_lost(ch)
         self._modules.forget(ch)
         self._outbound.fail_all(ch, exc)
+        cancelled = self._actors.cancel_calls_from(ch)  # their callers are gone: stop running their calls
+        if cancelled:
+            log.info("cancelled %d calls from %s: its connection is gone", cancelled, ch.peer_name())
         peer = ch.conn.peer
         if peer is not None and ch.ready:
             for cb in list(self._peer_lost_callbacks):
@@ -216,7 +227,21 @@ class Node:
 
     async def stop_actor(self, actor_id: int) -> bool:
         """Stop one actor: queued calls fail with ActorDeadError, running ones are cancelled, then ``on_stop``."""
-        return await self._actors.stop(actor_id, self.registry if not self.closed else None)
+        stopped = await self._actors.stop(actor_id, self.registry if not self.closed else None)
+        if stopped and self.role == "dedicated" and not self._actors.refs():
+            self.stop_soon("its actor was stopped")  # a dedicated process lives for its actor
+        return stopped
+
+    async def spawn_process(self, cls: type, args: tuple, kwargs: dict, name: str | None, max_restarts: int,
+                            preload: tuple[str, ...]) -> ActorRef:
+        """Create an actor of class ``cls`` in a child node process of its own (see node/dedicated.py)."""
+        if self._here.closing:
+            raise ClosedError("node is stopping")
+        return await self._dedicated.spawn(self, cls, args, kwargs, name, max_restarts, preload)
+
+    async def preload(self, modules: tuple[str, ...]) -> None:
+        """Import these libraries here, if not yet (in the background, once; this waits for them)."""
+        await self._preloads.wait(modules)
 
     def actors(self) -> list[ActorRef]:
         return self._actors.refs()

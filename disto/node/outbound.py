@@ -8,7 +8,10 @@ is lost, every pending and queued call fails at once.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import pickle
+import threading
 from collections import deque
 from typing import Callable
 
@@ -26,6 +29,7 @@ from .inbound import failed, payload_of
 from .peers import Peers
 
 _pickle_dumps = pickle.dumps
+_get_ident = threading.get_ident
 _SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
 
 LocalCall = Callable[[ActorRef, str, tuple, dict, Future, bool], None]
@@ -36,6 +40,17 @@ def _scalars(args: tuple) -> bool:
         if type(a) not in _SCALAR_TYPES:
             return False
     return True
+
+
+def _settle(src: asyncio.Future, dst: concurrent.futures.Future) -> None:
+    if src.cancelled():
+        dst.cancel()  # (already running: set the exception instead, so waiters wake)
+        if not dst.done():
+            dst.set_exception(concurrent.futures.CancelledError())
+    elif src.exception() is not None:
+        dst.set_exception(src.exception())
+    else:
+        dst.set_result(src.result())
 
 
 class CallTable:
@@ -62,8 +77,11 @@ class OutboundCalls:
         self.max_frame = max_frame
         self.tables: dict[Channel, CallTable] = {}
         self.loop: asyncio.AbstractEventLoop | None = None  # the node's, once started
+        self.loop_thread = 0  # its thread's ident
 
     def call(self, ref: ActorRef, method: str, args: tuple, kwargs: dict, oneway: bool = False) -> Future:
+        if _get_ident() != self.loop_thread:
+            return self._from_thread(ref, method, args, kwargs, oneway)  # type: ignore[return-value]
         here = self._here
         fut: Future = Future(loop=self.loop)
         if ref.node_address == here.address:
@@ -85,6 +103,25 @@ class OutboundCalls:
         else:
             table.waiting.append((call, fut, oneway))
         return fut
+
+    def _from_thread(self, ref: ActorRef, method: str, args: tuple, kwargs: dict, oneway: bool
+                     ) -> concurrent.futures.Future:
+        """A call made by synchronous code on another thread (an actor's own): made on the loop, in the caller's
+        context; the caller gets a ``concurrent.futures.Future`` it may block on (``.result(timeout)``)."""
+        out: concurrent.futures.Future = concurrent.futures.Future()
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            out.set_exception(ClosedError("this node is not running"))
+            return out
+
+        def start() -> None:
+            if not out.set_running_or_notify_cancel():
+                return
+            fut = self.call(ref, method, args, kwargs, oneway)
+            fut.add_done_callback(lambda f: _settle(f, out))
+
+        loop.call_soon_threadsafe(start, context=contextvars.copy_context())
+        return out
 
     def _send(self, ch: Channel, table: CallTable, call: tuple, fut: Future, oneway: bool) -> None:
         ref, method, args, kwargs, mode = call

@@ -20,9 +20,11 @@ class RegistryHost(Protocol):
 
 
 class _Spec:
-    __slots__ = ("cls", "args", "kwargs", "name", "restarts_left")
+    __slots__ = ("cls", "args", "kwargs", "name", "restarts_left", "process")
 
-    def __init__(self, cls: type, args: tuple, kwargs: dict, name: str | None, restarts_left: int) -> None:
+    def __init__(self, cls: type, args: tuple, kwargs: dict, name: str | None, restarts_left: int,
+                 process: bool = False) -> None:
+        self.process = process  # it lived in a process of its own: so does its replacement
         self.cls = cls
         self.args = args
         self.kwargs = kwargs
@@ -33,6 +35,8 @@ class _Spec:
 class Registry(Actor):
     """Member list and actor names, kept by the seed node. A member whose connection to the seed is lost is
     dropped with its names."""
+
+    sync_on_loop = True  # bookkeeping on the node's own objects: never blocks
 
     def __init__(self, host: RegistryHost) -> None:
         self._host = host
@@ -88,10 +92,12 @@ class Registry(Actor):
     def names(self) -> dict[str, ActorRef]:
         return dict(self._names)
 
-    def supervise(self, ref: ActorRef, cls: type, args: tuple, kwargs: dict, max_restarts: int) -> None:
+    def supervise(self, ref: ActorRef, cls: type, args: tuple, kwargs: dict, max_restarts: int,
+                  process: bool = False) -> None:
         if not isinstance(max_restarts, int) or max_restarts < 0:
             raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
-        self._supervised[(ref.node_id, ref.actor_id)] = _Spec(cls, args, kwargs, ref.actor_name, max_restarts)
+        self._supervised[(ref.node_id, ref.actor_id)] = _Spec(cls, args, kwargs, ref.actor_name, max_restarts,
+                                                              bool(process))
 
     def unsupervise(self, node_id: str, actor_id: int) -> None:
         self._supervised.pop((node_id, actor_id), None)
@@ -124,7 +130,8 @@ class Registry(Actor):
         # ties go to nodes other than the seed, which already carries the registry
         target = min(candidates, key=lambda m: (load[m["node_id"]], m["node_id"] == self._host.node_id))
         try:
-            ref = await self._service(target).spawn(spec.cls, spec.args, spec.kwargs, spec.name, spec.restarts_left - 1)
+            ref = await self._service(target).spawn(spec.cls, spec.args, spec.kwargs, spec.name,
+                                                    spec.restarts_left - 1, spec.process)
             self.restarts.append({"name": spec.name, "node": target["address"], "actor_id": ref.actor_id,
                                   "restarts_left": spec.restarts_left - 1})
         except DistoError as e:

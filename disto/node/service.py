@@ -10,9 +10,13 @@ from ..actor import Actor, ActorRef, check_actor_class
 
 class ServiceHost(Protocol):
     registry: ActorRef | None
+    role: str
 
     async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,
                           name: str | None = None) -> ActorRef: ...
+    async def spawn_process(self, cls: type, args: tuple, kwargs: dict, name: str | None, max_restarts: int,
+                            preload: tuple[str, ...]) -> ActorRef: ...
+    async def preload(self, modules: tuple[str, ...]) -> None: ...
     async def stop_actor(self, actor_id: int) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
     def on_members(self, members: list[dict[str, Any]]) -> None: ...
@@ -22,19 +26,28 @@ class ServiceHost(Protocol):
 class NodeService(Actor):
     """Spawns and stops actors on its node; reports its state; shuts the node down on request."""
 
+    sync_on_loop = True  # bookkeeping on the node's own objects: never blocks
+
     def __init__(self, host: ServiceHost) -> None:
         self._host = host
 
     async def spawn(self, cls: type, args: tuple = (), kwargs: dict | None = None,
-                    name: str | None = None, max_restarts: int = 0) -> ActorRef:
+                    name: str | None = None, max_restarts: int = 0, process: bool = False,
+                    preload: tuple[str, ...] = ()) -> ActorRef:
+        """Build an actor here (``process=True``: in a child node process of its own). ``preload``: libraries
+        the caller has imported, imported here first (in the background, once) so its calls do not pay for
+        them."""
         check_actor_class(cls)
         host = self._host
+        if process:
+            return await host.spawn_process(cls, args, kwargs or {}, name, max_restarts, tuple(preload))
+        await host.preload(tuple(preload))
         ref = await host.spawn_local(cls, args, kwargs or {}, name)
         if max_restarts:
             # the seed remembers how to build it again if this node is lost
             assert host.registry is not None
             try:
-                await host.registry.supervise(ref, cls, args, kwargs or {}, max_restarts)
+                await host.registry.supervise(ref, cls, args, kwargs or {}, max_restarts, host.role == "dedicated")
             except BaseException:
                 await host.stop_actor(ref.actor_id)
                 raise

@@ -201,8 +201,9 @@ class _Pickler(cloudpickle.Pickler):
         self.shared[data.data_ptr()] = (f"/proc/{os.getpid()}/fd/{fd}", data.data_ptr() - storage.data_ptr())
 
     def reducer_override(self, obj: Any) -> Any:
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(obj, torch.Tensor):
+        # getattr: torch may be half imported by another thread (a node preloads it); no tensor exists yet then
+        tensor = getattr(sys.modules.get("torch"), "Tensor", None)
+        if tensor is not None and isinstance(obj, tensor):
             return _reduce_tensor(obj, self)
         if isinstance(obj, BaseException):
             reduced = _reduce_exception(obj)

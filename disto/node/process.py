@@ -1,0 +1,91 @@
+"""Node processes started from Python: the nodes of a :class:`~disto.LocalCluster`, and the dedicated process of
+an actor spawned with ``process=True``.
+
+A child node gets the token in its environment (never on its command line, which ``ps`` shows), the parent's TLS
+files if it has some, its own session (a Ctrl-C in the terminal reaches the driver only, which then stops its
+nodes in order), and dies with its parent (PR_SET_PDEATHSIG), so a killed driver or node leaves none behind.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+from ..errors import DistoError
+from ..transport.tls import ENV as TLS_ENV
+from .config import NodeConfig
+
+
+def _child_setup() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
+    except Exception:
+        pass
+
+
+def _read_line(fd: int) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 256)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+
+
+async def start_node_process(*, listen: str, seed: str | None, token: str, config: NodeConfig | None = None,
+                             env: dict[str, str] | None = None, python: str | None = None,
+                             extra: tuple[str, ...] = (), startup_timeout: float = 30.0
+                             ) -> tuple[asyncio.subprocess.Process, str]:
+    """Start ``python -m disto node start`` and wait until it listens: (process, its address)."""
+    rfd, wfd = os.pipe()
+    args = [python or sys.executable, "-m", "disto", "node", "start", "--listen", listen, "--ready-fd", str(wfd),
+            *extra]
+    if seed:
+        args += ["--seed", seed]
+    child_env = dict(os.environ, **(env or {}), DISTO_TOKEN=token)
+    child_env.pop("DISTO_TOKEN_FILE", None)
+    for var in TLS_ENV.values():
+        child_env.pop(var, None)  # the parent's TLS settings, not whatever this shell had
+    if config is not None and config.tls_cert:  # one host, one identity: the same files
+        child_env.update({TLS_ENV["cert"]: config.tls_cert, TLS_ENV["key"]: config.tls_key or "",
+                          TLS_ENV["ca"]: config.tls_ca or ""})
+        if not config.tls_check_hostname:
+            args.append("--tls-no-check-hostname")
+    try:
+        proc = await asyncio.create_subprocess_exec(*args, env=child_env, pass_fds=(wfd,),
+                                                    stdin=asyncio.subprocess.DEVNULL, preexec_fn=_child_setup,
+                                                    start_new_session=True)
+    finally:
+        os.close(wfd)
+    loop = asyncio.get_running_loop()
+    try:
+        line = await asyncio.wait_for(loop.run_in_executor(None, _read_line, rfd), startup_timeout)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    finally:
+        os.close(rfd)
+    if not line:
+        code = await proc.wait()
+        raise DistoError(f"node process exited with code {code} before it was ready (see its stderr above)")
+    return proc, line.split()[0]
+
+
+async def end_process(proc: asyncio.subprocess.Process, timeout: float = 5.0, log: Any = None) -> None:
+    """Wait for a node process asked to stop; kill it if it does not within ``timeout``."""
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except asyncio.TimeoutError:
+        if log is not None:
+            log.warning("node process %d did not exit; killing it", proc.pid)
+        proc.kill()
+        await proc.wait()
+    except ProcessLookupError:
+        pass
