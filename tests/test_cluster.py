@@ -519,3 +519,71 @@ async def test_after_a_freeze_the_callee_drops_the_calls_its_callers_gave_up_on(
                 return False
 
         await eventually(serves, timeout=20, interval=0.1, what="the actor to serve new calls after the freeze")
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_ends_a_driver_with_keyboard_interrupt_and_a_clean_stop() -> None:
+    script = os.path.join(HERE, "programs", "ctrl_c.py")
+    # its own process group, as a shell gives a foreground job: Ctrl-C is SIGINT to the whole group
+    proc = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ready"), line + proc.stderr.read()
+        pids = [int(p) for p in line.split()[1:]]
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert "NodeLostError" not in err and "Error" not in err.replace("KeyboardInterrupt", ""), err
+    assert not any(alive(p) for p in pids), "node processes left behind"
+
+
+async def test_awaiting_a_method_without_calling_it_says_so() -> None:
+    ref = disto.ActorRef("n", "127.0.0.1:1", 16, "Worker")
+    with pytest.raises(TypeError, match=r"write `await ref.pid\(...\)`"):
+        await ref.pid
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(60)
+async def test_names_survive_a_restart_of_the_seed() -> None:
+    token = disto.new_token()
+    env = dict(os.environ, DISTO_TOKEN=token, **ENV)
+    env.pop("DISTO_TOKEN_FILE", None)
+    port = _free_port()
+    seed_addr = f"127.0.0.1:{port}"
+
+    def start(*extra: str) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", "disto", "node", "start", *extra], stdout=subprocess.PIPE,
+                             text=True, env=env)
+        p.stdout.readline()  # listening
+        return p
+
+    procs = [start("--listen", seed_addr)]
+    try:
+        procs.append(start("--listen", "127.0.0.1:0", "--seed", seed_addr))
+        async with disto.connect(seed_addr, token=token) as cluster:
+            worker = next(h for h in cluster.nodes if h.address != seed_addr)
+            svc = await worker.spawn(Worker, name="svc", max_restarts=1)
+            assert await svc.add(2) == 2
+            procs[0].kill()  # the seed goes, with its member list and names
+            procs[0].wait()
+            procs[0] = start("--listen", seed_addr)  # and comes back, knowing nothing
+
+            async def found() -> disto.ActorRef | None:
+                try:
+                    return await cluster.lookup("svc")
+                except (disto.ActorNotFoundError, disto.NodeLostError):
+                    return None
+
+            again = await eventually(found, timeout=20, interval=0.1, what="the name to be known to the new seed")
+            assert again == svc and await again.add(1) == 3  # the same actor, state and all
+            members = {m["address"] for m in await cluster.node.registry.members()}
+            assert worker.address in members and cluster.node.address in members
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)

@@ -52,6 +52,10 @@ class MethodRef:
         ref = self._ref
         return ref._resolve_node().call(ref, self._name, args, kwargs, oneway=True)
 
+    def __await__(self) -> Any:
+        raise TypeError(f"`await ref.{self._name}` awaits the method itself, not a call to it: write "
+                        f"`await ref.{self._name}(...)`")
+
     def __repr__(self) -> str:
         return f"<method {self._name} of {self._ref!r}>"
 

@@ -16,14 +16,15 @@ log = logging.getLogger("disto.node")
 
 
 class Cell:
-    """One actor: the object, its mailbox and its ref."""
+    """One actor: the object, its mailbox and its ref; and how to build it again, if it is supervised."""
 
-    __slots__ = ("instance", "mailbox", "ref")
+    __slots__ = ("instance", "mailbox", "ref", "supervision")
 
     def __init__(self, instance: Any, mailbox: Mailbox, ref: ActorRef) -> None:
         self.instance = instance
         self.mailbox = mailbox
         self.ref = ref
+        self.supervision: tuple | None = None  # (cls, args, kwargs, max_restarts, process), for a new seed
 
 
 class ActorTable:
@@ -136,6 +137,19 @@ class ActorTable:
     def cancel_calls_from(self, ch: Any) -> int:
         """The connection a caller used is gone: nobody waits for its calls any more, so stop running them."""
         return sum(cell.mailbox.cancel_from(ch) for cell in list(self.cells.values()))
+
+    async def register_again(self, registry: ActorRef) -> None:
+        """The seed was restarted (it knows nothing): tell it our actors' names and supervision again."""
+        for actor_id, cell in list(self.cells.items()):
+            if actor_id < FIRST_USER_ACTOR_ID:
+                continue
+            try:
+                if cell.ref.actor_name:
+                    await registry.register(cell.ref.actor_name, cell.ref)
+                if cell.supervision is not None:
+                    await registry.supervise(cell.ref, *cell.supervision)
+            except DistoError as e:  # e.g. the name was taken on the new seed first
+                log.warning("could not register %s with the seed again: %s", cell.ref._describe(), e)
 
     def refs(self) -> list[ActorRef]:
         """The user actors (not the system ones)."""

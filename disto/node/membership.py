@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 from ..actor import ActorRef
 from ..errors import DistoError
@@ -19,7 +19,9 @@ REJOIN_MAX = 2.0
 
 class Membership:
     def __init__(self, here: Here, seed: str | None, registry: ActorRef, host_id: str,
-                 on_back: Callable[[str], None], spawn: Callable[[Any], asyncio.Task]) -> None:
+                 on_back: Callable[[str], None], spawn: Callable[[Any], asyncio.Task],
+                 on_rejoined: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._on_rejoined = on_rejoined  # after joining a seed again: re-register what it may have forgotten
         self._here = here
         self.seed = seed
         self.registry = registry
@@ -60,6 +62,7 @@ class Membership:
                 try:
                     await self.join()
                     log.info("joined the seed %s again", self.seed)
+                    await self._on_rejoined()
                     return
                 except DistoError as e:
                     log.debug("rejoin failed: %s", e)

@@ -120,7 +120,8 @@ class Node:
             self._actors.install_system(Registry(self), SystemActor.REGISTRY)
         self.registry = system_ref(SystemActor.REGISTRY, self.seed or self.address, via=self)
         self._membership = Membership(self._here, self.seed, self.registry, self._peers.identity.host_id,
-                                      self._liveness.monitor.back, self.spawn_bg)
+                                      self._liveness.monitor.back, self.spawn_bg,
+                                      lambda: self._actors.register_again(self.registry))
         if self.role == "client":
             return self  # a command-line client talks to the cluster without becoming a member
         try:
@@ -238,6 +239,12 @@ class Node:
         if self._here.closing:
             raise ClosedError("node is stopping")
         return await self._dedicated.spawn(self, cls, args, kwargs, name, max_restarts, preload)
+
+    def supervised(self, actor_id: int, spec: tuple) -> None:
+        """Remember how actor ``actor_id`` is supervised, to tell a restarted seed again."""
+        cell = self._actors.cells.get(actor_id)
+        if cell is not None:
+            cell.supervision = spec
 
     async def preload(self, modules: tuple[str, ...]) -> None:
         """Import these libraries here, if not yet (in the background, once; this waits for them)."""

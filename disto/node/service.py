@@ -17,6 +17,7 @@ class ServiceHost(Protocol):
     async def spawn_process(self, cls: type, args: tuple, kwargs: dict, name: str | None, max_restarts: int,
                             preload: tuple[str, ...]) -> ActorRef: ...
     async def preload(self, modules: tuple[str, ...]) -> None: ...
+    def supervised(self, actor_id: int, spec: tuple) -> None: ...
     async def stop_actor(self, actor_id: int) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
     def on_members(self, members: list[dict[str, Any]]) -> None: ...
@@ -46,11 +47,13 @@ class NodeService(Actor):
         if max_restarts:
             # the seed remembers how to build it again if this node is lost
             assert host.registry is not None
+            spec = (cls, args, kwargs or {}, max_restarts, host.role == "dedicated")
             try:
-                await host.registry.supervise(ref, cls, args, kwargs or {}, max_restarts, host.role == "dedicated")
+                await host.registry.supervise(ref, *spec)
             except BaseException:
                 await host.stop_actor(ref.actor_id)
                 raise
+            host.supervised(ref.actor_id, spec)
         return ref
 
     async def stop_actor(self, actor_id: int) -> bool:

@@ -1,0 +1,21 @@
+"""A driver interrupted with Ctrl-C while it waits on a long call: it must end with KeyboardInterrupt and stop
+its cluster cleanly."""
+import asyncio
+
+import disto
+
+
+class Slow(disto.Actor):
+    async def work(self) -> str:
+        await asyncio.sleep(60)
+        return "done"
+
+
+async def main() -> None:
+    async with disto.LocalCluster(nodes=2) as cluster:
+        slow = await cluster.nodes[1].spawn(Slow)
+        print("ready", " ".join(str(h.pid) for h in cluster.nodes), flush=True)
+        await slow.work()
+
+
+disto.run(main())
