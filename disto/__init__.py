@@ -7,7 +7,7 @@ only point down; tests/test_layers.py checks it):
     wire/  liveness/  memory/         sans-IO protocol; pure failure detection; shared-memory segments
     serialization/                    payloads: pickling, out-of-band buffers, placement, shm export/import
     transport/                        asyncio channel, UDP heartbeat thread, TLS
-    futures, loop                     Future and combinators; disto.run
+    streams, futures, loop            Stream (a generator method's items); Future and combinators; disto.run
     actor/                            Actor, refs, mailbox, the current-node context
     node/                             the Node (a composition root) and its parts, the system actors
     cluster/                          connect(), LocalCluster, tokens
@@ -19,6 +19,7 @@ from .errors import (ActorDeadError, ActorError, ActorNotFoundError, Authenticat
                      LocalProtocolError, NameTakenError, NodeLostError, ProtocolError, RemoteError,
                      RemoteProtocolError, SerializationError, TimeoutError)
 from .futures import Future, collect, collect_all, collect_any, window, within
+from .streams import Stream
 from .loop import run
 from .node import Node, NodeConfig, shared_array, shared_tensor, transfer
 from .serialization import DEVICE_MAP
@@ -29,7 +30,7 @@ __all__ = [
     "Actor", "ActorRef", "MethodRef", "current_node", "on_loop",
     "Cluster", "LocalCluster", "NodeHandle", "connect", "Node", "NodeConfig", "transfer",
     "shared_array", "shared_tensor", "DEVICE_MAP",
-    "Future", "collect", "collect_all", "collect_any", "window", "within",
+    "Future", "Stream", "collect", "collect_all", "collect_any", "window", "within",
     "run", "new_token", "write_token_file",
     "DistoError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "AuthenticationError",
     "SerializationError", "ClosedError", "NodeLostError", "ActorError", "ActorNotFoundError", "ActorDeadError",

@@ -16,6 +16,7 @@ import inspect
 from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
 from .errors import TimeoutError
+from .streams import FutureStream
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -40,6 +41,10 @@ class Future(asyncio.Future, Generic[T]):  # type: ignore[type-arg]
             else:
                 hook(arg)
         return True
+
+    def __aiter__(self) -> FutureStream:
+        """``async for item in ref.generator_method(...)``: the items the call streams."""
+        return FutureStream(self)
 
     # -- chaining -----------------------------------------------------------------------------------------
     def then(self, fn: Callable[[T], U | Awaitable[U]]) -> Future[U]:

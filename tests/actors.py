@@ -102,3 +102,12 @@ class GilHog(disto.Actor):
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class Streamer(disto.Actor):
+    async def ticks(self):  # noqa: ANN201 - an endless async generator method
+        i = 0
+        while True:
+            yield i
+            i += 1
+            await asyncio.sleep(0.001)

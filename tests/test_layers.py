@@ -19,6 +19,7 @@ LAYERS = [
     ["disto.wire", "disto.liveness", "disto.memory"],
     ["disto.serialization"],
     ["disto.transport"],
+    ["disto.streams"],
     ["disto.futures", "disto.loop"],
     ["disto.actor"],
     ["disto.node"],

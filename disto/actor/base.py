@@ -14,6 +14,9 @@ LIFECYCLE_HOOKS = frozenset({"on_start", "on_stop"})
 ASYNC = "async"    # a coroutine function: a task on the node's event loop
 THREAD = "thread"  # a plain function: on the actor's own thread
 LOOP = "loop"      # a plain function marked @on_loop (or sync_on_loop = True): inline on the event loop
+AGEN = "agen"      # an async generator function: a stream, driven by a task on the loop
+GEN = "gen"        # a generator function: a stream, each next() on the actor's thread
+GEN_LOOP = "gen_loop"  # a generator function marked @on_loop: a stream, each next() on the loop
 _ON_LOOP = "_disto_on_loop"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,7 +63,8 @@ _RESERVED = frozenset(dir(Actor)) | LIFECYCLE_HOOKS
 
 
 def public_methods(cls: type) -> dict[str, str]:
-    """Public method name -> how it runs (ASYNC, THREAD or LOOP), for actor class ``cls`` (computed once)."""
+    """Public method name -> how it runs (ASYNC, THREAD, LOOP, or a stream: AGEN, GEN, GEN_LOOP), for actor
+    class ``cls`` (computed once)."""
     table = cls.__dict__.get("_disto_methods")
     if table is None:
         table = {}
@@ -71,6 +75,10 @@ def public_methods(cls: type) -> dict[str, str]:
             if callable(fn):
                 if inspect.iscoroutinefunction(fn):
                     table[attr] = ASYNC
+                elif inspect.isasyncgenfunction(fn):
+                    table[attr] = AGEN
+                elif inspect.isgeneratorfunction(fn):
+                    table[attr] = GEN_LOOP if runs_on_loop(cls, fn) else GEN
                 else:
                     table[attr] = LOOP if runs_on_loop(cls, fn) else THREAD
         cls._disto_methods = table  # type: ignore[attr-defined]

@@ -18,8 +18,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ActorDeadError, RemoteError, format_remote_traceback
-from .base import ASYNC, LOOP
+from .base import AGEN, ASYNC, GEN, GEN_LOOP, LOOP
 from .threads import ActorThread
+
+_STREAMS = (AGEN, GEN, GEN_LOOP)
+_DONE = object()
 
 if TYPE_CHECKING:
     from ..transport import Channel
@@ -44,14 +47,17 @@ class CallItem:
         self.abandoned = False  # answered already (cancelled, actor stopped) while its thread still runs it
 
 
-# (item, value) / (item, exception, traceback text)
+# (item, value) / (item, exception, traceback text) / (item, cancel it) -> where a stream's items go
 ReplyFn = Callable[[CallItem, Any], None]
 FailFn = Callable[[CallItem, BaseException, str], None]
+OpenStreamFn = Callable[[CallItem, Callable[[], None]], Any]
 
 
 class Mailbox:
     def __init__(self, instance: Any, label: str, limit: int, reply: ReplyFn, fail: FailFn,
-                 methods: dict[str, str], thread: ActorThread | None = None) -> None:
+                 methods: dict[str, str], thread: ActorThread | None = None,
+                 open_stream: OpenStreamFn | None = None) -> None:
+        self._open_stream = open_stream
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, got {limit!r}")
         self.instance = instance
@@ -89,6 +95,9 @@ class Mailbox:
             self._fail(item, err, "")
             return
         self.running += 1
+        if how in _STREAMS:
+            self._start_stream(item, how)
+            return
         if how is not LOOP and how is not ASYNC:
             self._to_thread(item)
             return
@@ -112,7 +121,7 @@ class Mailbox:
         back there, in order, holding one slot (as one call would)."""
         batch = [item]
         queue, methods = self.queue, self._methods
-        while queue and methods.get(queue[0].method) not in (None, LOOP, ASYNC):
+        while queue and methods.get(queue[0].method) not in (None, LOOP, ASYNC, AGEN, GEN, GEN_LOOP):
             batch.append(queue.popleft())
         thread = self.thread
         if thread is None:
@@ -126,6 +135,68 @@ class Mailbox:
                          functools.partial(self._thread_done, it, last)))
             it.args = it.kwargs = None  # type: ignore[assignment] - the thread holds them
         thread.submit(jobs, lambda i: batch[i].abandoned)
+
+    def _start_stream(self, item: CallItem, how: str) -> None:
+        try:
+            gen = getattr(self.instance, item.method)(*item.args, **item.kwargs)  # runs none of its code yet
+        except BaseException as e:  # noqa: BLE001 - bad arguments
+            self.running -= 1
+            self._fail(item, e, format_remote_traceback(e))
+            return
+        item.args = item.kwargs = None  # type: ignore[assignment]
+        item.task = asyncio.get_running_loop().create_task(self._stream(item, gen, how))
+        self.running_items.add(item)
+
+    async def _stream(self, item: CallItem, gen: Any, how: str) -> None:
+        """Drive a generator method: each item to the sink as the caller's credit allows, then the end; an
+        exception where it happened. The call holds its slot until the generator is done."""
+        assert self._open_stream is not None
+        sink = self._open_stream(item, lambda: self.cancel(lambda it: it is item))
+        thread = self.thread
+        if how is GEN and thread is None:
+            thread = self.thread = ActorThread(f"disto {self.label}", asyncio.get_running_loop())
+
+        def step() -> Any:
+            return next(gen, _DONE)
+
+        try:
+            if how is AGEN:
+                anext = gen.__anext__
+                while True:
+                    try:
+                        value = await anext()
+                    except StopAsyncIteration:
+                        break
+                    await sink.send(value)
+            else:
+                while True:
+                    value = step() if how is GEN_LOOP else await thread.run(step)  # type: ignore[union-attr]
+                    if value is _DONE:
+                        break
+                    await sink.send(value)
+            sink.end()
+        except asyncio.CancelledError:
+            dead = self.stopped
+            sink.fail(ActorDeadError(f"actor {self.label} was stopped", actor=self.label) if dead
+                      else asyncio.CancelledError(), "")
+        except Exception as e:  # noqa: BLE001
+            sink.fail(e, format_remote_traceback(e))
+        finally:
+            self.running_items.discard(item)  # answered: a second cancel must not interrupt the closing below
+            try:
+                if how is AGEN:
+                    await gen.aclose()
+                elif how is GEN:
+                    await thread.run(gen.close)  # type: ignore[union-attr]  # on the thread it ran on
+                else:
+                    gen.close()
+            except BaseException as e:  # noqa: BLE001 - its finally blocks raised: the caller has its answer
+                if not isinstance(e, asyncio.CancelledError):
+                    log.warning("closing the stream of %s.%s raised: %s", self.label, item.method, e)
+            finally:
+                self.running -= 1  # the slot is free once the generator is closed
+                if self.queue and not self.stopped:
+                    self._drain()
 
     def _as_task(self, item: CallItem, coro: Any) -> None:
         item.args = item.kwargs = None  # type: ignore[assignment] - let big arguments go early

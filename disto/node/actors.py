@@ -11,6 +11,7 @@ from ..actor import context
 from ..errors import ActorDeadError, ActorNotFoundError, ClosedError, DistoError
 from .config import Here
 from .replies import Replies
+from .streams import StreamSinks
 
 log = logging.getLogger("disto.node")
 
@@ -28,9 +29,10 @@ class Cell:
 
 
 class ActorTable:
-    def __init__(self, here: Here, replies: Replies, node: Any) -> None:
+    def __init__(self, here: Here, replies: Replies, node: Any, sinks: StreamSinks) -> None:
         self._here = here
         self._replies = replies
+        self._sinks = sinks
         self._node = node  # what the actors' refs call through, and the context their code runs in
         self.cells: dict[int, Cell] = {}
         self._next_id = FIRST_USER_ACTOR_ID
@@ -39,8 +41,10 @@ class ActorTable:
         cls = type(instance)
         label = ref._describe()
         fail: Callable[..., None] = self._replies.fail
+        open_stream = self._sinks.open
         return Mailbox(instance, label, getattr(cls, "max_concurrency", 1), self._replies.reply,
-                       lambda item, exc, tb: fail(item, exc, tb, label), public_methods(cls), thread)
+                       lambda item, exc, tb: fail(item, exc, tb, label), public_methods(cls), thread,
+                       lambda item, cancel: open_stream(item, label, cancel))
 
     def install_system(self, instance: Any, actor_id: int) -> ActorRef:
         ref = ActorRef(self._here.node_id, self._here.address, actor_id, type(instance).__name__, None, self._node)

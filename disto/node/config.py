@@ -28,6 +28,7 @@ class NodeConfig:
     shm_pool_bytes: int = 2 << 30   # free shared-memory segments kept for reuse
     heartbeat_interval: float = 0.5  # each side of a connection sends a heartbeat this often
     failure_timeout: float = 2.5    # a peer silent this long is declared lost (frozen, cut off, or overloaded)
+    stream_window: int = 32         # items a generator method may send ahead of what its caller has consumed
     # mutual TLS on every TCP connection: this node's certificate and key, and the cluster CA that signs every
     # node's (all three, or none). With tls_check_hostname a node's certificate must name its listen address.
     tls_cert: str | None = None

@@ -26,7 +26,8 @@ from ..futures import Future
 from ..ids import new_node_id
 from ..memory import janitor
 from ..transport import Channel
-from ..wire import Call, Cancel, Failure, Goodbye, Heartbeat, Message, Modules, Release, Reply
+from ..wire import (Call, Cancel, Failure, Goodbye, Heartbeat, Message, Modules, Release, Reply, StreamCredit,
+                    StreamEnd, StreamItem)
 from .actors import ActorTable
 from .buffers import BufferRouter
 from .config import Here, NodeConfig, normalize_token
@@ -41,6 +42,7 @@ from .registry import Registry
 from .replies import Replies
 from .service import NodeService
 from .stats import process_stats
+from .streams import StreamSinks
 
 log = logging.getLogger("disto.node")
 
@@ -77,11 +79,13 @@ class Node:
         self.buffers = BufferRouter(transfer=cfg.transfer, shm_min=cfg.shm_min, shm_pool_bytes=cfg.shm_pool_bytes,
                                     loop=lambda: self.loop, ship=self._modules.ship)
         self._replies = Replies(here, self.buffers, cfg.max_frame, self._modules.ship)
-        self._actors = ActorTable(here, self._replies, self)
+        self._sinks = StreamSinks(here, self.buffers, self._replies, cfg.stream_window, cfg.max_frame)
+        self._actors = ActorTable(here, self._replies, self, self._sinks)
         self._inbound = InboundCalls(here, self._actors, self._replies, self.buffers, self)
         self._liveness = Liveness(cfg, self._peers)
         self._outbound = OutboundCalls(here, self._peers, self.buffers, self._inbound.call_local,
-                                       self._liveness.is_lost, cfg.max_inflight, cfg.max_frame)
+                                       self._liveness.is_lost, cfg.max_inflight, cfg.max_frame,
+                                       cfg.stream_window)
         self._membership: Membership | None = None
         self._dedicated = DedicatedProcesses(here, self._token, cfg, lambda: self.seed or self.address)
         self._preloads = Preloads()
@@ -90,7 +94,9 @@ class Node:
         self._handlers: dict[type, Callable[[Channel, Any], None]] = {
             Call: self._inbound.on_call, Reply: self._outbound.on_reply, Failure: self._outbound.on_failure,
             Cancel: self._inbound.on_cancel, Release: self.buffers.on_release, Heartbeat: _ignore,
-            Goodbye: self._peers.on_goodbye, Modules: self._modules.on_modules}
+            Goodbye: self._peers.on_goodbye, Modules: self._modules.on_modules,
+            StreamItem: self._outbound.on_stream_item, StreamEnd: self._outbound.on_stream_end,
+            StreamCredit: self._sinks.on_credit}
 
     @property
     def address(self) -> str:
@@ -195,6 +201,7 @@ class Node:
             self._membership.on_channel_lost(ch)
         self.buffers.peer_lost(ch)
         self._modules.forget(ch)
+        self._sinks.forget(ch)
         self._outbound.fail_all(ch, exc)
         cancelled = self._actors.cancel_calls_from(ch)  # their callers are gone: stop running their calls
         if cancelled:

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextvars
 import pickle
 import threading
+import weakref
 from collections import deque
 from typing import Callable
 
@@ -20,8 +21,9 @@ from ..errors import (ActorDeadError, AuthenticationError, ClosedError, DistoErr
                       SerializationError)
 from ..futures import Future
 from ..serialization import loads
+from ..streams import Stream
 from ..transport import Channel
-from ..wire import Failure, Reply
+from ..wire import Failure, Kind, Reply, StreamEnd, StreamItem, T
 from .buffers import BufferRouter, scalar_payload, too_large
 from .config import Here, transfer_mode
 from .failures import exception_from
@@ -57,17 +59,21 @@ class CallTable:
     """The calls to one peer: awaiting a reply (``pending``, at most the window) or not yet sent (``waiting``:
     the window is full, the channel not ready, or its writes paused)."""
 
-    __slots__ = ("pending", "waiting", "next_id")
+    __slots__ = ("pending", "waiting", "next_id", "streams")
 
     def __init__(self) -> None:
         self.pending: dict[int, Future] = {}
         self.waiting: deque[tuple[tuple, Future, bool]] = deque()
         self.next_id = 1
+        # calls that turned into streams (out of the window): call id -> the consumer's stream, held weakly so
+        # that a stream dropped before its end (a ``break``) is collected, which stops the producer
+        self.streams: dict[int, weakref.ref[Stream]] = {}
 
 
 class OutboundCalls:
     def __init__(self, here: Here, peers: Peers, buffers: BufferRouter, local: LocalCall,
-                 is_lost: Callable[[str], bool], max_inflight: int, max_frame: int) -> None:
+                 is_lost: Callable[[str], bool], max_inflight: int, max_frame: int, stream_window: int) -> None:
+        self.stream_window = stream_window
         self._here = here
         self._peers = peers
         self._buffers = buffers
@@ -195,14 +201,71 @@ class OutboundCalls:
                                                  f"{self._here.address})"))
 
     def on_failure(self, ch: Channel, ev: Failure) -> None:
+        table = self.tables.get(ch)
+        ref = table.streams.pop(ev.body.call_id, None) if table is not None else None
+        if ref is not None:  # a stream's generator raised (or was stopped): after the items before it
+            stream = ref()
+            if stream is not None:
+                stream.fail(exception_from(ev.body, ch.address))
+            return
         fut = self._answered(ch, ev.body.call_id)
         if fut is not None:
             fut.set_exception(exception_from(ev.body, ch.address))
 
+    # ------------------------------------------------------------------ streams
+    def _stream(self, ch: Channel, call_id: int) -> Stream | None:
+        """The consumer's stream of ``call_id``: made when its first item (or its end) arrives, which answers
+        the call's future with it; None when nobody consumes it any more (the producer is then told to stop)."""
+        table = self.tables.get(ch)
+        if table is None:
+            return None
+        ref = table.streams.get(call_id)
+        if ref is not None:
+            stream = ref()
+            if stream is None:
+                del table.streams[call_id]
+                ch.send_cancel(call_id)
+            return stream
+        fut = self._answered(ch, call_id)
+        if fut is None:  # cancelled before it started streaming, or a stale id
+            ch.send_cancel(call_id)
+            return None
+        window = self.stream_window
+
+        def grant(n: int) -> None:
+            if ch.can_send():
+                ch.send(Kind.STREAM_CREDIT, T.StreamCredit(call_id=call_id, credit=n))
+
+        stream = Stream(window, grant, lambda: ch.send_cancel(call_id), self.loop)
+        table.streams[call_id] = weakref.ref(stream)
+        fut.set_result(stream)
+        return stream
+
+    def on_stream_item(self, ch: Channel, ev: StreamItem) -> None:
+        body = ev.body
+        stream = self._stream(ch, body.call_id)
+        if stream is None:
+            return
+        try:
+            stream_bytes, bufs = payload_of(body, ev.buffers)
+            if body.buffers is not None:
+                bufs = self._buffers.import_(ch, bufs)
+            stream.push(loads(stream_bytes, bufs))
+        except SerializationError as e:
+            stream.fail(SerializationError(f"{e} (unpickling a stream item from {ch.peer_name()})"))
+
+    def on_stream_end(self, ch: Channel, ev: StreamEnd) -> None:
+        stream = self._stream(ch, ev.body.call_id)
+        table = self.tables.get(ch)
+        if table is not None:
+            table.streams.pop(ev.body.call_id, None)
+        if stream is not None:
+            stream.end()
+
     def fail_all(self, ch: Channel, exc: BaseException | None) -> None:
         """The channel is gone: every call pending or queued on it fails now."""
         table = self.tables.pop(ch, None)
-        if table is None or not (table.pending or table.waiting):
+        if table is None or not (table.pending or table.waiting or table.streams):
             return
         if self._here.closing:
             err: DistoError = ClosedError("this node was stopped")
@@ -214,6 +277,10 @@ class OutboundCalls:
         for fut in table.pending.values():
             if not fut.done():
                 fut.set_exception(err)
+        for ref in table.streams.values():
+            stream = ref()
+            if stream is not None:
+                stream.fail(err)
         for _, fut, oneway in table.waiting:
             if not fut.done():
                 failed(fut, err, oneway)

@@ -2,9 +2,10 @@
 No asyncio, sockets or torch below this line."""
 from .connection import Connection, State
 from .events import (CLOSED, NEED_DATA, Call, Cancel, Event, Failure, Goodbye, Heartbeat, Identity, Message, Modules,
-                     Ready, Release, Reply)
+                     Ready, Release, Reply, StreamCredit, StreamEnd, StreamItem)
 from .messages import WIRE_VERSION, BufferKind, FailureKind, Kind, T
 
 __all__ = ["Connection", "State", "CLOSED", "NEED_DATA", "Call", "Cancel", "Event", "Failure", "Goodbye",
-           "Heartbeat", "Identity", "Message", "Modules", "Ready", "Release", "Reply", "WIRE_VERSION", "BufferKind",
+           "Heartbeat", "Identity", "Message", "Modules", "Ready", "Release", "Reply", "StreamCredit", "StreamEnd",
+           "StreamItem", "WIRE_VERSION", "BufferKind",
            "FailureKind", "Kind", "T"]

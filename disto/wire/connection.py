@@ -21,7 +21,7 @@ import enum
 from typing import Any, Callable, Sequence, Union
 
 from ..errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
-from .events import CLOSED, EVENT_OF_KIND, NEED_DATA, Call, Event, Identity, Message, Ready, Reply
+from .events import CLOSED, EVENT_OF_KIND, NEED_DATA, Call, Event, Identity, Message, Ready, Reply, StreamItem
 from .fastcodec import decode_call, decode_reply, encode_call, encode_reply
 from .framing import (DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_BODY, HEADER, HEADER_SIZE,
                       inline_sizes, oob_views)
@@ -53,9 +53,10 @@ def _default_alloc(n: int) -> memoryview:
 
 _CALL = Kind.CALL
 _REPLY = Kind.REPLY
+_ITEM = Kind.STREAM_ITEM  # framed like a REPLY (the same fields)
 _APP_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.FAILURE, Kind.CANCEL, Kind.HEARTBEAT, Kind.GOODBYE,
-                        Kind.RELEASE, Kind.MODULES})
-_KINDS_WITH_BUFFERS = frozenset({Kind.CALL, Kind.REPLY})
+                        Kind.RELEASE, Kind.MODULES, Kind.STREAM_ITEM, Kind.STREAM_END, Kind.STREAM_CREDIT})
+_KINDS_WITH_BUFFERS = frozenset({Kind.CALL, Kind.REPLY, Kind.STREAM_ITEM})
 
 
 class Connection:
@@ -136,21 +137,21 @@ class Connection:
         return [self._checked_frame(Kind.CALL, body, total), *views]
 
     def send_reply(self, call_id: int, payload: Buffer | None, buffers: Sequence[Buffer] = (),
-                   payload_oob: bool = False) -> list[Buffer]:
-        """Frame a REPLY (the hot path)."""
+                   payload_oob: bool = False, kind: int = _REPLY) -> list[Buffer]:
+        """Frame a REPLY (the hot path), or a STREAM_ITEM (``kind``), which has the same fields."""
         if self.state is not State.READY:
             raise LocalProtocolError(f"cannot send REPLY in state {self.state.value}")
         if not buffers:
             body = encode_reply(call_id, payload, (), payload_oob)
             if len(body) <= self._max_body:
-                return [_pack_header(len(body), WIRE_VERSION, _REPLY, 0, 0) + body]
-            return [self._checked_frame(Kind.REPLY, body, 0)]
+                return [_pack_header(len(body), WIRE_VERSION, kind, 0, 0) + body]
+            return [self._checked_frame(kind, body, 0)]
         views, sizes, total, descs = oob_views(buffers)
         if descs is None:
             body = encode_reply(call_id, payload, sizes, payload_oob)
         else:
             body = encode(T.Reply(call_id=call_id, payload=payload, buffers=descs, payload_oob=payload_oob))
-        return [self._checked_frame(Kind.REPLY, body, total), *views]
+        return [self._checked_frame(kind, body, total), *views]
 
     def _checked_frame(self, kind: int, body: bytes, oob_len: int) -> bytes:
         if len(body) > self._max_body:
@@ -226,7 +227,7 @@ class Connection:
                         and body_len <= self._max_body):
                     if kind == _CALL:
                         got = decode_call(rx, begin, end)
-                    elif kind == _REPLY:
+                    elif kind == _REPLY or kind == _ITEM:
                         got = decode_reply(rx, begin, end)
                     else:
                         got = None
@@ -235,7 +236,7 @@ class Connection:
                             self._rstart = self._rend = 0
                         else:
                             self._rstart = end
-                        return (Call if kind == _CALL else Reply)(got[0], [])
+                        return (Call if kind == _CALL else Reply if kind == _REPLY else StreamItem)(got[0], [])
             return self._next_event()
         except (RemoteProtocolError, AuthenticationError):
             self.close()
@@ -282,7 +283,7 @@ class Connection:
                     return Ready(peer)
                 continue
             sizes: list[int] | None = None
-            if kind == Kind.CALL or kind == Kind.REPLY:
+            if kind == Kind.CALL or kind == Kind.REPLY or kind == _ITEM:
                 got = (decode_call if kind == Kind.CALL else decode_reply)(rx, start, end)
                 if got is not None:
                     body, sizes = got

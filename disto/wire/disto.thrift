@@ -29,6 +29,9 @@ enum MessageKind {
   GOODBYE = 9,
   RELEASE = 10,
   MODULES = 11,
+  STREAM_ITEM = 12,
+  STREAM_END = 13,
+  STREAM_CREDIT = 14,
 }
 
 /* Where an out-of-band buffer lives. INLINE buffers follow the body in the same frame. */
@@ -147,4 +150,25 @@ struct ModuleSource {
 
 struct Modules {
   1: required list<ModuleSource> modules,
+}
+
+/* Streams: a call to a generator method is answered with items instead of one REPLY. The callee sends at most
+ * `credit` items ahead of what the caller has consumed (the caller grants more with STREAM_CREDIT), then
+ * STREAM_END, or a FAILURE with the call's id where the generator raised. The caller stops it with CANCEL.
+ * STREAM_ITEM has the field layout of Reply (the same codec frames both). */
+struct StreamItem {
+  1: required i64 call_id,
+  2: optional binary payload,
+  3: optional list<BufferDesc> buffers,
+  4: optional bool payload_oob = false,
+}
+
+struct StreamEnd {
+  1: required i64 call_id,
+  2: optional i64 items,
+}
+
+struct StreamCredit {
+  1: required i64 call_id,
+  2: required i32 credit,
 }

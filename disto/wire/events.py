@@ -84,8 +84,23 @@ class Modules(Message):
     kind = Kind.MODULES
 
 
-EVENT_OF_KIND: dict[int, type[Message]] = {cls.kind: cls for cls in (Call, Reply, Failure, Cancel, Heartbeat,
-                                                                      Goodbye, Release, Modules)}
+class StreamItem(Message):
+    __slots__ = ()
+    kind = Kind.STREAM_ITEM
+
+
+class StreamEnd(Message):
+    __slots__ = ()
+    kind = Kind.STREAM_END
+
+
+class StreamCredit(Message):
+    __slots__ = ()
+    kind = Kind.STREAM_CREDIT
+
+
+EVENT_OF_KIND: dict[int, type[Message]] = {cls.kind: cls for cls in (
+    Call, Reply, Failure, Cancel, Heartbeat, Goodbye, Release, Modules, StreamItem, StreamEnd, StreamCredit)}
 
 
 class _Sentinel:

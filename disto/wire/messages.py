@@ -37,6 +37,9 @@ STRUCT_OF_KIND: dict[int, type] = {
     Kind.GOODBYE: T.Goodbye,
     Kind.RELEASE: T.Release,
     Kind.MODULES: T.Modules,
+    Kind.STREAM_ITEM: T.StreamItem,
+    Kind.STREAM_END: T.StreamEnd,
+    Kind.STREAM_CREDIT: T.StreamCredit,
 }
 
 # Thrift binary type ids
