@@ -25,7 +25,9 @@ ROOT = os.path.dirname(HERE)
 CORE = os.path.join(HERE, "core.py")
 ROWS = [("w1_p50", "W1 round trip p50 (µs)", False), ("w1_p99", "W1 round trip p99 (µs)", False),
         ("w2", "W2 pipelined calls/s", True), ("w3", "W3 2 callers -> 1 actor, calls/s", True),
-        ("local", "local call (µs)", False)]
+        ("local", "local call (µs)", False), ("w1_loop", "W1 p50, @on_loop method (µs)", False),
+        ("w2_loop", "W2 calls/s, @on_loop method", True), ("w1_async", "W1 p50, async method (µs)", False),
+        ("w2_async", "W2 calls/s, async method", True)]
 
 
 def tree_of(spec: str, tmp: str) -> str:

@@ -1,7 +1,13 @@
-"""Core runtime benchmark: W1 round trip, W2 pipelined calls, W3 two callers -> one actor, local calls.
+"""Core runtime benchmark: W1 round trip, W2 pipelined calls, W3 two callers -> one actor, local calls, and
+streamed items.
 
 Each disto figure is printed next to the raw uvloop TCP echo floor measured in the same run. Every measurement is
 repeated ``--repeat`` times, interleaved (floor, disto, floor, disto, ...), and the median is shown.
+
+The target's ``ping`` is a plain sync method, so it runs on its actor's thread (the default: a method may block
+without stalling the node); rows marked "@on_loop" and "async" run the same method inline on the node's event
+loop and as an async method, which is what the thread costs. "stream" is an async generator method yielding
+small ints, taken with ``async for``.
 
     python bench/core.py                 # full run (about a minute)
     python bench/core.py --quick         # smoke test (CI)
@@ -25,9 +31,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RAW = os.path.join(HERE, "_raw_echo.py")
 
 
+on_loop = getattr(disto, "on_loop", lambda fn: fn)  # (older disto, for bench/ab.py: everything ran on the loop)
+
+
 class Echo(disto.Actor):
     def ping(self, x: int) -> int:
         return x
+
+
+class EchoOnLoop(disto.Actor):
+    @on_loop
+    def ping(self, x: int) -> int:
+        return x
+
+
+class EchoAsync(disto.Actor):
+    async def ping(self, x: int) -> int:
+        return x
+
+    async def count(self, n: int):  # noqa: ANN201 - an async generator method: a stream
+        for i in range(n):
+            yield i
 
 
 class Caller(disto.Actor):
@@ -89,13 +113,17 @@ async def main(args: argparse.Namespace) -> dict:
     port = int(server.stdout.readline())
     res: dict[str, list[float]] = {k: [] for k in
                                    ("raw_w1_p50", "raw_w1_p99", "w1_p50", "w1_p99", "raw_w2", "w2", "raw_w3", "w3",
-                                    "local")}
+                                    "local", "w1_loop", "w2_loop", "w1_async", "w2_async", "stream")}
+    streams = hasattr(disto, "Stream")
     try:
         async with disto.LocalCluster(nodes=3) as cluster:
             target = await cluster.nodes[0].spawn(Echo)
+            on_loop_target = await cluster.nodes[0].spawn(EchoOnLoop)
+            async_target = await cluster.nodes[0].spawn(EchoAsync)
             callers = [await cluster.nodes[i].spawn(Caller) for i in (1, 2)]
             local = await cluster.node.spawn_local(Echo)
-            await pipelined(target, 2_000, inflight)  # warm up connections and code paths
+            for t in (target, on_loop_target, async_target):
+                await pipelined(t, 2_000, inflight)  # warm up connections and code paths
             for _ in range(repeat):
                 lat = await asyncio.get_running_loop().run_in_executor(None, raw, "w1", str(port), str(n1))
                 res["raw_w1_p50"].append(pct(lat, 0.5) / 1e3)
@@ -122,16 +150,36 @@ async def main(args: argparse.Namespace) -> dict:
                 for i in range(n1):
                     await local.ping(i)
                 res["local"].append((time.perf_counter() - t0) / n1 * 1e6)
+
+                for key, t in (("loop", on_loop_target), ("async", async_target)):
+                    lat = []
+                    for i in range(n1):
+                        t0 = time.perf_counter_ns()
+                        await t.ping(i)
+                        lat.append(time.perf_counter_ns() - t0)
+                    res[f"w1_{key}"].append(pct(lat, 0.5) / 1e3)
+                    res[f"w2_{key}"].append(n2 / await pipelined(t, n2, inflight))
+                if streams:
+                    t0 = time.perf_counter()
+                    got = 0
+                    async for _ in async_target.count(n2):
+                        got += 1
+                    res["stream"].append(got / (time.perf_counter() - t0))
     finally:
         server.kill()
         server.wait()
-    med = {k: statistics.median(v) for k, v in res.items()}
+    med = {k: statistics.median(v) if v else float("nan") for k, v in res.items()}
     rows = [
         ("W1 round trip p50 (µs)", med["raw_w1_p50"], med["w1_p50"], med["w1_p50"] / med["raw_w1_p50"]),
         ("W1 round trip p99 (µs)", med["raw_w1_p99"], med["w1_p99"], med["w1_p99"] / med["raw_w1_p99"]),
         ("W2 pipelined calls/s (1000 in flight)", med["raw_w2"], med["w2"], med["w2"] / med["raw_w2"]),
         ("W3 2 callers -> 1 actor, calls/s", med["raw_w3"], med["w3"], med["w3"] / med["raw_w3"]),
         ("local call, same process (µs)", float("nan"), med["local"], float("nan")),
+        ("W1 p50, @on_loop method (µs)", med["raw_w1_p50"], med["w1_loop"], med["w1_loop"] / med["raw_w1_p50"]),
+        ("W2 calls/s, @on_loop method", med["raw_w2"], med["w2_loop"], med["w2_loop"] / med["raw_w2"]),
+        ("W1 p50, async method (µs)", med["raw_w1_p50"], med["w1_async"], med["w1_async"] / med["raw_w1_p50"]),
+        ("W2 calls/s, async method", med["raw_w2"], med["w2_async"], med["w2_async"] / med["raw_w2"]),
+        ("stream items/s (async generator)", med["raw_w2"], med["stream"], med["stream"] / med["raw_w2"]),
     ]
     print(f"\ndisto core benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  "
           f"{os.cpu_count()} cores  python {platform.python_version()}  repeats={repeat} (medians)")
