@@ -5,7 +5,7 @@ does not depend on what else the machine is doing (the same binary and inputs gi
     python bench/instructions.py --before 0a9fe29       # and a git revision (or a source tree), side by side
 
 Two nodes in one process and one event loop, N sequential round trips of an empty call from one to an actor on
-the other over loopback TCP: both sides of the wire, no wake-ups. It runs N1 and N2 calls and reports
+the other over loopback TCP: both sides of the wire, no wake-ups (``--method``: which kind of method it calls). It runs N1 and N2 calls and reports
 (instructions(N2) - instructions(N1)) / (N2 - N1), which cancels start-up and shutdown. Needs valgrind
 (Debian: apt-get install valgrind); about a minute per tree.
 """
@@ -23,15 +23,27 @@ ROOT = os.path.dirname(HERE)
 WORKLOAD = '''
 import sys, disto
 
+on_loop = getattr(disto, "on_loop", lambda fn: fn)  # (older disto ran every method on the loop)
+
 class Echo(disto.Actor):
     def ping(self, x):
+        return x
+
+class EchoOnLoop(disto.Actor):
+    @on_loop
+    def ping(self, x):
+        return x
+
+class EchoAsync(disto.Actor):
+    async def ping(self, x):
         return x
 
 async def main(n):
     token = "instructions-token-0123456789"
     a = disto.Node(token); await a.start()
     b = disto.Node(token, seed=a.address); await b.start()
-    ref = await disto.NodeHandle({"node_id": b.node_id, "address": b.address}, a).spawn(Echo)
+    cls = {"sync": Echo, "loop": EchoOnLoop, "async": EchoAsync}[sys.argv[2]]
+    ref = await disto.NodeHandle({"node_id": b.node_id, "address": b.address}, a).spawn(cls)
     for i in range(n):
         await ref.ping(i)
     await b.stop(); await a.stop()
@@ -40,11 +52,11 @@ disto.run(main(int(sys.argv[1])))
 '''
 
 
-def count(tree: str, n: int, script: str) -> int:
+def count(tree: str, n: int, script: str, method: str) -> int:
     env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0")
     python = os.path.realpath(sys.executable)  # not a shim script: valgrind must start Python itself
     out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, script,
-                          str(n)], env=env, cwd=tree, capture_output=True, text=True, check=True)
+                          str(n), method], env=env, cwd=tree, capture_output=True, text=True, check=True)
     m = re.search(r"Collected : (\d+)", out.stderr)
     if not m:
         raise SystemExit(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
@@ -63,6 +75,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", help="a git revision or source tree to measure next to this one")
     ap.add_argument("--calls", type=int, nargs=2, default=(200, 10200), metavar=("N1", "N2"))
+    ap.add_argument("--method", choices=("loop", "async", "sync"), default="loop",
+                    help="the actor's ping: @on_loop (the call path alone, default), async, or a plain sync method "
+                         "(on its actor's thread: the count then includes the hand-over)")
     a = ap.parse_args()
     n1, n2 = a.calls
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +90,7 @@ def main() -> None:
         results = []
         try:
             for label, tree in trees:
-                per_call = (count(tree, n2, script) - count(tree, n1, script)) / (n2 - n1)
+                per_call = (count(tree, n2, script, a.method) - count(tree, n1, script, a.method)) / (n2 - n1)
                 results.append(per_call)
                 print(f"{label:<24} {per_call:>12,.0f} instructions per round trip (both sides)", flush=True)
         finally:

@@ -1,7 +1,9 @@
 """The base class of actors, which of their methods are callable remotely, and how each one runs."""
 from __future__ import annotations
 
+import enum
 import inspect
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 if TYPE_CHECKING:
@@ -10,13 +12,18 @@ if TYPE_CHECKING:
 # called by the node at start and stop, never by a caller
 LIFECYCLE_HOOKS = frozenset({"on_start", "on_stop"})
 
-# how a method runs
-ASYNC = "async"    # a coroutine function: a task on the node's event loop
-THREAD = "thread"  # a plain function: on the actor's own thread
-LOOP = "loop"      # a plain function marked @on_loop (or sync_on_loop = True): inline on the event loop
-AGEN = "agen"      # an async generator function: a stream, driven by a task on the loop
-GEN = "gen"        # a generator function: a stream, each next() on the actor's thread
-GEN_LOOP = "gen_loop"  # a generator function marked @on_loop: a stream, each next() on the loop
+class How(enum.Enum):
+    """How a method runs (an enum: compared by identity on the hot path)."""
+
+    ASYNC = "async"        # a coroutine function: a task on the node's event loop
+    THREAD = "thread"      # a plain function: on the actor's own thread
+    LOOP = "loop"          # a plain function marked @on_loop (or sync_on_loop = True): inline on the event loop
+    AGEN = "agen"          # an async generator function: a stream, driven by a task on the loop
+    GEN = "gen"            # a generator function: a stream, each next() on the actor's thread
+    GEN_LOOP = "gen_loop"  # a generator function marked @on_loop: a stream, each next() on the loop
+
+
+ASYNC, THREAD, LOOP, AGEN, GEN, GEN_LOOP = How.ASYNC, How.THREAD, How.LOOP, How.AGEN, How.GEN, How.GEN_LOOP
 _ON_LOOP = "_disto_on_loop"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,10 +69,14 @@ class Actor:
 _RESERVED = frozenset(dir(Actor)) | LIFECYCLE_HOOKS
 
 
-def public_methods(cls: type) -> dict[str, str]:
+# per class, outside the class itself: a class pickled by value must not carry it along
+_METHODS: "weakref.WeakKeyDictionary[type, dict[str, How]]" = weakref.WeakKeyDictionary()
+
+
+def public_methods(cls: type) -> dict[str, How]:
     """Public method name -> how it runs (ASYNC, THREAD, LOOP, or a stream: AGEN, GEN, GEN_LOOP), for actor
     class ``cls`` (computed once)."""
-    table = cls.__dict__.get("_disto_methods")
+    table = _METHODS.get(cls)
     if table is None:
         table = {}
         for attr in dir(cls):
@@ -81,7 +92,7 @@ def public_methods(cls: type) -> dict[str, str]:
                     table[attr] = GEN_LOOP if runs_on_loop(cls, fn) else GEN
                 else:
                     table[attr] = LOOP if runs_on_loop(cls, fn) else THREAD
-        cls._disto_methods = table  # type: ignore[attr-defined]
+        _METHODS[cls] = table
     return table
 
 

@@ -18,10 +18,10 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ActorDeadError, RemoteError, format_remote_traceback
-from .base import AGEN, ASYNC, GEN, GEN_LOOP, LOOP
+from .base import AGEN, GEN, GEN_LOOP, THREAD, How
 from .threads import ActorThread
 
-_STREAMS = (AGEN, GEN, GEN_LOOP)
+_STREAMS = frozenset({AGEN, GEN, GEN_LOOP})
 _DONE = object()
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ OpenStreamFn = Callable[[CallItem, Callable[[], None]], Any]
 
 class Mailbox:
     def __init__(self, instance: Any, label: str, limit: int, reply: ReplyFn, fail: FailFn,
-                 methods: dict[str, str], thread: ActorThread | None = None,
+                 methods: dict[str, How], thread: ActorThread | None = None,
                  open_stream: OpenStreamFn | None = None) -> None:
         self._open_stream = open_stream
         if not isinstance(limit, int) or limit < 1:
@@ -71,10 +71,21 @@ class Mailbox:
         self._fail = fail
         self._methods = methods  # public method name -> how it runs
         self.thread = thread
+        # a run of sync calls on the thread holds one slot while it has calls left; a sync call that arrives
+        # then, with nothing queued ahead of it, joins the run at once (no round trip through the loop)
+        self._run_open = False
+        self._run_left = 0  # calls of the run not done yet (on the thread, or joining it)
+        self._joining: list[CallItem] = []  # calls joining the run, handed over together at the end of the tick
 
     def post(self, item: CallItem) -> None:
         if self.stopped:
             self._fail(item, ActorDeadError(f"actor {self.label} is stopped", actor=self.label), "")
+            return
+        if self._run_open and not self.queue and self._methods.get(item.method) is THREAD:
+            if not self._joining:
+                asyncio.get_running_loop().call_soon(self._hand_over)
+            self._joining.append(item)
+            self._run_left += 1
             return
         if self.running < self.limit and not self.queue:
             self._start(item)  # idle: run now, no queue hop
@@ -95,11 +106,11 @@ class Mailbox:
             self._fail(item, err, "")
             return
         self.running += 1
+        if how is THREAD:
+            self._to_thread(item)
+            return
         if how in _STREAMS:
             self._start_stream(item, how)
-            return
-        if how is not LOOP and how is not ASYNC:
-            self._to_thread(item)
             return
         fn = getattr(self.instance, item.method)
         try:
@@ -117,26 +128,34 @@ class Mailbox:
         self._reply(item, result)
 
     def _to_thread(self, item: CallItem) -> None:
-        """Hand the actor's thread this sync call and every sync call queued right behind it: they run back to
-        back there, in order, holding one slot (as one call would)."""
+        """Open a run on the actor's thread with this sync call and every sync call queued right behind it:
+        they run back to back there, in order, holding one slot (as one call would)."""
         batch = [item]
         queue, methods = self.queue, self._methods
-        while queue and methods.get(queue[0].method) not in (None, LOOP, ASYNC, AGEN, GEN, GEN_LOOP):
+        while queue and methods.get(queue[0].method) is THREAD:
             batch.append(queue.popleft())
+        self._run_open = True
+        self._run_left += len(batch)
+        self._submit(batch)
+
+    def _hand_over(self) -> None:
+        batch, self._joining = self._joining, []
+        if batch:
+            self._submit(batch)
+
+    def _submit(self, batch: list[CallItem]) -> None:
         thread = self.thread
         if thread is None:
             thread = self.thread = ActorThread(f"disto {self.label}", asyncio.get_running_loop())
         instance = self.instance
         jobs = []
-        for i, it in enumerate(batch):
+        for it in batch:
             self.running_items.add(it)
-            last = i == len(batch) - 1
-            jobs.append((getattr(instance, it.method), it.args, it.kwargs,
-                         functools.partial(self._thread_done, it, last)))
+            jobs.append((getattr(instance, it.method), it.args, it.kwargs, functools.partial(self._thread_done, it)))
             it.args = it.kwargs = None  # type: ignore[assignment] - the thread holds them
         thread.submit(jobs, lambda i: batch[i].abandoned)
 
-    def _start_stream(self, item: CallItem, how: str) -> None:
+    def _start_stream(self, item: CallItem, how: How) -> None:
         try:
             gen = getattr(self.instance, item.method)(*item.args, **item.kwargs)  # runs none of its code yet
         except BaseException as e:  # noqa: BLE001 - bad arguments
@@ -147,7 +166,7 @@ class Mailbox:
         item.task = asyncio.get_running_loop().create_task(self._stream(item, gen, how))
         self.running_items.add(item)
 
-    async def _stream(self, item: CallItem, gen: Any, how: str) -> None:
+    async def _stream(self, item: CallItem, gen: Any, how: How) -> None:
         """Drive a generator method: each item to the sink as the caller's credit allows, then the end; an
         exception where it happened. The call holds its slot until the generator is done."""
         assert self._open_stream is not None
@@ -203,19 +222,20 @@ class Mailbox:
         item.task = asyncio.get_running_loop().create_task(self._run(item, coro))
         self.running_items.add(item)
 
-    def _thread_done(self, item: CallItem, last: bool, ok: bool, value: Any, tb: str) -> None:
-        """On the loop: a sync call came back from the actor's thread (``last``: the end of its batch, whose
-        slot is then free)."""
+    def _thread_done(self, item: CallItem, ok: bool, value: Any, tb: str) -> None:
+        """On the loop: a sync call came back from the actor's thread (the run's slot is free after its last)."""
         self.running_items.discard(item)
+        self._run_left -= 1
         if ok and asyncio.iscoroutine(value) and not item.abandoned:  # a sync method that returned a coroutine
-            self.running += 1  # the task takes a slot of its own; the batch's is released below as usual
+            self.running += 1  # the task takes a slot of its own; the run's is released below as usual
             self._as_task(item, value)
         elif not item.abandoned:
             if ok:
                 self._reply(item, value)
             else:
                 self._fail(item, value, tb)
-        if last:
+        if self._run_left == 0:
+            self._run_open = False
             self.running -= 1
             if self.queue and not self.stopped:
                 self._drain()
@@ -247,6 +267,10 @@ class Mailbox:
 
     def cancel(self, match: Callable[[CallItem], bool]) -> bool:
         """Cancel a queued or running call; True if one was found."""
+        for item in self._joining:
+            if match(item):
+                self._abandon(item, asyncio.CancelledError())  # skipped on the thread, still counted
+                return True
         for item in self.running_items:
             if match(item):
                 if item.task is not None:
@@ -268,7 +292,7 @@ class Mailbox:
         for item in gone:
             self.queue.remove(item)
             self._fail(item, asyncio.CancelledError(), "")
-        running = [item for item in self.running_items if item.ch is ch]
+        running = [item for item in [*self.running_items, *self._joining] if item.ch is ch]
         for item in running:
             if item.task is not None:
                 item.task.cancel()
@@ -283,7 +307,7 @@ class Mailbox:
         dead = ActorDeadError(f"actor {self.label} was stopped", actor=self.label)
         while self.queue:
             self._fail(self.queue.popleft(), dead, "")
-        for item in list(self.running_items):
+        for item in [*self.running_items, *self._joining]:
             if item.task is not None:
                 item.task.cancel()
             else:
