@@ -543,3 +543,21 @@ async def test_calls_whose_caller_is_gone_stop_running_on_the_callee() -> None:
         assert g.started == [0] and not instance(b, gate).event.is_set()  # the queued ones never started
         assert await disto.within(gate.seen(), 5) == ([0], [0])  # the actor is free for new calls at once
         assert await sleeper.note("next") == ["abandoned", "next"]  # a sync call runs to its end, then the next
+
+
+async def test_an_on_loop_method_stays_on_the_loop_for_every_actor_of_a_class_sent_by_value() -> None:
+    import threading
+
+    class Here(disto.Actor):  # local to this function: pickled by value, at every spawn
+        @disto.on_loop
+        def where(self) -> str:
+            return threading.current_thread().name
+
+        def elsewhere(self) -> str:
+            return threading.current_thread().name
+
+    async with nodes(2) as (a, b):
+        for _ in range(3):
+            ref = await spawn(a, b, Here)
+            assert await ref.where() == threading.current_thread().name  # the loop's thread (one process here)
+            assert (await ref.elsewhere()).startswith("disto Here#")
