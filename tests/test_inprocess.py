@@ -560,4 +560,4 @@ async def test_an_on_loop_method_stays_on_the_loop_for_every_actor_of_a_class_se
         for _ in range(3):
             ref = await spawn(a, b, Here)
             assert await ref.where() == threading.current_thread().name  # the loop's thread (one process here)
-            assert (await ref.elsewhere()).startswith("disto Here#")
+            assert (await ref.elsewhere()).endswith("<locals>.Here#" + str(ref.actor_id))  # its own thread
