@@ -13,7 +13,9 @@ import disto
 
 
 class Counter(disto.Actor):
-    """Public methods, sync or async, are callable remotely. Calls run one at a time, in the order sent."""
+    """Public methods, sync or async, are callable remotely. Calls run one at a time, in the order sent. Async
+    methods run on the node's event loop; sync ones on the actor's own thread (they may block), unless marked
+    @disto.on_loop (quick ones that must not pay for the hop)."""
 
     def __init__(self, start: int = 0) -> None:
         self.n = start
@@ -22,8 +24,17 @@ class Counter(disto.Actor):
         self.n += k
         return self.n
 
+    @disto.on_loop
     def get(self) -> int:
         return self.n
+
+    def crunch(self, seconds: float) -> str:
+        time.sleep(seconds)  # blocks its own thread only: the node keeps serving the other actors
+        return "crunched"
+
+    async def countdown(self, n: int):  # noqa: ANN201 - a generator method streams its items
+        for i in range(n, 0, -1):
+            yield i
 
     def norm(self, x: np.ndarray) -> float:
         return float(np.linalg.norm(x))  # arrays travel out of band, without copies
@@ -64,6 +75,13 @@ async def main() -> None:
 
         relay = await cluster.nodes[0].spawn(Relay)
         print("relay.forward(c, 3)           ->", await relay.forward(c, 3))
+        print("async for in c.countdown(5)   ->", [i async for i in c.countdown(5)])
+        other = await cluster.nodes[1].spawn(Counter)
+        busy = c.crunch(0.5)
+        t = time.perf_counter()
+        await other.get()
+        print(f"a call during a blocking one  -> answered in {(time.perf_counter() - t) * 1000:.1f} ms "
+              f"(then: {await busy})")
 
         try:
             await c.divide(0)
