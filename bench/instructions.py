@@ -80,6 +80,8 @@ def main() -> None:
                          "(on its actor's thread: the count then includes the hand-over)")
     a = ap.parse_args()
     n1, n2 = a.calls
+    if n2 - n1 < 5000:
+        print(f"(only {n2 - n1} calls apart: start-up noise, about 20M instructions, dominates; a smoke test)")
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "workload.py")
         with open(script, "w") as fh:

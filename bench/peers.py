@@ -1,4 +1,4 @@
-"""disto against its peers on the workloads of shared/design/PEERS.md, in one run, with the raw-socket floor.
+"""disto against its peers (Ray, torch.distributed.rpc, Dask) on six workloads, in one run, with the raw-socket floor.
 
     python bench/peers.py                                   # disto and the raw floor
     python bench/peers.py --peers-python /opt/peers/bin/python   # + Ray, torch rpc and Dask where installed

@@ -46,6 +46,7 @@ from .streams import StreamSinks
 
 log = logging.getLogger("disto.node")
 
+
 def _ignore(ch: Channel, ev: Message) -> None:
     pass  # a heartbeat: its bytes already counted as a sign of life (Channel.last_heard)
 
@@ -55,7 +56,8 @@ class Node:
 
     ``seed`` is the address of the node that keeps the member list and the name registry; a node without a seed
     keeps its own (it is a seed). ``role`` is "worker" (gets actors from ``cluster.spawn``), "driver" (a program
-    that joined to use the cluster) or "client" (does not join at all: command-line tools).
+    that joined to use the cluster), "dedicated" (the process of one ``process=True`` actor) or "client" (does
+    not join at all: command-line tools).
     """
 
     def __init__(self, token: str | bytes | None, *, listen: str | None = "127.0.0.1:0", seed: str | None = None,
