@@ -105,6 +105,16 @@ def test_one_segment_primitive_one_naming_scheme(tmp_path) -> None:
 
 
 def test_janitor_removes_segments_of_dead_processes(tmp_path) -> None:
+    import subprocess
+    import time
+
+    zombie = subprocess.Popen(["true"])  # exits at once; not reaped until wait(): a zombie meanwhile
+    while open(f"/proc/{zombie.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.001)
+    killed = tmp_path / f"{PREFIX}{zombie.pid}-x-1"
+    killed.write_bytes(b"x")
+    assert janitor(str(tmp_path)) == [killed.name]  # a killed process its parent has not reaped yet is dead
+    zombie.wait()
     dead = tmp_path / f"{PREFIX}999999999-x-1"
     dead.write_bytes(b"x")
     mine = tmp_path / f"{PREFIX}{os.getpid()}-x-1"

@@ -44,13 +44,18 @@ def is_segment_name(name: str, purpose: str | None = None) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a killed process its parent has not reaped yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # not Linux, or it went just now: assume alive (nothing is removed by mistake)
 
 
 def janitor(directory: str = SHM_DIR) -> list[str]:
