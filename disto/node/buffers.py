@@ -9,7 +9,7 @@ import sys
 from typing import Any, Callable
 
 from ..errors import LocalProtocolError, SerializationError
-from ..serialization import Route, ShmExporter, ShmImporter, buffer_address, dumps, dumps_for, route
+from ..serialization import Route, ShmExporter, ShmImporter, buffer_address, dumps, dumps_for, loads, route
 from ..serialization import pickler
 from ..transport import Channel
 from ..wire import BufferKind, Kind, Release, T
@@ -89,6 +89,19 @@ class BufferRouter:
             else:
                 out.append(v)
         return out
+
+    def value_of(self, ch: Channel, body: Any, buffers: list) -> Any:
+        """The value a CALL, REPLY or STREAM_ITEM carries: its pickle stream (inline, or the first out-of-band
+        buffer) over its buffers, shared-memory ones mapped. SerializationError if it does not unpickle."""
+        if body.payload_oob:
+            if not buffers:
+                raise SerializationError("payload marked out-of-band but no buffer came")
+            stream, buffers = buffers[0], buffers[1:]
+        else:
+            stream = body.payload or b""
+        if body.buffers is not None:  # descriptors were decoded: some buffers may live in shared memory
+            buffers = self.import_(ch, buffers)
+        return loads(stream, buffers)
 
     def import_(self, ch: Channel, bufs: list) -> list:
         """Turn shared-memory descriptors into memory; SHM blocks are released to the sender when dropped."""

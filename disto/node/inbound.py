@@ -9,7 +9,6 @@ from ..actor import ActorRef, CallItem
 from ..actor import context
 from ..errors import ActorDeadError, ActorNotFoundError, SerializationError
 from ..futures import Future
-from ..serialization import loads
 from ..transport import Channel
 from ..wire import Call, Cancel, FailureKind
 from .actors import ActorTable
@@ -18,15 +17,6 @@ from .config import Here
 from .replies import Replies
 
 log = logging.getLogger("disto.node")
-
-
-def payload_of(body: Any, buffers: list) -> tuple[Any, list]:
-    """The pickle stream of a CALL or REPLY and the buffers that go with it."""
-    if body.payload_oob:
-        if not buffers:
-            raise SerializationError("payload marked out-of-band but no buffer came")
-        return buffers[0], buffers[1:]
-    return body.payload or b"", buffers
 
 
 def failed(fut: Future, exc: BaseException, oneway: bool) -> Future:
@@ -56,10 +46,7 @@ class InboundCalls:
                 self._replies.send_failure(ch, body.call_id, kind, err, "", err.actor, body.method)
             return
         try:
-            stream, bufs = payload_of(body, ev.buffers)
-            if body.buffers is not None:  # descriptors were decoded: some buffers may live in shared memory
-                bufs = self._buffers.import_(ch, bufs)
-            args, kwargs = loads(stream, bufs)
+            args, kwargs = self._buffers.value_of(ch, body, ev.buffers)
             if type(args) is not tuple or type(kwargs) is not dict:
                 raise SerializationError("call arguments must be (tuple, dict)")
         except (SerializationError, ValueError, TypeError) as e:

@@ -20,14 +20,13 @@ from ..actor import FIRST_USER_ACTOR_ID, ActorRef
 from ..errors import (ActorDeadError, AuthenticationError, ClosedError, DistoError, LocalProtocolError, NodeLostError,
                       SerializationError)
 from ..futures import Future
-from ..serialization import loads
 from ..streams import Stream
 from ..transport import Channel
 from ..wire import Failure, Kind, Reply, StreamEnd, StreamItem, T
 from .buffers import BufferRouter, scalar_payload, too_large
 from .config import Here, transfer_mode
 from .failures import exception_from
-from .inbound import failed, payload_of
+from .inbound import failed
 from .peers import Peers
 
 _pickle_dumps = pickle.dumps
@@ -192,10 +191,7 @@ class OutboundCalls:
         if fut is None or fut.done():
             return
         try:
-            stream, bufs = payload_of(body, ev.buffers)
-            if body.buffers is not None:
-                bufs = self._buffers.import_(ch, bufs)
-            fut.set_result(loads(stream, bufs))
+            fut.set_result(self._buffers.value_of(ch, body, ev.buffers))
         except SerializationError as e:
             fut.set_exception(SerializationError(f"{e} (unpickling a reply from {ch.peer_name()} on node "
                                                  f"{self._here.address})"))
@@ -247,10 +243,7 @@ class OutboundCalls:
         if stream is None:
             return
         try:
-            stream_bytes, bufs = payload_of(body, ev.buffers)
-            if body.buffers is not None:
-                bufs = self._buffers.import_(ch, bufs)
-            stream.push(loads(stream_bytes, bufs))
+            stream.push(self._buffers.value_of(ch, body, ev.buffers))
         except SerializationError as e:
             stream.fail(SerializationError(f"{e} (unpickling a stream item from {ch.peer_name()})"))
 
