@@ -113,7 +113,8 @@ async def main(args: argparse.Namespace) -> dict:
     port = int(server.stdout.readline())
     res: dict[str, list[float]] = {k: [] for k in
                                    ("raw_w1_p50", "raw_w1_p99", "w1_p50", "w1_p99", "raw_w2", "w2", "raw_w3", "w3",
-                                    "local", "w1_loop", "w2_loop", "w1_async", "w2_async", "stream")}
+                                    "local", "w1_loop", "w2_loop", "w1_async", "w2_async", "stream",
+                                    "w1_nometrics", "w2_nometrics")}
     streams = hasattr(disto, "Stream")
     try:
         async with disto.LocalCluster(nodes=3) as cluster:
@@ -122,7 +123,15 @@ async def main(args: argparse.Namespace) -> dict:
             async_target = await cluster.nodes[0].spawn(EchoAsync)
             callers = [await cluster.nodes[i].spawn(Caller) for i in (1, 2)]
             local = await cluster.node.spawn_local(Echo)
-            for t in (target, on_loop_target, async_target):
+            service = cluster.nodes[0]._service
+            no_metrics = None
+            try:  # the same actor class on the same node, its calls not counted: what the metrics cost
+                await service.set_metrics(False)
+                no_metrics = await cluster.nodes[0].spawn(Echo)
+                await service.set_metrics(True)
+            except disto.DistoError:
+                pass  # an older disto (bench/ab.py): no metrics to turn off
+            for t in (target, on_loop_target, async_target, no_metrics or target):
                 await pipelined(t, 2_000, inflight)  # warm up connections and code paths
             for _ in range(repeat):
                 lat = await asyncio.get_running_loop().run_in_executor(None, raw, "w1", str(port), str(n1))
@@ -151,7 +160,9 @@ async def main(args: argparse.Namespace) -> dict:
                     await local.ping(i)
                 res["local"].append((time.perf_counter() - t0) / n1 * 1e6)
 
-                for key, t in (("loop", on_loop_target), ("async", async_target)):
+                for key, t in (("loop", on_loop_target), ("async", async_target), ("nometrics", no_metrics)):
+                    if t is None:
+                        continue
                     lat = []
                     for i in range(n1):
                         t0 = time.perf_counter_ns()
@@ -179,6 +190,9 @@ async def main(args: argparse.Namespace) -> dict:
         ("W2 calls/s, @on_loop method", med["raw_w2"], med["w2_loop"], med["w2_loop"] / med["raw_w2"]),
         ("W1 p50, async method (µs)", med["raw_w1_p50"], med["w1_async"], med["w1_async"] / med["raw_w1_p50"]),
         ("W2 calls/s, async method", med["raw_w2"], med["w2_async"], med["w2_async"] / med["raw_w2"]),
+        ("W1 p50, metrics off (µs)", med["raw_w1_p50"], med["w1_nometrics"],
+         med["w1_nometrics"] / med["raw_w1_p50"]),
+        ("W2 calls/s, metrics off", med["raw_w2"], med["w2_nometrics"], med["w2_nometrics"] / med["raw_w2"]),
         ("stream items/s (async generator)", med["raw_w2"], med["stream"], med["stream"] / med["raw_w2"]),
     ]
     print(f"\ndisto core benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  "
@@ -188,6 +202,9 @@ async def main(args: argparse.Namespace) -> dict:
         f = "-" if floor != floor else f"{floor:,.1f}"
         r = "-" if ratio != ratio else f"{ratio:.2f}x"
         print(f"{name:<40} {f:>16} {ours:>12,.1f} {r:>10}")
+    if med["w1_nometrics"] == med["w1_nometrics"]:
+        print(f"metrics cost (on/off, same actor class and node): W1 {med['w1_p50'] / med['w1_nometrics']:.3f}x, "
+              f"W2 {med['w2_nometrics'] / med['w2']:.3f}x (time per call)")
     print(f"load average: {os.getloadavg()}")
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(), "cores": os.cpu_count(),
             "repeat": repeat, "raw": res, "median": med}

@@ -10,11 +10,12 @@ only point down; tests/test_layers.py checks it):
     streams, futures, loop            Stream (a generator method's items); Future and combinators; disto.run
     actor/                            Actor, refs, mailbox, the current-node context
     node/                             the Node (a composition root) and its parts, the system actors
-    cluster/                          connect(), LocalCluster, tokens
+    cluster/                          connect(), LocalCluster, tokens, looking inside (actors, stacks, logs)
+    dashboard/                        the live dashboard and /metrics (aiohttp, prometheus_client)
     cli, launch                       the `disto` command; `python -m disto.launch`
 """
 from .actor import Actor, ActorRef, MethodRef, current_node, on_loop
-from .cluster import Cluster, LocalCluster, NodeHandle, connect, new_token, write_token_file
+from .cluster import Cluster, LocalCluster, NodeHandle, connect, format_stacks, new_token, write_token_file
 from .errors import (ActorDeadError, ActorError, ActorNotFoundError, AuthenticationError, ClosedError, DistoError,
                      LocalProtocolError, NameTakenError, NodeLostError, ProtocolError, RemoteError,
                      RemoteProtocolError, SerializationError, TimeoutError)
@@ -23,15 +24,15 @@ from .streams import Stream
 from .loop import run
 from .node import Node, NodeConfig, shared_array, shared_tensor, transfer
 from .serialization import DEVICE_MAP
+from .version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Actor", "ActorRef", "MethodRef", "current_node", "on_loop",
     "Cluster", "LocalCluster", "NodeHandle", "connect", "Node", "NodeConfig", "transfer",
     "shared_array", "shared_tensor", "DEVICE_MAP",
     "Future", "Stream", "collect", "collect_all", "collect_any", "window", "within",
-    "run", "new_token", "write_token_file",
+    "run", "new_token", "write_token_file", "format_stacks",
     "DistoError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "AuthenticationError",
     "SerializationError", "ClosedError", "NodeLostError", "ActorError", "ActorNotFoundError", "ActorDeadError",
     "NameTakenError", "RemoteError", "TimeoutError",

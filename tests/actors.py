@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
+import time
 
 import disto
 
@@ -111,3 +113,27 @@ class Streamer(disto.Actor):
             yield i
             i += 1
             await asyncio.sleep(0.001)
+
+
+class Talker(disto.Actor):
+    """Prints, logs, blocks on its thread, waits on the loop: what the observability tests look at."""
+
+    def say(self, text: str) -> str:
+        print(text)
+        logging.getLogger("talker").warning("logged %s", text)
+        return text
+
+    def partial(self, a: str, b: str) -> None:
+        print(a, end="", flush=True)  # one line written in two pieces
+        print(b)
+
+    def fail(self) -> None:
+        raise ValueError("talker failed")
+
+    def hold(self, seconds: float) -> str:
+        time.sleep(seconds)  # a sync call that hangs: on the actor's thread
+        return "held"
+
+    async def wait_async(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)  # an async call that hangs: a task on the loop
+        return "waited"

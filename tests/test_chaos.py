@@ -85,7 +85,9 @@ async def test_every_call_resolves_while_nodes_die_and_come_back() -> None:
             chaos_task = asyncio.ensure_future(chaos())
             ok = failed = 0
             slowest = 0.0
-            for _batch in range(100):
+            batches = 0
+            while batches < 100 or kills < 3:  # at least 3 kills, however fast this machine runs the batches
+                batches += 1
                 refs = list(workers.values())
                 t0 = loop.time()
                 # every call must resolve within the failure bound (2.5 s) plus slack for this busy machine
@@ -100,9 +102,9 @@ async def test_every_call_resolves_while_nodes_die_and_come_back() -> None:
                         ok += 1
             stop.set()
             await chaos_task
-            assert ok + failed == 10_000
+            assert ok + failed == 100 * batches
             assert kills >= 3 and ok > 0
-            print(f"\nchaos: 10,000 calls, {ok} answered, {failed} failed with disto errors, {kills} nodes killed, "
+            print(f"\nchaos: {100 * batches} calls, {ok} answered, {failed} failed with disto errors, {kills} nodes killed, "
                   f"slowest batch of 100: {slowest:.2f} s")
     finally:
         for n in [seed, *others]:

@@ -25,15 +25,17 @@ def test_launcher_environments() -> None:
         read_env({"RANK": "4", "WORLD_SIZE": "4"})
 
 
-def test_the_token_comes_from_the_argument_then_the_environment_then_a_private_file(tmp_path, monkeypatch) -> None:
+def test_the_token_comes_from_the_arguments_then_the_environment(tmp_path, monkeypatch) -> None:
     path = tmp_path / "token"
     disto.write_token_file(str(path), "from-the-file-0123456789")
     assert (path.stat().st_mode & 0o777) == 0o600
     monkeypatch.setenv("DISTO_TOKEN", "from-the-env-0123456789")
     assert resolve_token("from-the-arg-0123456789", str(path)) == "from-the-arg-0123456789"
-    assert resolve_token(None, str(path)) == "from-the-env-0123456789"
+    assert resolve_token(None, str(path)) == "from-the-file-0123456789"  # an explicit file beats DISTO_TOKEN
+    assert resolve_token(None, None) == "from-the-env-0123456789"
     monkeypatch.delenv("DISTO_TOKEN")
-    assert resolve_token(None, str(path)) == "from-the-file-0123456789"
+    monkeypatch.setenv("DISTO_TOKEN_FILE", str(path))
+    assert resolve_token(None, None) == "from-the-file-0123456789"
     os.chmod(path, 0o640)
     with pytest.raises(disto.AuthenticationError, match="chmod 600"):
         read_token_file(str(path))

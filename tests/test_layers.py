@@ -15,7 +15,7 @@ IO = {"asyncio", "socket", "uvloop", "selectors", "ssl", "threading"}
 
 # bottom to top; a module belongs to the longest prefix that names it
 LAYERS = [
-    ["disto.errors", "disto.ids"],
+    ["disto.errors", "disto.ids", "disto.version"],
     ["disto.wire", "disto.liveness", "disto.memory"],
     ["disto.serialization"],
     ["disto.transport"],
@@ -24,6 +24,7 @@ LAYERS = [
     ["disto.actor"],
     ["disto.node"],
     ["disto.cluster"],
+    ["disto.dashboard"],
     ["disto.launch", "disto.cli"],
     ["disto.__main__", "disto"],
     ["disto.easgd", "disto.search"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -22,6 +23,8 @@ from .base import AGEN, GEN, GEN_LOOP, THREAD, How
 from .threads import ActorThread
 
 _STREAMS = frozenset({AGEN, GEN, GEN_LOOP})
+_perf_counter = time.perf_counter
+inline_actor: str | None = None  # the actor whose method runs inline on the loop right now (its label)
 _DONE = object()
 
 if TYPE_CHECKING:
@@ -33,7 +36,7 @@ log = logging.getLogger("disto.actor")
 class CallItem:
     """One call to run: where it came from (a channel, or a local future) and what to run."""
 
-    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task", "abandoned")
+    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task", "abandoned", "t0")
 
     def __init__(self, ch: "Channel | None", call_id: int, method: str, args: tuple, kwargs: dict,
                  fut: asyncio.Future | None) -> None:
@@ -45,6 +48,7 @@ class CallItem:
         self.fut = fut
         self.task: asyncio.Task | None = None
         self.abandoned = False  # answered already (cancelled, actor stopped) while its thread still runs it
+        self.t0 = _perf_counter()  # when it arrived: its latency and, while it runs, its age
 
 
 # (item, value) / (item, exception, traceback text) / (item, cancel it) -> where a stream's items go
@@ -56,8 +60,9 @@ OpenStreamFn = Callable[[CallItem, Callable[[], None]], Any]
 class Mailbox:
     def __init__(self, instance: Any, label: str, limit: int, reply: ReplyFn, fail: FailFn,
                  methods: dict[str, How], thread: ActorThread | None = None,
-                 open_stream: OpenStreamFn | None = None) -> None:
+                 open_stream: OpenStreamFn | None = None, stats: Any = None) -> None:
         self._open_stream = open_stream
+        self.stats = stats  # an ActorStats (node/metrics.py) or None: stream calls are counted here
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, got {limit!r}")
         self.instance = instance
@@ -113,14 +118,18 @@ class Mailbox:
             self._start_stream(item, how)
             return
         fn = getattr(self.instance, item.method)
+        global inline_actor
+        inline_actor = self.label  # what it prints is tagged with its actor (node/output.py)
         try:
             result = fn(*item.args, **item.kwargs)
         except BaseException as e:  # noqa: BLE001 - every error goes back to the caller
+            inline_actor = None
             self.running -= 1
             self._fail(item, e, format_remote_traceback(e))
             if not isinstance(e, Exception):
                 raise
             return
+        inline_actor = None
         if asyncio.iscoroutine(result):
             self._as_task(item, result)
             return
@@ -178,6 +187,7 @@ class Mailbox:
         def step() -> Any:
             return next(gen, _DONE)
 
+        outcome = 1  # error, unless it ends otherwise below
         try:
             if how is AGEN:
                 anext = gen.__anext__
@@ -194,13 +204,18 @@ class Mailbox:
                         break
                     await sink.send(value)
             sink.end()
+            outcome = 0
         except asyncio.CancelledError:
+            outcome = 1 if self.stopped else 2
             dead = self.stopped
             sink.fail(ActorDeadError(f"actor {self.label} was stopped", actor=self.label) if dead
                       else asyncio.CancelledError(), "")
         except Exception as e:  # noqa: BLE001
+            outcome = 1
             sink.fail(e, format_remote_traceback(e))
         finally:
+            if self.stats is not None:
+                self.stats.observe(item.method, _perf_counter() - item.t0, outcome)  # ok, error, cancelled
             self.running_items.discard(item)  # answered: a second cancel must not interrupt the closing below
             try:
                 if how is AGEN:

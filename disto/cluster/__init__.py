@@ -2,7 +2,8 @@
 (:class:`LocalCluster`), and the token helpers they share with the command line."""
 from .cluster import Cluster, NodeHandle, connect
 from .local import LocalCluster
-from .token import new_token, read_token_file, resolve_token, write_token_file
+from .inspect import format_stacks
+from .token import new_token, read_token_file, resolve_token, token_source, write_token_file
 
 __all__ = ["Cluster", "NodeHandle", "connect", "LocalCluster", "new_token", "read_token_file", "resolve_token",
-           "write_token_file"]
+           "token_source", "write_token_file", "format_stacks"]

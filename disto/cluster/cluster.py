@@ -10,6 +10,7 @@ from ..errors import ActorNotFoundError, DistoError, RemoteError
 from ..futures import Future
 from ..node import Node, NodeConfig
 from ..node.modules import heavy_imports
+from .inspect import actor_logs, cluster_actors, cluster_stacks
 from .token import resolve_token
 
 
@@ -64,6 +65,29 @@ class Cluster:
         self.node = node  # this process's own node (it runs actors spawned locally, and all our calls)
         self.nodes: list[NodeHandle] = []
         self._rr = itertools.count()
+        self.dashboard_url: str | None = None  # the dashboard's base URL, when the cluster serves one
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard's URL with the token in it (as Jupyter prints one): open it in a browser."""
+        if self.dashboard_url is None:
+            return None
+        return f"{self.dashboard_url}/?token={self.node.token_text()}"
+
+    async def actors(self) -> list[dict[str, Any]]:
+        """Every actor in the cluster: ``node``, ``class``, ``name``, ``id``, ``state`` ("idle", "running";
+        "unreachable" for a node that did not answer), ``restarts``, ``uptime``, ``queued``, ``running`` (the
+        calls it runs, with their age) and ``ref``."""
+        return await cluster_actors(self.node)
+
+    async def stacks(self) -> list[dict[str, Any]]:
+        """Every node's threads and asyncio tasks: where each one is, and which actor call it runs for how long
+        (the answer to "why does my program hang"). ``disto.format_stacks`` prints them as ``disto stacks``."""
+        return await cluster_stacks(self.node)
+
+    async def logs(self, ref: ActorRef, n: int | None = None) -> list[str]:
+        """The last ``n`` (default: all kept, up to 1000) lines the actor printed or logged, kept by its node."""
+        return await actor_logs(self.node, ref, n)
 
     async def refresh(self) -> list[NodeHandle]:
         """Re-read the member list from the seed."""
@@ -108,22 +132,29 @@ class Cluster:
 class connect:  # noqa: N801 - used as `async with disto.connect(...)`, like a function
     """Join a running cluster through any of its nodes' seed: ``async with disto.connect("127.0.0.1:7000")``.
 
-    The token comes from ``token``, else ``DISTO_TOKEN``, else ``token_file``/``DISTO_TOKEN_FILE``. The driver
-    runs a node of its own listening on ``listen`` (so actors can call back actors it spawns locally)."""
+    The token comes from ``token``, else ``token_file``, else ``DISTO_TOKEN``, else ``DISTO_TOKEN_FILE``. The
+    driver runs a node of its own listening on ``listen`` (so actors can call back actors it spawns locally).
+    What the cluster's actors print reaches this process's stdout, tagged (``log_to_driver=False``: it does
+    not)."""
 
     def __init__(self, seed: str, *, token: str | bytes | None = None, token_file: str | None = None,
-                 listen: str | None = "127.0.0.1:0", config: NodeConfig | None = None) -> None:
+                 listen: str | None = "127.0.0.1:0", config: NodeConfig | None = None,
+                 log_to_driver: bool = True) -> None:
         self._seed = seed
         self._token = resolve_token(token, token_file)
+        self._log_to_driver = log_to_driver
         self._listen = listen
         self._config = config
         self._cluster: Cluster | None = None
 
     async def __aenter__(self) -> Cluster:
         node = Node(self._token, listen=self._listen, seed=self._seed, role="driver", config=self._config)
+        node.wants_output = self._log_to_driver
         await node.start()
         self._cluster = Cluster(node)
         await self._cluster.refresh()
+        self._cluster.dashboard_url = next((m["dashboard"] for m in await node.registry.members()  # type: ignore
+                                            if m.get("dashboard")), None)
         return self._cluster
 
     async def __aexit__(self, *exc: Any) -> None:

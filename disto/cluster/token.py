@@ -41,14 +41,30 @@ def read_token_file(path: str) -> str:
 
 
 def resolve_token(token: str | bytes | None = None, token_file: str | None = None) -> str | bytes:
-    """The token from the argument, else DISTO_TOKEN, else the token file (argument or DISTO_TOKEN_FILE)."""
+    """The token from the argument, else the token file argument, else DISTO_TOKEN, else DISTO_TOKEN_FILE: what
+    is said explicitly wins over the environment."""
     if token:
         return token
+    if token_file:
+        return read_token_file(token_file)
     env = os.environ.get("DISTO_TOKEN")
     if env:
         return env
-    path = token_file or os.environ.get("DISTO_TOKEN_FILE")
+    path = os.environ.get("DISTO_TOKEN_FILE")
     if path:
         return read_token_file(path)
     raise AuthenticationError("no cluster token: pass token=..., set DISTO_TOKEN, or point DISTO_TOKEN_FILE "
                               "(or --token-file) at a file with mode 0600")
+
+
+def token_source(token: str | bytes | None = None, token_file: str | None = None) -> str:
+    """Where :func:`resolve_token` takes the token from, in words (for "token mismatch" messages)."""
+    if token:
+        return "the token argument (--token / token=)"
+    if token_file:
+        return f"the token file {token_file}"
+    if os.environ.get("DISTO_TOKEN"):
+        return "DISTO_TOKEN"
+    if os.environ.get("DISTO_TOKEN_FILE"):
+        return f"the token file {os.environ['DISTO_TOKEN_FILE']} (DISTO_TOKEN_FILE)"
+    return "nowhere"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Callable
 
 from ..actor import (FIRST_USER_ACTOR_ID, ActorRef, ActorThread, Mailbox, check_actor_class, public_methods,
@@ -10,6 +11,7 @@ from ..actor import (FIRST_USER_ACTOR_ID, ActorRef, ActorThread, Mailbox, check_
 from ..actor import context
 from ..errors import ActorDeadError, ActorNotFoundError, ClosedError, DistoError
 from .config import Here
+from .metrics import CANCELLED, ERROR, OK, ActorStats, NodeMetrics
 from .replies import Replies
 from .streams import StreamSinks
 
@@ -19,32 +21,53 @@ log = logging.getLogger("disto.node")
 class Cell:
     """One actor: the object, its mailbox and its ref; and how to build it again, if it is supervised."""
 
-    __slots__ = ("instance", "mailbox", "ref", "supervision")
+    __slots__ = ("instance", "mailbox", "ref", "supervision", "started", "restarts")
 
-    def __init__(self, instance: Any, mailbox: Mailbox, ref: ActorRef) -> None:
+    def __init__(self, instance: Any, mailbox: Mailbox, ref: ActorRef, restarts: int = 0) -> None:
         self.instance = instance
         self.mailbox = mailbox
         self.ref = ref
         self.supervision: tuple | None = None  # (cls, args, kwargs, max_restarts, process), for a new seed
+        self.started = time.time()
+        self.restarts = restarts  # how many times it was built again before this one (supervised actors)
 
 
 class ActorTable:
-    def __init__(self, here: Here, replies: Replies, node: Any, sinks: StreamSinks) -> None:
+    def __init__(self, here: Here, replies: Replies, node: Any, sinks: StreamSinks,
+                 metrics: NodeMetrics | None = None) -> None:
         self._here = here
+        self.metrics = metrics or NodeMetrics(False)
         self._replies = replies
         self._sinks = sinks
         self._node = node  # what the actors' refs call through, and the context their code runs in
         self.cells: dict[int, Cell] = {}
         self._next_id = FIRST_USER_ACTOR_ID
 
-    def _mailbox(self, instance: Any, ref: ActorRef, thread: ActorThread | None = None) -> Mailbox:
+    def _mailbox(self, instance: Any, ref: ActorRef, thread: ActorThread | None = None,
+                 stats: ActorStats | None = None) -> Mailbox:
         cls = type(instance)
         label = ref._describe()
         fail: Callable[..., None] = self._replies.fail
+        reply: Callable[..., None] = self._replies.reply
         open_stream = self._sinks.open
-        return Mailbox(instance, label, getattr(cls, "max_concurrency", 1), self._replies.reply,
-                       lambda item, exc, tb: fail(item, exc, tb, label), public_methods(cls), thread,
-                       lambda item, cancel: open_stream(item, label, cancel))
+        if stats is None:
+            def on_fail(item: Any, exc: BaseException, tb: str) -> None:
+                fail(item, exc, tb, label)
+            on_reply = reply
+        else:  # count each call as it is answered: outcome and latency since it arrived
+            observe = stats.observe
+            clock = time.perf_counter
+
+            def on_reply(item: Any, value: Any) -> None:
+                observe(item.method, clock() - item.t0, OK)
+                reply(item, value)
+
+            def on_fail(item: Any, exc: BaseException, tb: str) -> None:
+                observe(item.method, clock() - item.t0,
+                        CANCELLED if isinstance(exc, asyncio.CancelledError) else ERROR)
+                fail(item, exc, tb, label)
+        return Mailbox(instance, label, getattr(cls, "max_concurrency", 1), on_reply, on_fail,
+                       public_methods(cls), thread, lambda item, cancel: open_stream(item, label, cancel), stats)
 
     def install_system(self, instance: Any, actor_id: int) -> ActorRef:
         ref = ActorRef(self._here.node_id, self._here.address, actor_id, type(instance).__name__, None, self._node)
@@ -52,8 +75,8 @@ class ActorTable:
         self.cells[actor_id] = Cell(instance, self._mailbox(instance, ref), ref)
         return ref
 
-    async def spawn(self, cls: type, args: tuple, kwargs: dict, name: str | None, registry: ActorRef | None
-                    ) -> ActorRef:
+    async def spawn(self, cls: type, args: tuple, kwargs: dict, name: str | None, registry: ActorRef | None,
+                    restarts: int = 0) -> ActorRef:
         """Create an actor of class ``cls`` here: its constructor and ``on_start`` run now, in this node's
         context; then its name (if any) is registered."""
         check_actor_class(cls)
@@ -81,8 +104,10 @@ class ActorTable:
         except BaseException:
             thread.stop()
             raise
-        cell = Cell(instance, self._mailbox(instance, ref, thread), ref)
+        cell = Cell(instance, self._mailbox(instance, ref, thread, self.metrics.for_actor(actor_id)), ref, restarts)
         self.cells[actor_id] = cell
+        if restarts:
+            self.metrics.restarts += 1
         if name is not None:
             assert registry is not None
             try:
@@ -108,6 +133,7 @@ class ActorTable:
         cell = self.cells.pop(actor_id, None)
         if cell is None:
             return False
+        self.metrics.forget(actor_id)
         cell.mailbox.stop()
         on_stop = getattr(cell.instance, "on_stop", None)
         thread = cell.mailbox.thread

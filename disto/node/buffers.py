@@ -57,7 +57,10 @@ class BufferRouter:
         mode = mode or self.transfer
         modules: set[str] = set()
         if ch.same_host and mode != "tcp":
+            cuda_before = pickler.CUDA_IPC_BYTES
             stream, bufs, shared = dumps_for(obj, same_host=True, modules=modules)
+            if pickler.CUDA_IPC_BYTES != cuda_before:
+                ch.cuda_bytes_out += pickler.CUDA_IPC_BYTES - cuda_before
             if bufs:
                 bufs = self._export(ch, bufs, shared, mode)
         else:
@@ -78,6 +81,8 @@ class BufferRouter:
                 ref = self.exporter.find_shared(v) or self.importer.find_shared(v)
             r = route(same_process=False, same_host=True, is_cuda=False, already_shared=ref is not None, size=n,
                       mode=mode, shm_min=self.shm_min)
+            if r is Route.SHM or r is Route.SHM_SHARED:
+                ch.shm_bytes_out += n
             if r is Route.SHM_SHARED:
                 assert ref is not None
                 out.append(_DESC(size=n, kind=BufferKind.SHM_SHARED, segment=ref[0], offset=ref[1]))

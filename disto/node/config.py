@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..errors import AuthenticationError
@@ -29,6 +30,8 @@ class NodeConfig:
     heartbeat_interval: float = 0.5  # each side of a connection sends a heartbeat this often
     failure_timeout: float = 2.5    # a peer silent this long is declared lost (frozen, cut off, or overloaded)
     stream_window: int = 32         # items a generator method may send ahead of what its caller has consumed
+    # count calls per actor and method (outcome, latency) for /metrics; DISTO_METRICS=0 turns it off
+    metrics: bool = field(default_factory=lambda: os.environ.get("DISTO_METRICS", "1") != "0")
     # mutual TLS on every TCP connection: this node's certificate and key, and the cluster CA that signs every
     # node's (all three, or none). With tls_check_hostname a node's certificate must name its listen address.
     tls_cert: str | None = None

@@ -37,7 +37,7 @@ class DedicatedProcesses:
         except UnicodeDecodeError:
             raise DistoError("process=True needs a cluster token that is text (UTF-8)") from None
         extra = ("--dedicated",) + (("--preload", ",".join(preload)) if preload else ())
-        proc, address = await start_node_process(listen=f"{host}:0", seed=self._seed(), token=token,
+        proc, address, _ = await start_node_process(listen=f"{host}:0", seed=self._seed(), token=token,
                                                  config=self._config, extra=extra)
         self.children[address] = proc
         asyncio.get_running_loop().create_task(self._reap(address, proc))

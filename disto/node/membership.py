@@ -30,12 +30,13 @@ class Membership:
         self._spawn = spawn
         self.members: list[dict[str, Any]] = []
         self._rejoining = False
+        self.extra: dict[str, Any] = {}  # more for the member list: does it want actor output, its dashboard
 
     def info(self) -> dict[str, Any]:
         """What this node tells the registry about itself."""
         here = self._here
         return {"node_id": here.node_id, "address": here.address, "role": here.role, "pid": os.getpid(),
-                "host_id": self._host_id}
+                "host_id": self._host_id, **self.extra}
 
     async def join(self) -> None:
         self.on_members(await self.registry.join(self.info()))

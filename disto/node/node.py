@@ -18,10 +18,11 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable, Coroutine
 
 from ..actor import ActorRef, SystemActor, context, system_ref
-from ..errors import ClosedError, DistoError
+from ..errors import AuthenticationError, ClosedError, DistoError
 from ..futures import Future
 from ..ids import new_node_id
 from ..memory import janitor
@@ -32,11 +33,14 @@ from .actors import ActorTable
 from .buffers import BufferRouter
 from .config import Here, NodeConfig, normalize_token
 from .inbound import InboundCalls
+from .introspection import actor_rows, peer_rows, stacks
+from .metrics import NodeMetrics
 from .liveness import Liveness
 from .membership import Membership
 from .dedicated import DedicatedProcesses
 from .modules import ModuleShipper, Preloads
 from .outbound import OutboundCalls
+from .output import ActorOutput, capture, owner_in, write_lines
 from .peers import Peers
 from .registry import Registry
 from .replies import Replies
@@ -73,7 +77,7 @@ class Node:
         self._started = False
         self._stopped = asyncio.Event()
         self._bg: set[asyncio.Task] = set()
-        self._peer_lost_callbacks: list[Callable[[str, str], None]] = []
+        self._peer_lost_callbacks: list[Callable[[str, str, bool], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.registry: ActorRef | None = None
         self._peers = Peers(here, self._token, cfg, self)
@@ -82,7 +86,13 @@ class Node:
                                     loop=lambda: self.loop, ship=self._modules.ship)
         self._replies = Replies(here, self.buffers, cfg.max_frame, self._modules.ship)
         self._sinks = StreamSinks(here, self.buffers, self._replies, cfg.stream_window, cfg.max_frame)
-        self._actors = ActorTable(here, self._replies, self, self._sinks)
+        self.metrics = NodeMetrics(cfg.metrics)
+        self.started_at = time.time()
+        self.output: ActorOutput | None = None  # what actors print, once capture_output() was called
+        self.wants_output = role == "driver"  # a driver prints what the cluster's actors print
+        self.dashboard_url: str | None = None
+        self.token_source = "the token given"  # where the token came from, for "token mismatch" messages
+        self._actors = ActorTable(here, self._replies, self, self._sinks, self.metrics)
         self._inbound = InboundCalls(here, self._actors, self._replies, self.buffers, self)
         self._liveness = Liveness(cfg, self._peers)
         self._outbound = OutboundCalls(here, self._peers, self.buffers, self._inbound.call_local,
@@ -100,6 +110,14 @@ class Node:
             StreamItem: self._outbound.on_stream_item, StreamEnd: self._outbound.on_stream_end,
             StreamCredit: self._sinks.on_credit}
 
+    def token_text(self) -> str:
+        """The cluster token as text (for the dashboard's link)."""
+        return self._token.decode(errors="replace")
+
+    @property
+    def closing(self) -> bool:
+        return self._here.closing
+
     @property
     def address(self) -> str:
         return self._here.address
@@ -116,6 +134,8 @@ class Node:
         self.loop = self._outbound.loop = asyncio.get_running_loop()
         self._outbound.loop_thread = threading.get_ident()
         bound = await self._peers.listen(self._listen)
+        if self.output is not None:
+            self.output.loop = self.loop
         if bound is not None:
             self._liveness.start_udp(self._token, self.node_id, *bound)
         janitor()
@@ -130,6 +150,7 @@ class Node:
         self._membership = Membership(self._here, self.seed, self.registry, self._peers.identity.host_id,
                                       self._liveness.monitor.back, self.spawn_bg,
                                       lambda: self._actors.register_again(self.registry))
+        self._membership.extra = {"output": self.wants_output}
         if self.role == "client":
             return self  # a command-line client talks to the cluster without becoming a member
         try:
@@ -137,7 +158,34 @@ class Node:
         except BaseException:
             await self.stop()
             raise
+        log.info("node %s (%s) started on %s, %s", self.node_id, self.role, self.address,
+                 f"joined {self.seed}" if self.seed else "the seed")
         return self
+
+    async def announce_dashboard(self, url: str) -> None:
+        """Tell the member list that this node serves the dashboard at ``url`` (drivers find it there)."""
+        assert self._membership is not None and self.registry is not None
+        self.dashboard_url = url
+        self._membership.extra["dashboard"] = url
+        await self.registry.update(self.node_id, {"dashboard": url})
+
+    def capture_output(self) -> None:
+        """Tag what this process's actors print or log, keep it per actor and send it to the drivers (node
+        processes do this; see node/output.py)."""
+        if self.output is None:
+            self.output = ActorOutput(owner_in(lambda: self._actors.cells, self._here.address or "?"),
+                                      self._forward_output)
+            self.output.loop = self.loop
+            self._undo_capture = capture(self.output)
+
+    def _forward_output(self, batch: list[tuple[int, str]]) -> bool:
+        drivers = [] if self._here.closing else [m for m in self.members if m.get("role") == "driver" and m.get("output")]
+        for m in drivers:
+            system_ref(SystemActor.NODE_SERVICE, m["address"], node_id=m["node_id"], via=self).show_output.tell(batch)
+        return bool(drivers)
+
+    def show_output(self, batch: list[tuple[int, str]]) -> None:  # lines another node's actors wrote: print them
+        write_lines([(int(s), str(line)) for s, line in batch])
 
     def info_for_registry(self) -> dict[str, Any]:
         assert self._membership is not None
@@ -158,6 +206,8 @@ class Node:
             await self._stopped.wait()
             return
         self._here.closing = True
+        if self.role != "client":
+            log.info("node %s stopping: %s", self.address, reason)
         await self._dedicated.stop_all()
         await self._actors.stop_all()
         await self._peers.close(reason)
@@ -167,6 +217,8 @@ class Node:
         self._liveness.stop()
         janitor()
         self.closed = True
+        if self.output is not None:
+            self._undo_capture()
         context.node_stopped(self)
         self._stopped.set()
 
@@ -204,20 +256,27 @@ class Node:
         self.buffers.peer_lost(ch)
         self._modules.forget(ch)
         self._sinks.forget(ch)
+        if isinstance(exc, AuthenticationError) and ch.conn.dialer and str(exc).startswith("token mismatch"):
+            exc = AuthenticationError(f"token mismatch: the node at {ch.address} holds another cluster token than "
+                                      f"this one, which came from {self.token_source}")
         self._outbound.fail_all(ch, exc)
         cancelled = self._actors.cancel_calls_from(ch)  # their callers are gone: stop running their calls
         if cancelled:
             log.info("cancelled %d calls from %s: its connection is gone", cancelled, ch.peer_name())
         peer = ch.conn.peer
+        if peer is not None and ch.ready and not self._here.closing and not ch.said_goodbye:
+            log.info("lost connection to %s (%s)%s", ch.address or ch.peer_name(), peer.node_id,
+                     f": {exc}" if exc else "")
         if peer is not None and ch.ready:
             for cb in list(self._peer_lost_callbacks):
                 try:
-                    cb(peer.node_id, ch.address)
+                    cb(peer.node_id, ch.address, ch.said_goodbye)
                 except Exception:
                     log.exception("peer-lost callback failed")
 
-    def add_peer_lost_callback(self, cb: Callable[[str, str], None]) -> None:
-        """``cb(node_id, address)`` whenever a connection to a peer that had completed its handshake is lost."""
+    def add_peer_lost_callback(self, cb: Callable[[str, str, bool], None]) -> None:
+        """``cb(node_id, address, goodbye)`` whenever a connection to a peer that had completed its handshake is
+        lost (``goodbye``: the peer said it was leaving)."""
         self._peer_lost_callbacks.append(cb)
 
     def on_members(self, members: list[dict[str, Any]]) -> None:
@@ -231,9 +290,9 @@ class Node:
         return self._outbound.call(ref, method, args, kwargs, oneway)
 
     async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,
-                          name: str | None = None) -> ActorRef:
+                          name: str | None = None, restarts: int = 0) -> ActorRef:
         """Create an actor of class ``cls`` on this node. Its constructor and ``on_start`` run here."""
-        return await self._actors.spawn(cls, args, kwargs or {}, name, self.registry)
+        return await self._actors.spawn(cls, args, kwargs or {}, name, self.registry, restarts)
 
     async def stop_actor(self, actor_id: int) -> bool:
         """Stop one actor: queued calls fail with ActorDeadError, running ones are cancelled, then ``on_stop``."""
@@ -271,7 +330,9 @@ class Node:
         now = self._liveness.clock()
         return {
             "node_id": self.node_id, "address": self.address, "role": self.role, "pid": os.getpid(),
-            "actors": [{"id": r.actor_id, "class": r.actor_class, "name": r.actor_name} for r in self.actors()],
+            "seed": self.seed or self.address, "started": self.started_at,
+            "uptime": round(time.time() - self.started_at, 3),
+            "actors": actor_rows(self._actors),
             "peers": sorted(ch.address or ch.peer_name() for ch in ready),
             "last_heard": {ch.address or ch.peer_name(): round(now - ch.last_heard, 3) for ch in ready},
             "lost": sorted(self._liveness.monitor.lost),  # addresses declared lost that have not answered since
@@ -279,4 +340,16 @@ class Node:
             "buffer_pool": self._peers.pool.stats(),
             "process": process_stats(),
             "shm": self.buffers.exporter.stats(),
+            "peer_stats": peer_rows(ready, now, self.buffers.leased_to),
+            "restarts": self.metrics.restarts,
         }
+
+    def stacks(self) -> dict[str, Any]:
+        """Every thread and asyncio task of this process, and the actor call each one runs."""
+        return dict(stacks(self._actors), node_id=self.node_id, address=self.address, role=self.role,
+                    pid=os.getpid())
+
+    def actor_logs(self, label: str, n: int | None = None) -> list[str]:
+        """The recent lines the actor ``label`` (its name, or Class#id) printed or logged here, also after it
+        stopped; empty if this node does not capture output."""
+        return self.output.lines(label, n) if self.output is not None else []

@@ -135,6 +135,7 @@ class Peers:
                 self.by_address[peer.listen] = ch
 
     def on_goodbye(self, ch: Channel, ev: Goodbye) -> None:
+        ch.said_goodbye = True
         ch.lost_reason = NodeLostError(f"node {ch.peer_name()} left: {ev.body.reason or 'goodbye'}",
                                        node=ch.address)
         ch.close()

@@ -41,8 +41,9 @@ def _read_line(fd: int) -> str:
 async def start_node_process(*, listen: str, seed: str | None, token: str, config: NodeConfig | None = None,
                              env: dict[str, str] | None = None, python: str | None = None,
                              extra: tuple[str, ...] = (), startup_timeout: float = 30.0
-                             ) -> tuple[asyncio.subprocess.Process, str]:
-    """Start ``python -m disto node start`` and wait until it listens: (process, its address)."""
+                             ) -> tuple[asyncio.subprocess.Process, str, list[str]]:
+    """Start ``python -m disto node start`` and wait until it listens: (process, its address, the rest of its
+    ready line: its node id, then its dashboard URL if it serves one)."""
     rfd, wfd = os.pipe()
     args = [python or sys.executable, "-m", "disto", "node", "start", "--listen", listen, "--ready-fd", str(wfd),
             *extra]
@@ -75,7 +76,8 @@ async def start_node_process(*, listen: str, seed: str | None, token: str, confi
     if not line:
         code = await proc.wait()
         raise DistoError(f"node process exited with code {code} before it was ready (see its stderr above)")
-    return proc, line.split()[0]
+    fields = line.split()
+    return proc, fields[0], fields[1:]
 
 
 async def end_process(proc: asyncio.subprocess.Process, timeout: float = 5.0, log: Any = None) -> None:

@@ -4,26 +4,32 @@ interface."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import time
 from typing import Any, Callable, Coroutine, Protocol
 
 from ..actor import Actor, ActorRef, SystemActor, system_ref
 from ..errors import ActorNotFoundError, DistoError, NameTakenError
 
+log = logging.getLogger("disto.node")
+TIMELINE = 1000  # events kept
 
 class RegistryHost(Protocol):
     node_id: str
+    closing: bool
 
     def on_members(self, members: list[dict[str, Any]]) -> None: ...
     def spawn_bg(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task: ...
-    def add_peer_lost_callback(self, cb: Callable[[str, str], None]) -> None: ...
+    def add_peer_lost_callback(self, cb: Callable[[str, str, bool], None]) -> None: ...
 
 
 class _Spec:
-    __slots__ = ("cls", "args", "kwargs", "name", "restarts_left", "process")
+    __slots__ = ("cls", "args", "kwargs", "name", "restarts_left", "process", "restarts")
 
     def __init__(self, cls: type, args: tuple, kwargs: dict, name: str | None, restarts_left: int,
-                 process: bool = False) -> None:
+                 process: bool = False, restarts: int = 0) -> None:
+        self.restarts = restarts  # times it was built again so far
         self.process = process  # it lived in a process of its own: so does its replacement
         self.cls = cls
         self.args = args
@@ -44,16 +50,37 @@ class Registry(Actor):
         self._names: dict[str, ActorRef] = {}
         self._supervised: dict[tuple[str, int], _Spec] = {}  # (node id, actor id) -> how to restart it
         self.restarts: list[dict[str, Any]] = []  # what was restarted where (for status and tests)
+        # joins, departures, losses and restarts, oldest first (the dashboard's timeline)
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=TIMELINE)
         host.add_peer_lost_callback(self._peer_lost)
 
     def join(self, info: dict[str, Any]) -> list[dict[str, Any]]:
         info = dict(info, joined_at=time.time())
+        again = info["node_id"] in self._members
         self._members[info["node_id"]] = info
+        if info.get("role") != "client":
+            self._event("join", info["address"], f"{info.get('role')} {info['node_id']}"
+                        + (" (again)" if again else ""))
+            log.info("%s %s joined (%s)", info.get("role"), info["address"], info["node_id"])
         self._broadcast(skip=info["node_id"])
         return self.members()
 
+    def update(self, node_id: str, fields: dict[str, Any]) -> None:
+        """More about a member (the dashboard it serves); everyone hears of it."""
+        member = self._members.get(node_id)
+        if member is None:
+            raise DistoError(f"{node_id} is not a member")
+        member.update({k: v for k, v in fields.items() if k not in ("node_id", "address", "role", "joined_at")})
+        self._broadcast()
+
     def leave(self, node_id: str) -> None:
-        self._drop(node_id)
+        self._drop(node_id, "leave")
+
+    def _event(self, kind: str, node: str, detail: str = "") -> None:
+        self.events.append({"time": time.time(), "kind": kind, "node": node, "detail": detail})
+
+    def timeline(self) -> list[dict[str, Any]]:
+        return list(self.events)
 
     def _broadcast(self, skip: str | None = None) -> None:
         """Tell every member the new member list (one-way: a member that is gone must not hold us up)."""
@@ -93,11 +120,11 @@ class Registry(Actor):
         return dict(self._names)
 
     def supervise(self, ref: ActorRef, cls: type, args: tuple, kwargs: dict, max_restarts: int,
-                  process: bool = False) -> None:
+                  process: bool = False, restarts: int = 0) -> None:
         if not isinstance(max_restarts, int) or max_restarts < 0:
             raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
         self._supervised[(ref.node_id, ref.actor_id)] = _Spec(cls, args, kwargs, ref.actor_name, max_restarts,
-                                                              bool(process))
+                                                              bool(process), int(restarts))
 
     def unsupervise(self, node_id: str, actor_id: int) -> None:
         self._supervised.pop((node_id, actor_id), None)
@@ -105,9 +132,15 @@ class Registry(Actor):
     def restart_log(self) -> list[dict[str, Any]]:
         return list(self.restarts)
 
-    def _drop(self, node_id: str) -> None:
-        if self._members.pop(node_id, None) is None:
+    def _drop(self, node_id: str, why: str = "lost") -> None:
+        member = self._members.pop(node_id, None)
+        if member is None:
             return
+        if member.get("role") != "client" and not self._host.closing:
+            self._event(why, member["address"], f"{member.get('role')} {node_id}")
+            log.log(logging.WARNING if why == "lost" and member.get("role") == "worker" else logging.INFO,
+                    "%s %s %s (%s)", member.get("role"), member["address"],
+                    "was lost" if why == "lost" else "left", node_id)
         for name in [n for n, r in self._names.items() if r.node_id == node_id]:
             del self._names[name]
         self._broadcast()
@@ -119,8 +152,10 @@ class Registry(Actor):
     async def _restart(self, spec: "_Spec", lost_node: str) -> None:
         """Build a supervised actor again (constructor rerun, state lost) on a live worker node."""
         candidates = [m for m in self.members() if m["role"] == "worker" and m["node_id"] != lost_node]
+        what = spec.name or spec.cls.__qualname__
         if not candidates:
             self.restarts.append({"name": spec.name, "error": "no live worker node"})
+            self._event("restart_failed", "", f"{what}: no live worker node")
             return
         # the least loaded by supervised actors, so restarts spread out
         load = {m["node_id"]: 0 for m in candidates}
@@ -131,11 +166,13 @@ class Registry(Actor):
         target = min(candidates, key=lambda m: (load[m["node_id"]], m["node_id"] == self._host.node_id))
         try:
             ref = await self._service(target).spawn(spec.cls, spec.args, spec.kwargs, spec.name,
-                                                    spec.restarts_left - 1, spec.process)
+                                                    spec.restarts_left - 1, spec.process, (), spec.restarts + 1)
             self.restarts.append({"name": spec.name, "node": target["address"], "actor_id": ref.actor_id,
                                   "restarts_left": spec.restarts_left - 1})
+            self._event("restart", target["address"], f"{what} as #{ref.actor_id} (lost with {lost_node})")
         except DistoError as e:
             self.restarts.append({"name": spec.name, "error": f"{type(e).__name__}: {e}"})
+            self._event("restart_failed", target["address"], f"{what}: {type(e).__name__}: {e}")
 
-    def _peer_lost(self, node_id: str, _address: str) -> None:
-        self._drop(node_id)
+    def _peer_lost(self, node_id: str, _address: str, goodbye: bool = False) -> None:
+        self._drop(node_id, "leave" if goodbye else "lost")

@@ -11,15 +11,19 @@ from ..actor import Actor, ActorRef, check_actor_class
 class ServiceHost(Protocol):
     registry: ActorRef | None
     role: str
+    metrics: Any
 
     async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,
-                          name: str | None = None) -> ActorRef: ...
+                          name: str | None = None, restarts: int = 0) -> ActorRef: ...
     async def spawn_process(self, cls: type, args: tuple, kwargs: dict, name: str | None, max_restarts: int,
                             preload: tuple[str, ...]) -> ActorRef: ...
     async def preload(self, modules: tuple[str, ...]) -> None: ...
     def supervised(self, actor_id: int, spec: tuple) -> None: ...
     async def stop_actor(self, actor_id: int) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
+    def stacks(self) -> dict[str, Any]: ...
+    def actor_logs(self, label: str, n: int | None = None) -> list[str]: ...
+    def show_output(self, batch: list[tuple[int, str]]) -> None: ...
     def on_members(self, members: list[dict[str, Any]]) -> None: ...
     def stop_soon(self, reason: str) -> None: ...
 
@@ -34,7 +38,7 @@ class NodeService(Actor):
 
     async def spawn(self, cls: type, args: tuple = (), kwargs: dict | None = None,
                     name: str | None = None, max_restarts: int = 0, process: bool = False,
-                    preload: tuple[str, ...] = ()) -> ActorRef:
+                    preload: tuple[str, ...] = (), restarts: int = 0) -> ActorRef:
         """Build an actor here (``process=True``: in a child node process of its own). ``preload``: libraries
         the caller has imported, imported here first (in the background, once) so its calls do not pay for
         them."""
@@ -43,11 +47,11 @@ class NodeService(Actor):
         if process:
             return await host.spawn_process(cls, args, kwargs or {}, name, max_restarts, tuple(preload))
         await host.preload(tuple(preload))
-        ref = await host.spawn_local(cls, args, kwargs or {}, name)
+        ref = await host.spawn_local(cls, args, kwargs or {}, name, restarts)
         if max_restarts:
             # the seed remembers how to build it again if this node is lost
             assert host.registry is not None
-            spec = (cls, args, kwargs or {}, max_restarts, host.role == "dedicated")
+            spec = (cls, args, kwargs or {}, max_restarts, host.role == "dedicated", restarts)
             try:
                 await host.registry.supervise(ref, *spec)
             except BaseException:
@@ -61,6 +65,21 @@ class NodeService(Actor):
 
     def info(self) -> dict[str, Any]:
         return self._host.stats()
+
+    def stacks(self) -> dict[str, Any]:
+        return self._host.stacks()
+
+    def logs(self, label: str, n: int | None = None) -> list[str]:
+        return self._host.actor_logs(label, n)
+
+    def show_output(self, batch: list[tuple[int, str]]) -> None:
+        self._host.show_output(batch)
+
+    def set_metrics(self, enabled: bool) -> bool:
+        """Count the calls of actors spawned from now on (or not); returns what it was."""
+        metrics = self._host.metrics
+        was, metrics.enabled = metrics.enabled, bool(enabled)
+        return was
 
     def ping(self) -> str:
         return "pong"

@@ -133,6 +133,7 @@ def _reduce_tensor(t: Any, pickler: "_Pickler") -> Any:
 
 
 CUDA_IPC_USED = False  # set once this process has shared a CUDA tensor: its node then calls ipc_collect()
+CUDA_IPC_BYTES = 0     # bytes of CUDA tensors this process has shared through CUDA IPC (for the metrics)
 
 
 def _reduce_cuda_ipc(t: Any) -> Any:
@@ -140,8 +141,9 @@ def _reduce_cuda_ipc(t: Any) -> Any:
     ref counter), and the consumer waits on the producer's event before using the memory."""
     from torch.multiprocessing.reductions import reduce_tensor
 
-    global CUDA_IPC_USED
+    global CUDA_IPC_USED, CUDA_IPC_BYTES
     CUDA_IPC_USED = True
+    CUDA_IPC_BYTES += t.untyped_storage().nbytes()
     try:
         return reduce_tensor(t)
     except RuntimeError as e:

@@ -25,6 +25,33 @@ FLUSH_EVERY = 32
 _monotonic = time.monotonic  # frames written while a received batch is still being processed
 
 
+class AuthFailureLog:
+    """Failed authentications at a listener, logged at most once per ``every`` seconds with a count, so that a
+    scanner or a misconfigured peer retrying in a loop cannot flood the log."""
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._last = -float("inf")
+        self.suppressed = 0
+        self.total = 0
+
+    def note(self, peer: str, why: str) -> bool:
+        """Count one failure; True if it was logged."""
+        self.total += 1
+        now = self._clock()
+        if now - self._last < self.every:
+            self.suppressed += 1
+            return False
+        more = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+        log.warning("refused a connection from %s: %s%s", peer, why, more)
+        self._last, self.suppressed = now, 0
+        return True
+
+
+auth_failures = AuthFailureLog()
+
+
 class ChannelOwner(Protocol):
     def on_ready(self, ch: "Channel") -> None: ...
     def on_event(self, ch: "Channel", ev: Message) -> None: ...
@@ -59,6 +86,12 @@ class Channel(asyncio.BufferedProtocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.last_heard = time.monotonic()  # any bytes from the peer are a sign of life
         self.same_host = False  # the peer shares our kernel and pid namespace (set once ready)
+        # bytes by route, for the metrics: on the socket each way; lent through shared memory or CUDA IPC
+        self.said_goodbye = False  # the peer said it was leaving before the connection closed
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.shm_bytes_out = 0
+        self.cuda_bytes_out = 0
 
     # ----------------------------------------------------------------- asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -71,6 +104,7 @@ class Channel(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.last_heard = _monotonic()
+        self.bytes_in += nbytes
         self.conn.buffer_updated(nbytes)
         self._process()
 
@@ -100,7 +134,11 @@ class Channel(asyncio.BufferedProtocol):
             if conn.state is State.HANDSHAKE:
                 batch.extend(conn.data_to_send())
         except (ProtocolError, AuthenticationError) as e:
-            log.warning("closing connection from %s: %s: %s", self.peer_name(), type(e).__name__, e)
+            if isinstance(e, AuthenticationError):
+                if not self.conn.dialer:  # a dialer's caller gets the error itself
+                    auth_failures.note(self.peer_name(), str(e))
+            else:
+                log.warning("closing connection from %s: %s: %s", self.peer_name(), type(e).__name__, e)
             self.lost_reason = e
             self._batch = None
             if batch and not isinstance(e, (RemoteProtocolError, AuthenticationError)):
@@ -117,6 +155,10 @@ class Channel(asyncio.BufferedProtocol):
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready and not self.conn.dialer and self.lost_reason is None and self.conn.state is State.HANDSHAKE:
+            # the dialer hung up mid-handshake: what a peer does that finds our proof wrong (another token)
+            auth_failures.note(self.peer_name(), "the dialer closed the connection during the handshake "
+                               "(a peer with another cluster token?)")
         self.closed = True
         self.conn.close()
         if self._handshake_timer is not None:
@@ -150,7 +192,8 @@ class Channel(asyncio.BufferedProtocol):
         def expire() -> None:
             if not self.ready and not self.closed:
                 self.lost_reason = AuthenticationError(f"handshake not completed within {timeout} s")
-                log.warning("closing connection from %s: handshake timed out", self.peer_name())
+                if not self.conn.dialer:
+                    auth_failures.note(self.peer_name(), "handshake timed out")
                 if self.transport is None:
                     # never connected: a TLS handshake that failed or stalled (asyncio then tells the protocol
                     # nothing), so forget the channel here
@@ -204,8 +247,11 @@ class Channel(asyncio.BufferedProtocol):
         if not frames or self.transport is None or self.transport.is_closing():
             return
         if len(frames) == 1:
-            self.transport.write(frames[0])
+            f = frames[0]
+            self.bytes_out += len(f) if type(f) is bytes else memoryview(f).nbytes
+            self.transport.write(f)
         else:
+            self.bytes_out += sum(len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames)
             self.transport.writelines(frames)
 
     # ----------------------------------------------------------------- callee-side flow control

@@ -116,7 +116,7 @@ class Handshake:
         peer = Identity(body.node_id, body.listen or "", body.host_id or "", body.pid or 0)
         want = _mac(self._token, b"disto1/listener", self._hello_body, body.nonce, _identity_bytes(peer))
         if not body.proof or not hmac.compare_digest(want, body.proof):
-            raise AuthenticationError("the listener does not hold the cluster token")
+            raise AuthenticationError("token mismatch: the listener does not hold the cluster token")
         mine = _mac(self._token, b"disto1/dialer", self._hello_body, body.nonce, _identity_bytes(peer))
         self.outbox.append(frame_bytes(Kind.AUTH, encode(T.Auth(proof=mine))))
         self.peer = peer
@@ -124,7 +124,7 @@ class Handshake:
     def _on_auth(self, body: Any, _body_bytes: bytes) -> None:  # listener
         want = _mac(self._token, b"disto1/dialer", self._hello_body, self._nonce, _identity_bytes(self.identity))
         if not hmac.compare_digest(want, body.proof):
-            raise AuthenticationError("the dialer does not hold the cluster token")
+            raise AuthenticationError("token mismatch: the dialer does not hold the cluster token")
 
     _HANDLERS: dict[int, Callable[["Handshake", Any, bytes], None]] = {
         Kind.HELLO: _on_hello, Kind.WELCOME: _on_welcome, Kind.AUTH: _on_auth}

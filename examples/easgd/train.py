@@ -57,9 +57,12 @@ async def main(args: argparse.Namespace) -> int:
     d = mnist1d(NUM_SAMPLES)  # generate and cache once, before the workers need it
     test = torch.from_numpy(d["x_test"]), torch.from_numpy(d["y_test"])
     cfg = EASGDConfig(algorithm=args.algorithm, workers=args.workers, tau=args.tau, prefetch=args.prefetch, lr=args.lr, seed=args.seed, eval_interval=args.eval_interval)
-    cluster_cm = disto.connect(args.connect) if args.connect else disto.LocalCluster(nodes=args.nodes)
+    cluster_cm = disto.connect(args.connect) if args.connect else disto.LocalCluster(nodes=args.nodes,
+                                                                                    dashboard=args.dashboard)
     os.makedirs(args.out, exist_ok=True)
     async with cluster_cm as cluster:
+        if cluster.dashboard_link:
+            print(f"dashboard: {cluster.dashboard_link}", flush=True)
         try:
             from tqdm import tqdm
             bar = tqdm(total=100, unit="%", bar_format="{desc} |{bar}| {n:.1f}% center accuracy [{elapsed}]")
@@ -107,5 +110,7 @@ if __name__ == "__main__":
     ap.add_argument("--eval-interval", type=float, default=1.0)
     ap.add_argument("--connect", help="HOST:PORT of a running cluster's seed instead of a local cluster")
     ap.add_argument("--out", default="easgd-out")
+    ap.add_argument("--dashboard", metavar="HOST:PORT", help="serve the live dashboard there (e.g. 127.0.0.1:8265): "
+                    "the workers and center shards show as actors")
     ap.add_argument("--require-target", action="store_true", help="exit 1 unless the target was reached")
     sys.exit(disto.run(main(ap.parse_args())))

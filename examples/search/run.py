@@ -148,7 +148,9 @@ async def _main(args: argparse.Namespace, floor: Floor) -> dict[str, Any]:
     # ---- disto: a local cluster of max(shards) node processes, one shard actor per process
     breakdown: dict[int, dict[str, float]] = {}
     indexes: dict[str, DistributedIndex] = {}
-    async with disto.LocalCluster(max(args.shards)) as cluster:
+    async with disto.LocalCluster(max(args.shards), dashboard=args.dashboard) as cluster:
+        if cluster.dashboard_link:
+            print(f"dashboard: {cluster.dashboard_link}", flush=True)
         for nshards in args.shards:
             name = f"disto {nshards} shard{'s' if nshards > 1 else ''}"
             ix = await DistributedIndex.from_trained(cluster, trained, shards=nshards, nprobe=nprobe,
@@ -287,6 +289,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/disto/search"), help="ground-truth cache")
     p.add_argument("--out", default="search-results", help="folder for the JSON and the plot")
+    p.add_argument("--dashboard", metavar="HOST:PORT", help="serve the live dashboard there (e.g. 127.0.0.1:8265): "
+                   "the shards show as actors")
     p.add_argument("--no-save", dest="save", action="store_false", help="skip the save (bytes/vector of shards)")
     return p.parse_args(argv)
 
