@@ -32,7 +32,7 @@ __all__ = [
     "Cluster", "LocalCluster", "NodeHandle", "connect", "Node", "NodeConfig", "transfer",
     "shared_array", "shared_tensor", "DEVICE_MAP",
     "Future", "Stream", "collect", "collect_all", "collect_any", "window", "within",
-    "run", "new_token", "write_token_file", "format_stacks",
+    "run", "new_token", "write_token_file", "format_stacks", "__version__",
     "DistoError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "AuthenticationError",
     "SerializationError", "ClosedError", "NodeLostError", "ActorError", "ActorNotFoundError", "ActorDeadError",
     "NameTakenError", "RemoteError", "TimeoutError",

@@ -36,7 +36,7 @@ log = logging.getLogger("disto.actor")
 class CallItem:
     """One call to run: where it came from (a channel, or a local future) and what to run."""
 
-    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task", "abandoned", "t0")
+    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task", "abandoned", "t0", "span")
 
     def __init__(self, ch: "Channel | None", call_id: int, method: str, args: tuple, kwargs: dict,
                  fut: asyncio.Future | None) -> None:
@@ -49,6 +49,7 @@ class CallItem:
         self.task: asyncio.Task | None = None
         self.abandoned = False  # answered already (cancelled, actor stopped) while its thread still runs it
         self.t0 = _perf_counter()  # when it arrived: its latency and, while it runs, its age
+        self.span: Any = None  # the OpenTelemetry span it runs under, when its caller traces (node/tracing.py)
 
 
 # (item, value) / (item, exception, traceback text) / (item, cancel it) -> where a stream's items go

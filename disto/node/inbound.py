@@ -11,6 +11,7 @@ from ..errors import ActorDeadError, ActorNotFoundError, SerializationError
 from ..futures import Future
 from ..transport import Channel
 from ..wire import Call, Cancel, FailureKind
+from . import tracing
 from .actors import ActorTable
 from .buffers import BufferRouter
 from .config import Here
@@ -59,7 +60,15 @@ class InboundCalls:
                 log.warning("dropping one-way call with bad arguments from %s: %s", ch.peer_name(), e)
             return
         ch.call_received()
-        cell.mailbox.post(CallItem(ch, body.call_id, body.method, args, kwargs, None))
+        item = CallItem(ch, body.call_id, body.method, args, kwargs, None)
+        if body.traceparent is not None and tracing.ENABLED:
+            item.span, token = tracing.incoming(body.traceparent, cell.mailbox.label, body.method)
+            try:
+                cell.mailbox.post(item)  # its thread or task copies the context: the span is current there
+            finally:
+                tracing.detach(token)
+            return
+        cell.mailbox.post(item)
 
     def on_cancel(self, ch: Channel, ev: Cancel) -> None:
         cid = ev.body.call_id

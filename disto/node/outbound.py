@@ -23,6 +23,7 @@ from ..futures import Future
 from ..streams import Stream
 from ..transport import Channel
 from ..wire import Failure, Kind, Reply, StreamEnd, StreamItem, T
+from . import tracing
 from .buffers import BufferRouter, scalar_payload, too_large
 from .config import Here, transfer_mode
 from .failures import exception_from
@@ -102,7 +103,8 @@ class OutboundCalls:
         table = self.tables.get(ch)
         if table is None:
             table = self.tables[ch] = CallTable()
-        call = (ref, method, args, kwargs, transfer_mode.get())
+        call = (ref, method, args, kwargs, transfer_mode.get(),
+                tracing.outgoing(ref._describe(), method, fut) if tracing.ENABLED and not oneway else None)
         if not table.waiting and ch.ready and not ch.writing_paused and len(table.pending) < self.max_inflight:
             self._send(ch, table, call, fut, oneway)
         else:
@@ -129,7 +131,7 @@ class OutboundCalls:
         return out
 
     def _send(self, ch: Channel, table: CallTable, call: tuple, fut: Future, oneway: bool) -> None:
-        ref, method, args, kwargs, mode = call
+        ref, method, args, kwargs, mode, traceparent = call
         try:
             if not kwargs and _scalars(args):
                 stream, bufs, oob = scalar_payload(_pickle_dumps((args, kwargs), 5))
@@ -141,7 +143,7 @@ class OutboundCalls:
         cid = 0 if oneway else table.next_id
         try:
             frames = ch.conn.send_call(cid, ref.actor_id, method, None if oob else stream, bufs, oob,
-                                       ref.node_id or None) if ch.can_send() else None
+                                       ref.node_id or None, traceparent) if ch.can_send() else None
         except LocalProtocolError as e:  # larger than a frame may be: this call fails, the connection is fine
             failed(fut, too_large(e, self.max_frame), oneway)
             return

@@ -11,6 +11,7 @@ from ..actor import CallItem
 from ..errors import LocalProtocolError, SerializationError
 from ..transport import Channel
 from ..wire import FailureKind, Kind
+from . import tracing
 from .buffers import BufferRouter, scalar_payload, too_large
 from .config import Here
 from .failures import failure_body, failure_kind, local_exception
@@ -30,6 +31,8 @@ class Replies:
         self._max_frame = max_frame
 
     def reply(self, item: CallItem, value: Any) -> None:
+        if item.span is not None:
+            tracing.finish(item.span)
         ch = item.ch
         if ch is None:
             fut = item.fut
@@ -52,6 +55,8 @@ class Replies:
         ch.write(frames)
 
     def fail(self, item: CallItem, exc: BaseException, tb: str, label: str) -> None:
+        if item.span is not None:
+            tracing.finish(item.span, exc)
         ch = item.ch
         cancelled = isinstance(exc, asyncio.CancelledError)
         if ch is None:

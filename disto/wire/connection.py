@@ -118,22 +118,22 @@ class Connection:
         return [self._checked_frame(kind, encode(body), 0)]
 
     def send_call(self, call_id: int, actor_id: int, method: str, payload: Buffer | None,
-                  buffers: Sequence[Buffer] = (), payload_oob: bool = False, node_id: str | None = None
-                  ) -> list[Buffer]:
+                  buffers: Sequence[Buffer] = (), payload_oob: bool = False, node_id: str | None = None,
+                  traceparent: str | None = None) -> list[Buffer]:
         """Frame a CALL (the hot path: no thriftpy2 object is built). ``call_id`` 0 means one-way."""
         if self.state is not State.READY:
             raise LocalProtocolError(f"cannot send CALL in state {self.state.value}")
         if not buffers:
-            body = encode_call(call_id, actor_id, method, payload, (), payload_oob, node_id)
+            body = encode_call(call_id, actor_id, method, payload, (), payload_oob, node_id, traceparent)
             if len(body) <= self._max_body:
                 return [_pack_header(len(body), WIRE_VERSION, _CALL, 0, 0) + body]
             return [self._checked_frame(Kind.CALL, body, 0)]
         views, sizes, total, descs = oob_views(buffers)
         if descs is None:
-            body = encode_call(call_id, actor_id, method, payload, sizes, payload_oob, node_id)
+            body = encode_call(call_id, actor_id, method, payload, sizes, payload_oob, node_id, traceparent)
         else:
             body = encode(T.Call(call_id=call_id, actor_id=actor_id, method=method, payload=payload,
-                                 buffers=descs, payload_oob=payload_oob, node_id=node_id))
+                                 buffers=descs, payload_oob=payload_oob, node_id=node_id, traceparent=traceparent))
         return [self._checked_frame(Kind.CALL, body, total), *views]
 
     def send_reply(self, call_id: int, payload: Buffer | None, buffers: Sequence[Buffer] = (),

@@ -89,6 +89,7 @@ struct Call {
   5: optional list<BufferDesc> buffers,  // pickle-5 out-of-band buffers
   6: optional bool payload_oob = false,  // the pickle stream itself is buffers[0]
   7: optional string node_id,            // the node the caller believes hosts the actor ("" = any)
+  8: optional string traceparent,        // W3C trace context of the caller's span (when it traces)
 }
 
 struct Reply {

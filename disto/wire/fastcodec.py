@@ -29,7 +29,7 @@ _str_cache: dict[str, bytes] = {}
 
 
 class CallMsg:
-    __slots__ = ("call_id", "actor_id", "method", "payload", "buffers", "payload_oob", "node_id")
+    __slots__ = ("call_id", "actor_id", "method", "payload", "buffers", "payload_oob", "node_id", "traceparent")
 
     def __repr__(self) -> str:
         return f"CallMsg({self.call_id}, {self.actor_id}, {self.method!r})"
@@ -58,7 +58,7 @@ def _descs(parts: list, fid: int, sizes: list[int]) -> None:
 
 
 def encode_call(call_id: int, actor_id: int, method: str, payload: Any, sizes: list[int], payload_oob: bool,
-                node_id: str | None) -> bytes:
+                node_id: str | None, traceparent: str | None = None) -> bytes:
     m = _b(method)
     parts: list = [_CALL_HEAD.pack(10, 1, call_id, 10, 2, actor_id, 11, 3, len(m)), m]
     if payload is not None:
@@ -71,6 +71,10 @@ def encode_call(call_id: int, actor_id: int, method: str, payload: Any, sizes: l
         n = _b(node_id)
         parts.append(_BIN.pack(11, 7, len(n)))
         parts.append(n)
+    if traceparent is not None:
+        t = traceparent.encode()
+        parts.append(_BIN.pack(11, 8, len(t)))
+        parts.append(t)
     parts.append(b"\x00")
     return b"".join(parts)
 
@@ -190,6 +194,7 @@ def decode_call(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]] | No
                     msg.buffers = None
                     msg.payload_oob = oob
                     msg.node_id = node_id
+                    msg.traceparent = None
                     return msg, sizes
     return _decode_call_slow(data, pos, end)
 
@@ -197,7 +202,7 @@ def decode_call(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]] | No
 # Field tables for the general loop: field id -> (thrift type, attribute, how to read it).
 _CALL_FIELDS = {1: (10, "call_id", "i64"), 2: (10, "actor_id", "i64"), 3: (11, "method", "str"),
                 4: (11, "payload", "bytes"), 5: (15, "buffers", "descs"), 6: (2, "payload_oob", "bool"),
-                7: (11, "node_id", "str")}
+                7: (11, "node_id", "str"), 8: (11, "traceparent", "str")}
 _REPLY_FIELDS = {1: (10, "call_id", "i64"), 2: (11, "payload", "bytes"), 3: (15, "buffers", "descs"),
                  4: (2, "payload_oob", "bool")}
 
@@ -273,6 +278,7 @@ def _decode_call_slow(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]
     msg.buffers = None
     msg.payload_oob = v.get("payload_oob", False)
     msg.node_id = v.get("node_id")
+    msg.traceparent = v.get("traceparent")
     return msg, sizes
 
 
