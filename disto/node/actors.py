@@ -27,7 +27,7 @@ class Cell:
         self.instance = instance
         self.mailbox = mailbox
         self.ref = ref
-        self.supervision: tuple | None = None  # (cls, args, kwargs, max_restarts, process), for a new seed
+        self.supervision: tuple | None = None  # (cls, args, kwargs, max_restarts, process, restarts): for a new seed
         self.started = time.time()
         self.restarts = restarts  # how many times it was built again before this one (supervised actors)
 

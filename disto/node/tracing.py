@@ -22,6 +22,7 @@ except ImportError:
     ENABLED = False
 
 _propagator: Any = TraceContextTextMapPropagator() if ENABLED else None
+_get_current: Any = _context.get_current if ENABLED else None
 
 
 def _tracer() -> Any:
@@ -31,6 +32,8 @@ def _tracer() -> Any:
 def outgoing(actor: str, method: str, fut: Any) -> str | None:
     """For a call about to be sent: its traceparent, with a CLIENT span ended when ``fut`` is done; None when no
     span is current (nothing to propagate)."""
+    if not _get_current():  # an empty context: no span anywhere (the common case, kept to one call)
+        return None
     if not _trace.get_current_span().get_span_context().is_valid:
         return None
     span = _tracer().start_span(f"disto.call {actor}.{method}", kind=_trace.SpanKind.CLIENT,

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -28,6 +29,28 @@ from disto.search._faiss import faiss
 from floor import Floor
 
 BATCHES = (1, 32, 1000)
+
+
+def default_ntrain(args: argparse.Namespace) -> int:
+    """Enough training vectors for the coarse quantizer (Faiss warns below 39 per centroid), at least nb/10."""
+    m = re.search(r"IVF(\d+)", args.factory)
+    nlist = int(m.group(1)) if m else 0
+    return min(args.nb, max(20_000, 40 * nlist, args.nb // 10))
+
+
+def add_with_progress(index: Any, xb: np.ndarray, what: str, chunk: int = 20_000) -> None:
+    """``index.add(xb)`` in chunks, with a progress bar when tqdm is installed (the same index either way)."""
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=len(xb), desc=what, unit=" vectors", unit_scale=True, leave=False)
+    except ImportError:
+        bar = None
+    for start in range(0, len(xb), chunk):
+        index.add(xb[start:start + chunk])
+        if bar is not None:
+            bar.update(min(chunk, len(xb) - start))
+    if bar is not None:
+        bar.close()
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -108,13 +131,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 async def _main(args: argparse.Namespace, floor: Floor) -> dict[str, Any]:
     faiss.omp_set_num_threads(1)  # Faiss single-process baseline at one core, as each shard
     t0 = time.perf_counter()
-    xb, xq, xt = dataset(args.nb, args.nq, args.d, seed=args.seed, clusters=args.clusters, ntrain=args.ntrain)
+    print(f"generating {args.nb:,} x {args.d} vectors...", flush=True)
+    xb, xq, xt = dataset(args.nb, args.nq, args.d, seed=args.seed, clusters=args.clusters,
+                         ntrain=args.ntrain if args.ntrain is not None else default_ntrain(args))
     faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))  # exact ground truth (cached) on every core
+    print("exact ground truth (cached after the first run)...", flush=True)
     gt = ground_truth(xb, xq, 10, cache_dir=args.cache)
     faiss.omp_set_num_threads(1)
     print(f"data: {args.nb} x {args.d} database, {args.nq} queries, {len(xt)} training vectors "
           f"({time.perf_counter() - t0:.1f} s with ground truth)", flush=True)
     t = time.perf_counter()
+    print(f"training {args.factory} on {len(xt):,} vectors...", flush=True)
     trained = DistributedIndex.train(args.factory, xt)
     train_s = time.perf_counter() - t
     print(f"trained {args.factory} in {train_s:.1f} s", flush=True)
@@ -125,7 +152,7 @@ async def _main(args: argparse.Namespace, floor: Floor) -> dict[str, Any]:
     # ---- single-process Faiss (1 thread)
     single = faiss.deserialize_index(faiss.serialize_index(trained))
     t = time.perf_counter()
-    single.add(xb)
+    add_with_progress(single, xb, "faiss 1 process: adding")
     build = time.perf_counter() - t
     single.nprobe = nprobe
     D0, I0 = single.search(xq, k)
@@ -277,7 +304,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nb", type=int, default=200_000, help="database vectors (1000000 for the full set)")
     p.add_argument("--nq", type=int, default=5000, help="queries")
     p.add_argument("--d", type=int, default=128)
-    p.add_argument("--ntrain", type=int, default=None, help="training sample (default max(20k, nb/10))")
+    p.add_argument("--ntrain", type=int, default=None, help="training sample (default max(20k, 40 per IVF list, nb/10))")
     p.add_argument("--clusters", type=int, default=1000)
     p.add_argument("--factory", default="IVF1024,PQ16")
     p.add_argument("--nprobe", type=int, default=16)
