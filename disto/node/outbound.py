@@ -104,7 +104,8 @@ class OutboundCalls:
         if table is None:
             table = self.tables[ch] = CallTable()
         call = (ref, method, args, kwargs, transfer_mode.get(),
-                tracing.outgoing(ref._describe(), method, fut) if tracing.ENABLED and not oneway else None)
+                tracing.outgoing(ref, method, fut) if tracing.ENABLED and not oneway and tracing.get_current()
+                else None)
         if not table.waiting and ch.ready and not ch.writing_paused and len(table.pending) < self.max_inflight:
             self._send(ch, table, call, fut, oneway)
         else:

@@ -22,20 +22,21 @@ except ImportError:
     ENABLED = False
 
 _propagator: Any = TraceContextTextMapPropagator() if ENABLED else None
-_get_current: Any = _context.get_current if ENABLED else None
+# opentelemetry's current context: empty when no span is current anywhere (the caller checks it inline, so a
+# call made outside any span costs one C-level lookup chain and no frame of ours)
+get_current: Any = _context.get_current if ENABLED else None
 
 
 def _tracer() -> Any:
     return _trace.get_tracer("disto")
 
 
-def outgoing(actor: str, method: str, fut: Any) -> str | None:
-    """For a call about to be sent: its traceparent, with a CLIENT span ended when ``fut`` is done; None when no
-    span is current (nothing to propagate)."""
-    if not _get_current():  # an empty context: no span anywhere (the common case, kept to one call)
-        return None
+def outgoing(ref: Any, method: str, fut: Any) -> str | None:
+    """For a call about to be sent (while some context is current): its traceparent, with a CLIENT span ended
+    when ``fut`` is done; None when no span is current (nothing to propagate)."""
     if not _trace.get_current_span().get_span_context().is_valid:
         return None
+    actor = ref._describe()
     span = _tracer().start_span(f"disto.call {actor}.{method}", kind=_trace.SpanKind.CLIENT,
                                 attributes={"rpc.system": "disto", "rpc.service": actor, "rpc.method": method})
     carrier: dict[str, str] = {}
