@@ -15,9 +15,8 @@ from typing import Any
 
 from .actor import ActorRef, SystemActor, system_ref
 from .cluster import resolve_token, token_source, write_token_file
-from .cluster.inspect import actor_logs, cluster_actors, cluster_stacks, format_stacks
+from .cluster.inspect import actor_logs, cluster_actors, cluster_stacks, each_node, format_stacks
 from .errors import DistoError
-from .futures import collect_all
 from .loop import run
 from .node import Node, NodeConfig
 from .node.config import normalize_token
@@ -184,11 +183,10 @@ async def _node_stop(args: argparse.Namespace) -> int:
 async def _status(args: argparse.Namespace) -> int:
     async with _Client(args) as me:
         assert me.registry is not None
-        members = await me.registry.members()
         names = await me.registry.names()
-        infos = await collect_all(
-            system_ref(SystemActor.NODE_SERVICE, m["address"], node_id=m["node_id"], via=me).info()
-            for m in members if m["role"] != "client")
+        answers = await each_node(me, "info", 5.0)
+    members = [m for m, _ in answers]
+    infos = [info for _, info in answers]
     if args.json:
         print(json.dumps({"members": members, "nodes": [i if isinstance(i, dict) else {"error": str(i)}
                                                          for i in infos],

@@ -117,3 +117,8 @@ def channel_to(node: disto.Node, address: str) -> Any:
 def calls_to(node: disto.Node, address: str) -> Any:
     """The node's outbound call table for the peer at ``address``: ``pending`` and ``waiting``."""
     return node._outbound.tables[channel_to(node, address)]
+
+
+async def any_call_running(cluster: disto.Cluster) -> bool:
+    """Some actor of the cluster is running a call now (as ``cluster.actors()`` reports it)."""
+    return any(r["state"] == "running" for r in await cluster.actors())

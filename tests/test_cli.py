@@ -14,7 +14,7 @@ import pytest
 import disto
 
 from actors import Talker
-from helpers import NODE_ENV, eventually
+from helpers import NODE_ENV, any_call_running, eventually
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -119,7 +119,7 @@ async def test_status_logs_stacks_from_a_non_seed_and_the_nodes_log_their_lifecy
             assert actors.returncode == 0 and f"Talker#{t.actor_id}" in actors.stdout and "tk" in actors.stdout
             hang = asyncio.ensure_future(t.hold(30))
             try:
-                await eventually(lambda: _running(cluster), what="the call to be running")
+                await eventually(lambda: any_call_running(cluster), what="the call to be running")
                 stacks = await loop.run_in_executor(None, run, "stacks", address)
                 assert stacks.returncode == 0, stacks.stderr
                 assert stacks.stdout.count("== node ") == 3 and "tk.hold running" in stacks.stdout
@@ -136,6 +136,3 @@ async def test_status_logs_stacks_from_a_non_seed_and_the_nodes_log_their_lifecy
         for p in procs:
             p.stop()
 
-
-async def _running(cluster: disto.Cluster) -> bool:
-    return any(r["state"] == "running" for r in await cluster.actors())

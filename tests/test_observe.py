@@ -21,7 +21,7 @@ from disto.node.output import ActorOutput
 from disto.transport.channel import AuthFailureLog
 
 from actors import Talker, Worker
-from helpers import NODE_ENV as ENV, eventually
+from helpers import NODE_ENV as ENV, any_call_running, eventually
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -261,7 +261,7 @@ async def test_the_dashboard_page_in_a_headless_browser_shows_nodes_actors_and_c
             await t.say(f"line {i}")
         hang = asyncio.ensure_future(t.hold(60))
         try:
-            await eventually(lambda: _running(cluster), what="the call to be running")
+            await eventually(lambda: any_call_running(cluster), what="the call to be running")
             dom = await _render(cluster.dashboard_link)  # type: ignore[arg-type]
             assert "3 nodes (3 reachable), 1 actors" in dom, dom[:2000]
             row = dom.split('data-actor="alpha"', 1)[1].split("</tr>", 1)[0]
@@ -277,5 +277,18 @@ async def test_the_dashboard_page_in_a_headless_browser_shows_nodes_actors_and_c
             await asyncio.gather(hang, return_exceptions=True)
 
 
-async def _running(cluster: disto.Cluster) -> bool:
-    return any(r["state"] == "running" for r in await cluster.actors())
+
+async def test_with_metrics_off_calls_are_not_counted_and_on_they_are() -> None:
+    from helpers import Counter, nodes, spawn
+    async with nodes(2, config=disto.NodeConfig(metrics=False)) as (a, b):
+        ref = await spawn(a, b, Counter)
+        await ref.add(1)
+        assert b.stats()["actors"][0]["methods"] == {}
+    async with nodes(2, config=disto.NodeConfig(metrics=True)) as (a, b):
+        ref = await spawn(a, b, Counter)
+        await ref.add(1)
+        with pytest.raises(ValueError):
+            await ref.fail("no")
+        methods = b.stats()["actors"][0]["methods"]
+        assert methods["add"]["counts"] == {"ok": 1, "error": 0, "cancelled": 0}
+        assert methods["fail"]["counts"]["error"] == 1

@@ -15,7 +15,7 @@ def _service(m: dict[str, Any], via: Node) -> ActorRef:
     return system_ref(SystemActor.NODE_SERVICE, m["address"], node_id=m["node_id"], via=via)
 
 
-async def _each_node(via: Node, method: str, timeout: float, *args: Any) -> list[tuple[dict, Any]]:
+async def each_node(via: Node, method: str, timeout: float, *args: Any) -> list[tuple[dict, Any]]:
     """(member, answer or exception) for every node of the cluster but command-line clients."""
     assert via.registry is not None
     members = [m for m in await via.registry.members() if m.get("role") != "client"]
@@ -39,7 +39,7 @@ async def cluster_actors(via: Node, timeout: float = TIMEOUT) -> list[dict[str, 
     """Every actor of the cluster: node, class, name, state, restarts, uptime, calls queued and running, and a
     ref to it. Nodes that did not answer are listed with ``state: "unreachable"`` and no actor."""
     out: list[dict[str, Any]] = []
-    for m, info in await _each_node(via, "info", timeout):
+    for m, info in await each_node(via, "info", timeout):
         if isinstance(info, BaseException):
             out.append({"node": m["address"], "node_id": m["node_id"], "class": None, "name": None, "id": None,
                         "state": "unreachable", "restarts": 0, "error": _error(info)})
@@ -55,7 +55,7 @@ async def cluster_actors(via: Node, timeout: float = TIMEOUT) -> list[dict[str, 
 async def cluster_stacks(via: Node, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
     """Every node's threads and asyncio tasks, with the actor call each runs and its age."""
     out = []
-    for m, st in await _each_node(via, "stacks", timeout):
+    for m, st in await each_node(via, "stacks", timeout):
         if isinstance(st, BaseException):
             out.append({"address": m["address"], "node_id": m["node_id"], "role": m.get("role"),
                         "error": _error(st), "threads": [], "tasks": []})

@@ -7,36 +7,26 @@ import asyncio
 import time
 from typing import Any
 
-from ..actor import SystemActor, system_ref
+from ..cluster.inspect import each_node
 from ..node import Node
 
 NODE_TIMEOUT = 2.0
 
 
-async def _ask(fut: Any, timeout: float) -> Any:
-    try:
-        return await asyncio.wait_for(asyncio.ensure_future(fut), timeout)
-    except Exception as e:  # noqa: BLE001 - one node's trouble is reported, not raised
-        return e
-
-
 async def cluster_snapshot(via: Node, timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
-    """Members, every node's report (or its error), and the timeline of joins, losses and restarts."""
+    """Every node's report (or its error), and the seed's timeline of joins, losses and restarts."""
     assert via.registry is not None
-    members, timeline = await asyncio.gather(_ask(via.registry.members(), timeout),
-                                             _ask(via.registry.timeline(), timeout))
-    if isinstance(members, BaseException):
-        raise members
-    nodes = [m for m in members if m.get("role") != "client"]
-    infos = await asyncio.gather(*(
-        _ask(system_ref(SystemActor.NODE_SERVICE, m["address"], node_id=m["node_id"], via=via).info(), timeout)
-        for m in nodes))
+    answers, timeline = await asyncio.gather(each_node(via, "info", timeout),
+                                             asyncio.wait_for(asyncio.ensure_future(via.registry.timeline()),
+                                                              timeout), return_exceptions=True)
+    if isinstance(answers, BaseException):
+        raise answers
     out = []
-    for m, info in zip(nodes, infos):
+    for m, info in answers:
         if isinstance(info, BaseException):
             out.append({"node_id": m["node_id"], "address": m["address"], "role": m.get("role"),
                         "pid": m.get("pid"), "error": f"{type(info).__name__}: {info}", "actors": []})
         else:
             out.append(info)
-    return {"time": time.time(), "seed": via.seed or via.address, "members": members, "nodes": out,
+    return {"time": time.time(), "seed": via.seed or via.address, "members": [m for m, _ in answers], "nodes": out,
             "timeline": [] if isinstance(timeline, BaseException) else timeline}
