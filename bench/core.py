@@ -114,7 +114,7 @@ async def main(args: argparse.Namespace) -> dict:
     res: dict[str, list[float]] = {k: [] for k in
                                    ("raw_w1_p50", "raw_w1_p99", "w1_p50", "w1_p99", "raw_w2", "w2", "raw_w3", "w3",
                                     "local", "w1_loop", "w2_loop", "w1_async", "w2_async", "stream",
-                                    "w1_nometrics", "w2_nometrics")}
+                                    "w1_nometrics", "w2_nometrics", "group_call", "group_gather")}
     streams = hasattr(disto, "Stream")
     try:
         async with disto.LocalCluster(nodes=3) as cluster:
@@ -131,7 +131,10 @@ async def main(args: argparse.Namespace) -> dict:
                 await service.set_metrics(True)
             except disto.DistoError:
                 pass  # an older disto (bench/ab.py): no metrics to turn off
-            for t in (target, on_loop_target, async_target, no_metrics or target):
+            group = None
+            if hasattr(cluster, "spawn_group"):  # (older disto, for bench/ab.py: no groups)
+                group = await cluster.spawn_group(Echo, 8)  # spread over the 3 nodes: 3, 3, 2
+            for t in (target, on_loop_target, async_target, no_metrics or target, *(group or ())):
                 await pipelined(t, 2_000, inflight)  # warm up connections and code paths
             for _ in range(repeat):
                 lat = await asyncio.get_running_loop().run_in_executor(None, raw, "w1", str(port), str(n1))
@@ -170,6 +173,17 @@ async def main(args: argparse.Namespace) -> dict:
                         lat.append(time.perf_counter_ns() - t0)
                     res[f"w1_{key}"].append(pct(lat, 0.5) / 1e3)
                     res[f"w2_{key}"].append(n2 / await pipelined(t, n2, inflight))
+                if group is not None:  # one call to all 8 members against 8 calls gathered, interleaved
+                    calls, gathered = [], []
+                    for i in range(n1 // 2):
+                        t0 = time.perf_counter_ns()
+                        await group.ping(i)
+                        calls.append(time.perf_counter_ns() - t0)
+                        t0 = time.perf_counter_ns()
+                        await disto.collect([r.ping(i) for r in group])
+                        gathered.append(time.perf_counter_ns() - t0)
+                    res["group_call"].append(pct(calls, 0.5) / 1e3)
+                    res["group_gather"].append(pct(gathered, 0.5) / 1e3)
                 if streams:
                     t0 = time.perf_counter()
                     got = 0
@@ -205,6 +219,10 @@ async def main(args: argparse.Namespace) -> dict:
     if med["w1_nometrics"] == med["w1_nometrics"]:
         print(f"metrics cost (on/off, same actor class and node): W1 {med['w1_p50'] / med['w1_nometrics']:.3f}x, "
               f"W2 {med['w2_nometrics'] / med['w2']:.3f}x (time per call)")
+    if med["group_call"] == med["group_call"]:
+        print(f"group of 8 (spread over 3 nodes), p50 per call to all members: group.ping() "
+              f"{med['group_call']:,.1f} µs, 8 calls gathered with collect {med['group_gather']:,.1f} µs "
+              f"({med['group_call'] / med['group_gather']:.2f}x)")
     print(f"load average: {os.getloadavg()}")
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(), "cores": os.cpu_count(),
             "repeat": repeat, "raw": res, "median": med}

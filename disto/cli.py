@@ -20,6 +20,7 @@ from .errors import DistoError
 from .loop import run
 from .node import Node, NodeConfig
 from .node.config import normalize_token
+from .placement import format_resources, parse_resources
 from .transport.tls import from_env
 from .version import __version__
 
@@ -41,7 +42,22 @@ def _add_token_args(p: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> NodeConfig:
     return NodeConfig(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
-                      tls_check_hostname=not args.tls_no_check_hostname)
+                      tls_check_hostname=not args.tls_no_check_hostname,
+                      resources=getattr(args, "resources", None) or None)
+
+
+def _resources_arg(text: str) -> dict[str, float]:
+    try:
+        return parse_resources(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _gpus_arg(text: str) -> str:
+    ids = [d.strip() for d in text.split(",") if d.strip()]
+    if not ids or not all(d.isdigit() or d.startswith(("GPU-", "MIG-")) for d in ids):
+        raise argparse.ArgumentTypeError(f"expected CUDA device ids such as 0,1 (or GPU-/MIG- UUIDs), got {text!r}")
+    return ",".join(ids)
 
 
 def _address_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -66,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "they ask for the cluster token)")
     start.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="what the node logs (default info: start, stop, joins and losses)")
+    start.add_argument("--resources", type=_resources_arg, metavar="NAME=N,...",
+                       default=os.environ.get("DISTO_RESOURCES") or None,
+                       help="what this node offers to placement, e.g. gpu=2,ssd=1,memory=64G (replaces the "
+                            "detected cpu, gpu, memory; other names are custom labels; default $DISTO_RESOURCES)")
+    start.add_argument("--gpus", type=_gpus_arg, metavar="IDS",
+                       help="the CUDA devices this node uses and advertises, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     start.add_argument("--dedicated", action="store_true", help=argparse.SUPPRESS)  # one actor's own process
     start.add_argument("--preload", default="", help="libraries to import in the background at start, comma "
@@ -110,6 +132,10 @@ def _token(args: argparse.Namespace) -> str | bytes:
 
 async def _node_start(args: argparse.Namespace) -> int:
     token = _token(args)
+    if isinstance(args.resources, str):  # from $DISTO_RESOURCES (argparse converts only what is typed)
+        args.resources = _resources_arg(args.resources)
+    if args.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus  # before anything here initializes CUDA
     node = Node(token, listen=args.listen, seed=args.seed, config=_config(args),
                 role="dedicated" if args.dedicated else "worker")
     node.token_source = token_source(args.token, args.token_file)
@@ -185,11 +211,12 @@ async def _status(args: argparse.Namespace) -> int:
         assert me.registry is not None
         names = await me.registry.names()
         answers = await each_node(me, "info", 5.0)
+        free = {r["node_id"]: r for r in await me.registry.resources()}
     members = [m for m, _ in answers]
     infos = [info for _, info in answers]
     if args.json:
         print(json.dumps({"members": members, "nodes": [i if isinstance(i, dict) else {"error": str(i)}
-                                                         for i in infos],
+                                                         for i in infos], "resources": list(free.values()),
                           "names": {k: repr(v) for k, v in names.items()}}, indent=2, default=str))
         return 0
     print(f"{'node':<18} {'address':<22} {'role':<9} {'pid':>7} {'actors':>6} {'pending':>7}  peers (last heard)")
@@ -200,6 +227,11 @@ async def _status(args: argparse.Namespace) -> int:
         heard = ", ".join(f"{peer} {age:.1f}s ago" for peer, age in sorted(info.get("last_heard", {}).items()))
         print(f"{info['node_id']:<18} {info['address']:<22} {info['role']:<9} {info['pid']:>7} "
               f"{len(info['actors']):>6} {info['pending_calls']:>7}  {heard}")
+        room = free.get(info["node_id"])
+        if room is not None:
+            held = {k: v for k, v in room["free"].items() if v != room["total"].get(k)}
+            print(f"    resources {format_resources(room['total'])}"
+                  + (f"; free {format_resources(held)}" if held else ""))
         for a in info["actors"]:
             print(f"    #{a['id']:<5} {a['class']:<24} {a['name'] or '':<16} {a['state']}")
     dashboards = [m["dashboard"] for m in members if m.get("dashboard")]

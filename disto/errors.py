@@ -78,6 +78,20 @@ class NameTakenError(ActorError):
     """An actor with that name is already registered in the cluster."""
 
 
+class PlacementError(DistoError):
+    """No node can take what a spawn asked for (``resources=``), now or within its ``placement_timeout``.
+
+    Fields: ``requested`` (one dict of name -> amount per actor), ``strategy``, and ``free`` (address -> what
+    that node had free of the requested resources when placement gave up)."""
+
+    def __init__(self, message: str, requested: list[dict[str, float]] | None = None, strategy: str = "spread",
+                 free: dict[str, dict[str, float]] | None = None) -> None:
+        super().__init__(message)
+        self.requested = requested or []
+        self.strategy = strategy
+        self.free = free or {}
+
+
 class TimeoutError(DistoError, builtins.TimeoutError):  # noqa: A001 - deliberately shadows the builtin
     """A deadline passed (``within``). Also a ``builtins.TimeoutError``, so ``except TimeoutError`` catches it."""
 

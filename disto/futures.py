@@ -297,3 +297,13 @@ def window(fns: Iterable[Callable[[], Awaitable[T]]], limit: int) -> Future[list
     task.add_done_callback(lambda f: _copy_outcome(f, out))
     out._on_cancel = task.cancel
     return out
+
+
+def as_future(aw: Awaitable[T]) -> Future[T]:
+    """A coroutine (or any awaitable) run as a task, seen as a :class:`Future` (cancelling it cancels the task):
+    what an API that returns futures gives for work that takes several steps."""
+    task = asyncio.ensure_future(aw)
+    out: Future[T] = Future(loop=task.get_loop())
+    task.add_done_callback(lambda f: _copy_outcome(f, out))
+    out._on_cancel = task.cancel
+    return out

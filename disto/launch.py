@@ -30,6 +30,7 @@ from .cluster import connect as _connect
 from .errors import DistoError
 from .loop import run
 from .node import Node
+from .placement import visible_gpus
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", ""}
 
@@ -87,6 +88,22 @@ def _my_address(towards: str) -> str:
         return socket.gethostbyname(socket.gethostname())
 
 
+def rank_gpu_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Under torchrun on a GPU host: the environment that gives this rank's node its local GPU only
+    (``CUDA_VISIBLE_DEVICES`` = the LOCAL_RANK-th visible device), so it advertises ``gpu=1`` and actors placed
+    there use that device as ``cuda:0``. Empty without LOCAL_RANK, without GPUs, with fewer GPUs than local
+    ranks, or with DISTO_GPU_PER_RANK=0."""
+    env = dict(os.environ if env is None else env)
+    if env.get("DISTO_GPU_PER_RANK", "1") == "0" or "LOCAL_RANK" not in env:
+        return {}
+    gpus = visible_gpus(env)
+    local = int(env["LOCAL_RANK"])
+    nproc = int(env.get("LOCAL_WORLD_SIZE") or len(gpus))
+    if not gpus or not 0 <= local < len(gpus) or nproc > len(gpus):
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": gpus[local]}
+
+
 def seed_address() -> str:
     le = read_env()
     return f"{le.seed_host}:{le.seed_port}"
@@ -141,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DISTO_TOKEN"] = token if isinstance(token, str) else token.decode()
     seed = f"{le.seed_host}:{le.seed_port}"
     node_cmd = [sys.executable, "-m", "disto", "node", "start", "--listen"]
+    node_env = dict(os.environ, **rank_gpu_env())  # this rank's node: its local GPU only
     if le.rank != 0:
         # every other rank is a node of the cluster until the script on rank 0 ends
         _wait_for_port(le.seed_host, le.seed_port, timeout=float(os.environ.get("DISTO_LAUNCH_TIMEOUT", "60")))
-        return subprocess.run(node_cmd + [f"{le.host}:0", "--seed", seed]).returncode
-    seed_proc = subprocess.Popen(node_cmd + [f"{le.host}:{le.seed_port}"])
+        return subprocess.run(node_cmd + [f"{le.host}:0", "--seed", seed], env=node_env).returncode
+    seed_proc = subprocess.Popen(node_cmd + [f"{le.host}:{le.seed_port}"], env=node_env)
     try:
         _wait_for_port(le.seed_host, le.seed_port, timeout=float(os.environ.get("DISTO_LAUNCH_TIMEOUT", "60")))
         run(_wait_for_members(seed, le.world, timeout=float(os.environ.get("DISTO_LAUNCH_TIMEOUT", "60"))))

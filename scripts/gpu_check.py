@@ -4,7 +4,8 @@ if a check fails. Without CUDA it says so and exits 0.
 Checks: CUDA tensors of 1 MB / 64 MB / 1 GB both ways between two processes on one host over CUDA IPC (contents,
 and event ordering: the producer writes on a side stream and sends without synchronizing), time per call against
 the same tensors forced through host memory over TCP, memory returned to the producer after the consumer lets go,
-re-sharing a received CUDA tensor refused, and a consumer killed with SIGKILL leaving the producer running.
+re-sharing a received CUDA tensor refused, a consumer killed with SIGKILL leaving the producer running, and
+placement on the real GPUs (one node per GPU, a group holding them all, one more refused).
 """
 from __future__ import annotations
 
@@ -63,6 +64,34 @@ class GpuPeer(disto.Actor):
 
     def send_back(self) -> torch.Tensor:
         return self.kept[-1]  # a received CUDA tensor: must be refused
+
+    def gpus(self) -> tuple[str | None, int, float]:
+        """What this node's process sees: CUDA_VISIBLE_DEVICES, the device count, and a sum computed on cuda:0."""
+        return (os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(),
+                float(torch.ones(1000, device="cuda:0").sum().item()))
+
+
+async def check_placement() -> None:
+    """One node per real GPU (LocalCluster(gpus_per_node=1)): each advertises gpu=1 and sees only its own device;
+    a group with resources={"gpu": 1} takes them all, and one more actor does not fit."""
+    env = {"PYTHONPATH": os.pathsep.join(sys.path)}
+    async with disto.LocalCluster(gpus_per_node=1, env=env) as cluster:
+        n = len(cluster.nodes)
+        totals = [r["total"]["gpu"] for r in await cluster.resources()]
+        check(n == torch.cuda.device_count() and totals == [1.0] * n,
+              f"gpus_per_node=1: {n} node(s) for {torch.cuda.device_count()} GPU(s), each offering gpu=1")
+        group = await cluster.spawn_group(GpuPeer, n, resources={"gpu": 1})
+        seen = await group.gpus()
+        check(all(count == 1 and total == 1000.0 for _, count, total in seen)
+              and len({vis for vis, _, _ in seen}) == n,
+              f"each member sees exactly its own GPU: {[vis for vis, _, _ in seen]}")
+        try:
+            await cluster.spawn(GpuPeer, resources={"gpu": 1})
+            check(False, "one more gpu=1 actor than GPUs is refused")
+        except disto.PlacementError as e:
+            check("not enough free now" in str(e), f"one more gpu=1 actor is refused: {str(e)[:80]}...")
+        await group.stop()
+        check(all(r["free"]["gpu"] == 1.0 for r in await cluster.resources()), "stopped: every GPU is free again")
 
 
 async def timed(fn, n: int) -> float:
@@ -152,6 +181,8 @@ async def main() -> int:
         x = torch.randn(1024, 1024, device="cuda")
         torch.cuda.ipc_collect()
         check(bool(torch.isfinite(x @ x).all().item()), "the producer keeps computing after its consumer died")
+    print("\nplacement on real GPUs")
+    await check_placement()
     print("\ngpu_check:", "all checks passed" if not failures else f"{len(failures)} FAILED: {failures}")
     return 1 if failures else 0
 

@@ -137,3 +137,66 @@ class Talker(disto.Actor):
     async def wait_async(self, seconds: float) -> str:
         await asyncio.sleep(seconds)  # an async call that hangs: a task on the loop
         return "waited"
+
+
+class Member(disto.Actor):
+    """A group member: what it saw of its group before it started, and methods the group tests call."""
+
+    max_concurrency = 16  # a member calls its own group (itself included)
+
+    def __init__(self, tag: str = "", fail_rank: int | None = None) -> None:
+        if fail_rank is not None and self.rank == fail_rank:
+            raise ValueError(f"rank {self.rank} refuses to start")
+        self.tag = tag
+        self.at_init = (self.rank, None if self.group is None else len(self.group))
+        self.notes: list[str] = []
+        self._gate: asyncio.Event | None = None
+
+    async def on_start(self) -> None:
+        self.at_start = (self.rank, None if self.group is None else [r.actor_id for r in self.group])
+
+    def seen(self) -> dict:
+        return {"init": self.at_init, "start": self.at_start, "pid": os.getpid(), "tag": self.tag,
+                "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "address": self.ref.node_address}
+
+    def echo(self, x: object) -> tuple:
+        return (self.rank, x)
+
+    def fail_on(self, rank: int) -> int:
+        if self.rank == rank:
+            raise KeyError(rank)
+        return self.rank  # type: ignore[return-value]
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def noted(self) -> list[str]:
+        return self.notes
+
+    def stop(self) -> str:  # a method whose name the group itself uses: reached as group["stop"]
+        return f"member {self.rank} asked to stop"
+
+    async def hold(self) -> int:
+        if self._gate is None:
+            self._gate = asyncio.Event()
+        await self._gate.wait()
+        return self.rank  # type: ignore[return-value]
+
+    @disto.on_loop
+    def release(self) -> None:
+        if self._gate is None:
+            self._gate = asyncio.Event()
+        self._gate.set()
+
+    async def call_group(self, group: disto.ActorGroup, x: object) -> list:
+        return await group.echo(x)
+
+    async def ask_peers(self, x: object) -> list:
+        return await self.group.echo(x)  # type: ignore[union-attr]
+
+    async def where(self, x: object) -> tuple:
+        return (self.rank, x)
+
+    def ask_peers_sync(self, x: object) -> list:
+        # from the actor's thread, which is busy with this call: only async methods of itself can run meanwhile
+        return self.group.where(x).result(10)  # type: ignore[union-attr]

@@ -565,10 +565,11 @@ async def test_names_survive_a_restart_of_the_seed() -> None:
 
     procs = [start("--listen", seed_addr)]
     try:
-        procs.append(start("--listen", "127.0.0.1:0", "--seed", seed_addr))
+        procs.append(start("--listen", "127.0.0.1:0", "--seed", seed_addr, "--resources", "gpu=1,ssd=1"))
         async with disto.connect(seed_addr, token=token) as cluster:
             worker = next(h for h in cluster.nodes if h.address != seed_addr)
-            svc = await worker.spawn(Worker, name="svc", max_restarts=1)
+            svc = await cluster.spawn(Worker, name="svc", max_restarts=1, resources={"gpu": 1})
+            assert svc.node_address == worker.address  # the only node that offers a GPU
             assert await svc.add(2) == 2
             procs[0].kill()  # the seed goes, with its member list and names
             procs[0].wait()
@@ -587,6 +588,13 @@ async def test_names_survive_a_restart_of_the_seed() -> None:
                 members = {m["address"] for m in await cluster.node.registry.members()}
                 return worker.address in members and cluster.node.address in members
             await eventually(both_back, timeout=20, interval=0.1, what="the worker and the driver to rejoin")
+
+            async def held_again() -> bool:  # the new seed learnt what the actor holds, with its name
+                return any(r["address"] == worker.address and r["total"].get("ssd") == 1 and r["free"]["gpu"] == 0
+                           for r in await cluster.resources())
+            await eventually(held_again, timeout=20, interval=0.1, what="the new seed to learn the held GPU")
+            with pytest.raises(disto.PlacementError):
+                await cluster.spawn(Worker, resources={"gpu": 1})
     finally:
         for p in procs:
             p.terminate()

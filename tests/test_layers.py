@@ -16,7 +16,7 @@ IO = {"asyncio", "socket", "uvloop", "selectors", "ssl", "threading"}
 # bottom to top; a module belongs to the longest prefix that names it
 LAYERS = [
     ["disto.errors", "disto.ids", "disto.version"],
-    ["disto.wire", "disto.liveness", "disto.memory"],
+    ["disto.wire", "disto.liveness", "disto.memory", "disto.placement"],
     ["disto.serialization"],
     ["disto.transport"],
     ["disto.streams"],
@@ -31,7 +31,7 @@ LAYERS = [
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # the pure layers: bytes or timestamps in, events out (memory maps files and takes a lock, nothing more)
-SANS_IO = ["wire", "liveness", "memory", "errors.py", "ids.py"]
+SANS_IO = ["wire", "liveness", "memory", "placement", "errors.py", "ids.py"]
 CORE_EXCLUDED = ("easgd", "search", "wire/fastcodec.py")  # built on the public API / the hand-written codec
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 300

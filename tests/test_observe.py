@@ -50,7 +50,9 @@ def _snapshot() -> dict:
             "peer_stats": [{"address": "127.0.0.1:7002", "heartbeat_age": 0.25,
                             "bytes": {"tcp_in": 5, "tcp_out": 6, "shm_out": 7, "cuda_out": 0}}]}
     gone = {"address": "127.0.0.1:7002", "role": "worker", "error": "TimeoutError", "actors": []}
-    return {"nodes": [node, gone], "timeline": [{"kind": "join"}, {"kind": "join"}, {"kind": "restart"}]}
+    return {"nodes": [node, gone], "timeline": [{"kind": "join"}, {"kind": "join"}, {"kind": "restart"}],
+            "resources": [{"node_id": "n1", "address": "127.0.0.1:7001", "total": {"gpu": 2.0, "ps": 1.0},
+                           "free": {"gpu": 1.0, "ps": 1.0}, "held": 1}]}
 
 
 def _samples(text: str) -> dict:
@@ -79,6 +81,8 @@ def test_metrics_text_has_the_named_series_with_a_node_label() -> None:
         == 0.25
     assert got[("disto_cluster_events_total", (("kind", "restart"),))] == 1
     assert got[("disto_node_rss_bytes", (("node", "127.0.0.1:7001"),))] == 1000
+    gpu = (("node", "127.0.0.1:7001"), ("resource", "gpu"))
+    assert got[("disto_node_resource", gpu)] == 2 and got[("disto_node_resource_free", gpu)] == 1
 
 
 def test_failed_authentications_are_logged_at_most_once_per_period(caplog: pytest.LogCaptureFixture) -> None:
@@ -255,8 +259,8 @@ async def _render(url: str) -> str:
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(150)
 async def test_the_dashboard_page_in_a_headless_browser_shows_nodes_actors_and_calls() -> None:
-    async with disto.LocalCluster(nodes=2, env=ENV, dashboard="127.0.0.1:0") as cluster:
-        t = await cluster.nodes[1].spawn(Talker, name="alpha")
+    async with disto.LocalCluster(nodes=2, env=ENV, dashboard="127.0.0.1:0", resources={"gpu": 2}) as cluster:
+        t = await cluster.nodes[1].spawn(Talker, name="alpha", resources={"gpu": 1})
         for i in range(5):
             await t.say(f"line {i}")
         hang = asyncio.ensure_future(t.hold(60))
@@ -270,7 +274,10 @@ async def test_the_dashboard_page_in_a_headless_browser_shows_nodes_actors_and_c
             inflight = dom.split('id="inflight"', 1)[1].split("</table>", 1)[0]
             assert "hold" in inflight and "alpha" in inflight
             timeline = dom.split('id="timeline"', 1)[1].split("</table>", 1)[0]
-            assert timeline.count("<td>join</td>") == 3
+            assert timeline.count("<td>join</td>") == 3 and "<td>placed</td>" in timeline
+            resources = dom.split('id="resources"', 1)[1].split("</table>", 1)[0]
+            [gpu_row] = [r for r in resources.split("<tr>") if t.node_address in r and "<td>gpu</td>" in r]
+            assert '"num">2</td>' in gpu_row and '"num warn">1</td>' in gpu_row, gpu_row  # 2 offered, 1 free
             assert "401" in await _render(cluster.dashboard_url)  # type: ignore[arg-type]  # no token, no page
         finally:
             hang.cancel()

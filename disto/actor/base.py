@@ -7,6 +7,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 if TYPE_CHECKING:
+    from .group import ActorGroup
     from .ref import ActorRef
 
 # called by the node at start and stop, never by a caller
@@ -54,7 +55,8 @@ class Actor:
       ``sync_on_loop`` (default False): run all synchronous code on the event loop (see :func:`on_loop`).
 
     Optional hooks: ``async def on_start(self)`` runs after ``__init__`` before the first call;
-    ``async def on_stop(self)`` runs when the actor is stopped. ``self.ref`` is this actor's own ActorRef.
+    ``async def on_stop(self)`` runs when the actor is stopped. ``self.ref`` is this actor's own ActorRef;
+    ``self.rank`` and ``self.group`` its place in a group (``cluster.spawn_group``), None outside one.
     """
 
     max_concurrency: ClassVar[int] = 1
@@ -64,6 +66,25 @@ class Actor:
     @property
     def ref(self) -> "ActorRef":
         return self._disto_ref
+
+    @property
+    def rank(self) -> int | None:
+        """This actor's index in its group (``cluster.spawn_group``), set before ``__init__``; None outside one."""
+        return self.__dict__.get("_disto_rank")
+
+    @rank.setter
+    def rank(self, value: int | None) -> None:  # an actor may keep a rank of its own in the attribute
+        self.__dict__["_disto_rank"] = value
+
+    @property
+    def group(self) -> "ActorGroup | None":
+        """The :class:`disto.ActorGroup` this actor is a member of (set before ``__init__``); None outside one.
+        Its other members may still be starting while this one's ``__init__`` and ``on_start`` run."""
+        return self.__dict__.get("_disto_group")
+
+    @group.setter
+    def group(self, value: "ActorGroup | None") -> None:
+        self.__dict__["_disto_group"] = value
 
 
 _RESERVED = frozenset(dir(Actor)) | LIFECYCLE_HOOKS

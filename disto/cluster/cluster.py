@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from ..actor import ActorRef, SystemActor, check_actor_class, system_ref
+from ..actor import ActorGroup, ActorRef, SystemActor, check_actor_class, system_ref
 from ..errors import ActorNotFoundError, DistoError, RemoteError
-from ..futures import Future
+from ..futures import Future, as_future
 from ..node import Node, NodeConfig
 from ..node.modules import heavy_imports
 from .inspect import actor_logs, cluster_actors, cluster_stacks
+from .spawning import check_placement, spawn_group, spawn_placed
 from .token import resolve_token
 
 
@@ -36,17 +37,27 @@ class NodeHandle:
         self._service = system_ref(SystemActor.NODE_SERVICE, self.address, node_id=self.node_id, via=via)
 
     def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0, process: bool = False,
+              resources: dict[str, float] | None = None, placement_timeout: float | None = None,
               **kwargs: Any) -> Future[ActorRef]:
         """Create an actor of ``cls`` on this node; ``args``/``kwargs`` go to its constructor. ``name`` makes it
         findable with ``cluster.lookup(name)`` (the name must be free). With ``max_restarts=N`` the actor is
         built again (constructor rerun, state lost) on another live node if its node is lost, up to N times;
         its name then resolves to the new actor. Calls in flight when it died fail (at most once).
         ``process=True`` runs it in a process of its own on that node's host (for code that holds the GIL).
+        ``resources={"gpu": 1}``: hold that much of this node's resources while the actor lives
+        (:class:`disto.PlacementError` if this node has not that much free, at once or after waiting
+        ``placement_timeout`` seconds for room).
 
-        A ``cls`` that is not a subclass of :class:`disto.Actor`, or a bad ``name``, ``max_restarts`` or
-        ``process``, raises TypeError or ValueError here, before anything is sent."""
+        A ``cls`` that is not a subclass of :class:`disto.Actor`, or a bad ``name``, ``max_restarts``,
+        ``process`` or ``resources``, raises TypeError or ValueError here, before anything is sent."""
         check_spawn(cls, name, max_restarts, process)
-        return self._service.spawn(cls, args, kwargs, name, max_restarts, process, heavy_imports())
+        if resources is None and placement_timeout is None:
+            return self._service.spawn(cls, args, kwargs, name, max_restarts, process, heavy_imports())
+        request = check_placement(resources, "spread", placement_timeout)
+        via = self._service._resolve_node()
+        return as_future(spawn_placed(via, cls, args, kwargs, name=name, max_restarts=max_restarts,
+                                      process=process, request=request, strategy="spread",
+                                      timeout=placement_timeout, node_id=self.node_id))
 
     def stats(self) -> Future[dict[str, Any]]:
         return self._service.info()
@@ -97,12 +108,48 @@ class Cluster:
         return self.nodes
 
     def spawn(self, cls: type, *args: Any, name: str | None = None, max_restarts: int = 0, process: bool = False,
-              **kwargs: Any) -> Future[ActorRef]:
-        """Create an actor on some node (round robin over ``nodes``); see :meth:`NodeHandle.spawn`."""
-        if not self.nodes:
-            raise DistoError("the cluster has no worker nodes")
-        node = self.nodes[next(self._rr) % len(self.nodes)]
-        return node.spawn(cls, *args, name=name, max_restarts=max_restarts, process=process, **kwargs)
+              resources: dict[str, float] | None = None, strategy: str | None = None,
+              placement_timeout: float | None = None, **kwargs: Any) -> Future[ActorRef]:
+        """Create an actor on some node; see :meth:`NodeHandle.spawn` for the arguments.
+
+        Without ``resources``: round robin over ``nodes``. With ``resources={"gpu": 1, "ssd": 1}``: on a worker
+        node with that much free (what each node has: ``disto node start --resources``, ``NodeConfig.resources``
+        or ``LocalCluster(resources=)``), held until the actor stops or its node is lost; ``strategy`` "spread"
+        (default: the node holding the fewest placed actors) or "pack" (the fullest node that fits). With
+        ``max_restarts`` a lost actor is placed again by the same request. When no node can take it the future
+        fails with :class:`disto.PlacementError` (what was asked, what each node has free): at once, or after
+        waiting ``placement_timeout`` seconds for room."""
+        if resources is None and strategy is None and placement_timeout is None:
+            if not self.nodes:
+                raise DistoError("the cluster has no worker nodes")
+            node = self.nodes[next(self._rr) % len(self.nodes)]
+            return node.spawn(cls, *args, name=name, max_restarts=max_restarts, process=process, **kwargs)
+        check_spawn(cls, name, max_restarts, process)
+        request = check_placement(resources, strategy or "spread", placement_timeout)
+        return as_future(spawn_placed(self.node, cls, args, kwargs, name=name, max_restarts=max_restarts,
+                                      process=process, request=request, strategy=strategy or "spread",
+                                      timeout=placement_timeout))
+
+    async def spawn_group(self, cls: type, n: int, *args: Any, resources: dict[str, float] | None = None,
+                          strategy: str = "spread", max_restarts: int = 0, process: bool = False,
+                          placement_timeout: float | None = None, **kwargs: Any) -> ActorGroup:
+        """``n`` actors of ``cls`` (ranks 0..n-1), each built with ``args``/``kwargs`` and holding
+        ``resources``, placed all at once (all or nothing) by ``strategy``: "spread" over as many nodes as
+        possible, or "pack" onto as few. Inside each, ``self.rank`` and ``self.group`` are set before its
+        constructor runs. Returns a :class:`disto.ActorGroup`; if any member fails to start, the others are
+        stopped and the first error is raised. PlacementError as for :meth:`spawn`."""
+        check_spawn(cls, None, max_restarts, process)
+        if type(n) is not int or n < 1:
+            raise ValueError(f"a group needs n >= 1 members, got {n!r}")
+        request = check_placement(resources, strategy, placement_timeout)
+        return await spawn_group(self.node, cls, n, args, kwargs, request=request, strategy=strategy,
+                                 max_restarts=max_restarts, process=process, timeout=placement_timeout)
+
+    async def resources(self) -> list[dict[str, Any]]:
+        """Every worker node's resources: ``node_id``, ``address``, ``total``, ``free`` (not held by placed
+        actors) and ``held`` (how many placed actors hold some)."""
+        assert self.node.registry is not None
+        return await self.node.registry.resources()
 
     async def lookup(self, name: str) -> ActorRef:
         """The actor registered under ``name``; ActorNotFoundError if there is none."""

@@ -10,6 +10,7 @@ from ..errors import DistoError
 from ..node import Node, NodeConfig
 from ..node.modules import heavy_imports
 from ..node.process import end_process, start_node_process
+from ..placement import check_resources, visible_gpus
 from .cluster import Cluster
 from .token import new_token
 
@@ -23,14 +24,30 @@ class LocalCluster:
     ``dashboard="127.0.0.1:0"``: the seed serves the live dashboard and ``/metrics`` there (port 0: any free
     one); ``cluster.dashboard_url`` is its address and ``cluster.dashboard_link`` a link that carries the token.
     What the actors print reaches this process's stdout, tagged with the actor (``log_to_driver=False``: it
-    stays in the nodes, for ``cluster.logs``)."""
+    stays in the nodes, for ``cluster.logs``).
 
-    def __init__(self, nodes: int = 2, *, host: str = "127.0.0.1", token: str | None = None,
+    ``resources``: what the nodes offer to placement (``spawn(..., resources=)``), one dict for every node or a
+    list with one per node (``[{"gpu": 2}, {"ps": 1}]``), on top of what each detects (cpu, gpu, memory).
+    ``gpus_per_node=k``: one node per ``k`` of the GPUs this process sees, each seeing exactly its own
+    (``CUDA_VISIBLE_DEVICES``) and advertising them; ``nodes`` then defaults to as many as there are."""
+
+    def __init__(self, nodes: int | None = None, *, host: str = "127.0.0.1", token: str | None = None,
                  startup_timeout: float = 30.0, config: NodeConfig | None = None,
                  env: dict[str, str] | None = None, python: str | None = None, dashboard: str | None = None,
-                 log_to_driver: bool = True) -> None:
-        if not isinstance(nodes, int) or nodes < 1:
+                 log_to_driver: bool = True, resources: dict[str, float] | list[dict[str, float]] | None = None,
+                 gpus_per_node: int | None = None) -> None:
+        self.gpu_sets = self._gpu_sets(nodes, gpus_per_node)
+        if nodes is None:
+            nodes = len(self.gpu_sets) if self.gpu_sets else 2
+        if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
             raise ValueError(f"nodes must be an int >= 1, got {nodes!r}")
+        if isinstance(resources, list):
+            if len(resources) != nodes:
+                raise ValueError(f"resources has {len(resources)} entries for {nodes} nodes: give one per node, or "
+                                 "one dict for all")
+            self.resources = [check_resources(r) for r in resources]
+        else:
+            self.resources = [check_resources(resources or {})] * nodes
         if dashboard is not None and (not isinstance(dashboard, str) or ":" not in dashboard):
             raise ValueError(f"dashboard must be 'HOST:PORT' (e.g. '127.0.0.1:0'), got {dashboard!r}")
         self.dashboard = dashboard
@@ -46,26 +63,47 @@ class LocalCluster:
         self.procs: list[asyncio.subprocess.Process] = []
         self.cluster: Cluster | None = None
 
-    async def _start_node(self, seed: str | None) -> tuple[asyncio.subprocess.Process, str]:
+    @staticmethod
+    def _gpu_sets(nodes: int | None, per_node: int | None) -> list[list[str]]:
+        if per_node is None:
+            return []
+        if type(per_node) is not int or per_node < 1:
+            raise ValueError(f"gpus_per_node must be an int >= 1, got {per_node!r}")
+        gpus = visible_gpus()
+        if len(gpus) < per_node:
+            raise DistoError(f"gpus_per_node={per_node} needs at least {per_node} GPUs; this process sees "
+                             f"{len(gpus)} (CUDA_VISIBLE_DEVICES, or the NVIDIA driver's list)")
+        n = len(gpus) // per_node if nodes is None else nodes
+        if isinstance(n, int) and n * per_node > len(gpus):
+            raise DistoError(f"{n} nodes x {per_node} GPUs need {n * per_node}; this process sees {len(gpus)}")
+        return [gpus[i * per_node:(i + 1) * per_node] for i in range(n if isinstance(n, int) else 0)]
+
+    async def _start_node(self, index: int, seed: str | None) -> tuple[asyncio.subprocess.Process, str]:
         preload = heavy_imports()  # what the driver imported: the nodes import it while the cluster comes up
         extra = ["--log-level", "warning"]  # the driver's terminal: no lifecycle lines from every node
+        if self.resources[index]:
+            extra += ["--resources", ",".join(f"{k}={v!r}" for k, v in self.resources[index].items())]
+        env = dict(self.env)
+        if self.gpu_sets:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_sets[index])
         if preload:
             extra += ["--preload", ",".join(preload)]
         if seed is None and self.dashboard:
             extra += ["--dashboard", self.dashboard]
         proc, address, rest = await start_node_process(listen=f"{self.host}:0", seed=seed, token=self.token,
-                                                       config=self.config, env=self.env, python=self.python,
+                                                       config=self.config, env=env, python=self.python,
                                                        startup_timeout=self.startup_timeout, extra=tuple(extra))
-        self.procs.append(proc)
+        self.procs[index] = proc
         if seed is None and self.dashboard and len(rest) > 1:
             self.dashboard_url = rest[1]
         return proc, address
 
     async def __aenter__(self) -> Cluster:
         try:
-            _, seed = await self._start_node(None)
+            self.procs = [None] * self.n  # type: ignore[list-item]  # by index: node i is cluster.nodes[i]
+            _, seed = await self._start_node(0, None)
             if self.n > 1:
-                await asyncio.gather(*(self._start_node(seed) for _ in range(self.n - 1)))
+                await asyncio.gather(*(self._start_node(i, seed) for i in range(1, self.n)))
             node = Node(self.token, listen=f"{self.host}:0", seed=seed, role="driver", config=self.config)
             node.wants_output = self.log_to_driver
             await node.start()
@@ -92,5 +130,6 @@ class LocalCluster:
                 asyncio.gather(*(h.shutdown() for h in self.cluster.nodes), return_exceptions=True), 5.0)
             await self.cluster.close()
         for p in self.procs:
-            await end_process(p, 5.0, log)
+            if p is not None:
+                await end_process(p, 5.0, log)
         self.procs.clear()

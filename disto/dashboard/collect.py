@@ -14,11 +14,13 @@ NODE_TIMEOUT = 2.0
 
 
 async def cluster_snapshot(via: Node, timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
-    """Every node's report (or its error), and the seed's timeline of joins, losses and restarts."""
+    """Every node's report (or its error), the seed's timeline of joins, losses, restarts and placements, and
+    every worker's resources (total and free)."""
     assert via.registry is not None
-    answers, timeline = await asyncio.gather(each_node(via, "info", timeout),
-                                             asyncio.wait_for(asyncio.ensure_future(via.registry.timeline()),
-                                                              timeout), return_exceptions=True)
+    answers, timeline, resources = await asyncio.gather(
+        each_node(via, "info", timeout),
+        asyncio.wait_for(asyncio.ensure_future(via.registry.timeline()), timeout),
+        asyncio.wait_for(asyncio.ensure_future(via.registry.resources()), timeout), return_exceptions=True)
     if isinstance(answers, BaseException):
         raise answers
     out = []
@@ -29,4 +31,5 @@ async def cluster_snapshot(via: Node, timeout: float = NODE_TIMEOUT) -> dict[str
         else:
             out.append(info)
     return {"time": time.time(), "seed": via.seed or via.address, "members": [m for m, _ in answers], "nodes": out,
-            "timeline": [] if isinstance(timeline, BaseException) else timeline}
+            "timeline": [] if isinstance(timeline, BaseException) else timeline,
+            "resources": [] if isinstance(resources, BaseException) else resources}

@@ -89,13 +89,21 @@ def families(snap: dict[str, Any]) -> list[Metric]:
             for route, direction, key in (("tcp", "in", "tcp_in"), ("tcp", "out", "tcp_out"),
                                           ("shm", "out", "shm_out"), ("cuda", "out", "cuda_out")):
                 peer_bytes.add_metric([node, peer, route, direction], b.get(key, 0))
+    total = GaugeMetricFamily("disto_node_resource", "What a worker node offers to placement, by resource "
+                              "(cpu, gpu, memory in bytes, custom labels)", labels=["node", "resource"])
+    free = GaugeMetricFamily("disto_node_resource_free", "What a worker node has not held for placed actors",
+                             labels=["node", "resource"])
+    for r in snap.get("resources", []):
+        for name, amount in sorted(r["total"].items()):
+            total.add_metric([r["address"], name], amount)
+            free.add_metric([r["address"], name], r["free"].get(name, 0.0))
     kinds: dict[str, int] = {}
     for e in snap.get("timeline", []):
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
     for kind, n in sorted(kinds.items()):
         events.add_metric([kind], n)
     return [calls, latency, depth, running, oldest, restarts, up, rss, fds, tasks, pending, actors, shm, pool,
-            node_restarts, peer_bytes, heartbeat, events]
+            node_restarts, peer_bytes, heartbeat, events, total, free]
 
 
 class _Snapshot:

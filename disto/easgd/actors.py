@@ -22,8 +22,15 @@ class CenterShard(Actor):
     # asyncio events: all on the node's loop, without a hop to a thread
     sync_on_loop = True
 
-    def __init__(self, init: torch.Tensor, lr: float = 0.0) -> None:
+    def __init__(self, init: torch.Tensor, lr: float = 0.0, bounds: list[tuple[int, int]] | None = None) -> None:
+        """``init``: this shard's slice of the center; or, with ``bounds``, the whole center, of which a group
+        member keeps slice ``bounds[self.rank]``."""
         torch.set_num_threads(1)
+        if bounds is not None:
+            if self.rank is None:
+                raise ValueError("bounds= is for a group of shards (spawn_group): a lone shard gets its slice")
+            a, b = bounds[self.rank]
+            init = init[a:b]
         self.c = init.detach().clone()
         self.lr = lr
         self.version = 0
@@ -88,11 +95,16 @@ class Worker(Actor):
 
     max_concurrency = 4
 
-    def __init__(self, rank: int, cfg: EASGDConfig, model_fn: Callable[[], torch.nn.Module],
+    def __init__(self, rank: int | None, cfg: EASGDConfig, model_fn: Callable[[], torch.nn.Module],
                  data_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
                  loss_fn: Callable[..., torch.Tensor], shards: list[ActorRef], bounds: list[tuple[int, int]],
                  start: torch.Tensor | None = None) -> None:
+        """``rank``: which worker this is (None: its rank in the group spawn_group made it in)."""
         torch.set_num_threads(1)
+        if rank is None:
+            if self.rank is None:
+                raise ValueError("a Worker needs a rank: pass one, or spawn it in a group")
+            rank = self.rank
         self.rank = rank
         self.cfg = cfg
         x, y = data_fn(rank)

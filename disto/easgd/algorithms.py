@@ -40,6 +40,12 @@ class EASGDConfig:
     eval_interval: float = 1.0  # seconds between evaluations of the center
     group_size: int = 1       # processes per worker: a group does data-parallel SGD (gradients all-reduced every
     #                           step with torch.distributed) and exchanges with the center as one worker
+    # where the trainer places its actors (spawn_group resources): e.g. {"gpu": 1} per worker, {"ps": 1} per
+    # center shard for CPU-only parameter servers; strategies "spread" (default) or "pack"
+    worker_resources: dict[str, float] | None = None
+    shard_resources: dict[str, float] | None = None
+    worker_strategy: str = "spread"
+    shard_strategy: str = "spread"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,6 +63,11 @@ class EASGDConfig:
             self.prefetch = 0  # the synchronous algorithms meet at a barrier: nothing to fetch ahead
         if self.group_size < 1:
             raise ValueError("group_size must be >= 1")
+        for strategy in (self.worker_strategy, self.shard_strategy):
+            if strategy not in ("spread", "pack"):
+                raise ValueError(f"placement strategies are 'spread' or 'pack', not {strategy!r}")
+        if self.worker_strategy == "pack" and (self.algorithm == "allreduce" or self.group_size > 1):
+            raise ValueError("torch.distributed needs one worker process per node: worker_strategy must be 'spread'")
         if self.group_size > 1 and self.algorithm not in ("eamsgd", "easgd"):
             raise ValueError("data-parallel worker groups are for eamsgd and easgd")
 

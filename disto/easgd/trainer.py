@@ -12,11 +12,13 @@ from typing import Any, Callable
 
 import torch
 
-from disto import ActorDeadError, ActorRef, Cluster, DistoError, NodeLostError, collect, collect_all
+from disto import (ActorDeadError, ActorGroup, ActorRef, Cluster, DistoError, NodeLostError, PlacementError, collect,
+                   collect_all)
 from .actors import CenterShard, Worker
 from .algorithms import EASGDConfig, accuracy, flatten_, shard_bounds
 
 log = logging.getLogger("disto.easgd")
+RESPAWN_TRIES = 10
 
 
 @dataclass
@@ -70,23 +72,27 @@ class Trainer:
         self.center0 = flatten_(model_fn_seeded(model_fn, cfg.seed)).clone()
         self.bounds = shard_bounds(self.center0.numel(), cfg.shards)
         self.shards: list[ActorRef] = []
-        self.workers: dict[int, ActorRef] = {}
+        self.workers: dict[int, ActorRef] = {}  # by rank: the group's members, or their replacements
+        self.worker_group: ActorGroup | None = None
         self.runs: dict[int, asyncio.Future] = {}
 
-    async def _spawn_worker(self, rank: int, start: torch.Tensor | None, run: bool = True) -> None:
-        nodes = self.cluster.nodes
-        for attempt in range(len(nodes)):
-            node = nodes[(rank + attempt) % len(nodes)]
+    async def _respawn_worker(self, rank: int, start: torch.Tensor) -> None:
+        """A new worker ``rank`` from the center, placed by the same request as the group's (the lost node may
+        not have been dropped from the member list yet: then try again)."""
+        cfg = self.cfg
+        for attempt in range(RESPAWN_TRIES):
             try:
-                ref = await node.spawn(Worker, rank, self.cfg, self.model_fn, self.data_fn, self.loss_fn,
-                                       self.shards, self.bounds, start)
-            except (NodeLostError, ActorDeadError):
+                ref = await self.cluster.spawn(Worker, rank, cfg, self.model_fn, self.data_fn, self.loss_fn,
+                                               self.shards, self.bounds, start, resources=cfg.worker_resources or {},
+                                               strategy=cfg.worker_strategy)
+            except (NodeLostError, ActorDeadError, PlacementError) as e:
+                last: Exception = e
+                await asyncio.sleep(0.1 * (attempt + 1))
                 continue
             self.workers[rank] = ref
-            if run:
-                self.runs[rank] = ref.run()
+            self.runs[rank] = ref.run()
             return
-        raise DistoError(f"no live node to run worker {rank} on")
+        raise DistoError(f"no node could take worker {rank} again: {last}")
 
     async def center(self) -> torch.Tensor:
         try:
@@ -108,12 +114,19 @@ class Trainer:
                 import tempfile
                 cfg.extra["dist_init"] = "file://" + tempfile.mktemp(prefix="disto-gloo-")  # one host
         history = History(config=asdict(cfg))
-        nodes = self.cluster.nodes
         lr = cfg.lr if cfg.algorithm == "downpour" else 0.0
-        self.shards = await collect(
-            nodes[i % len(nodes)].spawn(CenterShard, self.center0[a:b], lr) for i, (a, b) in enumerate(self.bounds))
-        for rank in range(cfg.processes):
-            await self._spawn_worker(rank, None, run=False)
+        # the center's shards and the workers, each a group placed by what it needs (cfg.*_resources)
+        shard_group = await self.cluster.spawn_group(CenterShard, cfg.shards, self.center0, lr, bounds=self.bounds,
+                                                     resources=cfg.shard_resources, strategy=cfg.shard_strategy)
+        self.shards = list(shard_group)
+        try:
+            self.worker_group = await self.cluster.spawn_group(
+                Worker, cfg.processes, None, cfg, self.model_fn, self.data_fn, self.loss_fn, self.shards,
+                self.bounds, resources=cfg.worker_resources, strategy=cfg.worker_strategy)
+        except BaseException:
+            await shard_group.stop()
+            raise
+        self.workers = dict(enumerate(self.worker_group))
         for rank, ref in self.workers.items():  # start together, once every node is done building its worker
             self.runs[rank] = ref.run(max_steps)
         t0 = time.perf_counter()
@@ -146,6 +159,9 @@ class Trainer:
             history.workers = [r for r in results if isinstance(r, dict)]
             history.seconds = time.perf_counter() - t0
             await collect_all(self.cluster.stop(r) for r in [*self.workers.values(), *self.shards])
+            for group in (self.worker_group, shard_group):  # their members are stopped: forget the groups
+                if group is not None and self.cluster.node.registry is not None:
+                    self.cluster.node.registry.forget_group.tell(group.group_id)
             init = cfg.extra.get("dist_init", "")
             if init.startswith("file://"):
                 try:
@@ -170,8 +186,7 @@ class Trainer:
                 raise DistoError(f"synchronous training lost worker {rank} ({event['error']}): the others "
                                  "cannot go on without it (a data-parallel group neither)")
             if self.respawn and isinstance(err, (NodeLostError, ActorDeadError)):
-                await self.cluster.refresh()
-                await self._spawn_worker(rank, await self.center())
+                await self._respawn_worker(rank, await self.center())
                 event["respawned"] = True
             history.events.append(event)
 

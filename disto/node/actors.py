@@ -21,7 +21,7 @@ log = logging.getLogger("disto.node")
 class Cell:
     """One actor: the object, its mailbox and its ref; and how to build it again, if it is supervised."""
 
-    __slots__ = ("instance", "mailbox", "ref", "supervision", "started", "restarts")
+    __slots__ = ("instance", "mailbox", "ref", "supervision", "started", "restarts", "hold")
 
     def __init__(self, instance: Any, mailbox: Mailbox, ref: ActorRef, restarts: int = 0) -> None:
         self.instance = instance
@@ -30,6 +30,7 @@ class Cell:
         self.supervision: tuple | None = None  # (cls, args, kwargs, max_restarts, process, restarts): for a new seed
         self.started = time.time()
         self.restarts = restarts  # how many times it was built again before this one (supervised actors)
+        self.hold: tuple[str, dict] | None = None  # (node id, resources) it holds there: for a new seed
 
 
 class ActorTable:
@@ -42,6 +43,17 @@ class ActorTable:
         self._node = node  # what the actors' refs call through, and the context their code runs in
         self.cells: dict[int, Cell] = {}
         self._next_id = FIRST_USER_ACTOR_ID
+        self._allocated: set[int] = set()  # ids handed out for group members not built yet
+
+    def allocate(self, n: int) -> list[int]:
+        """Ids for ``n`` actors to be spawned later (group members: every member's ref exists before any of
+        them is built, so each can be given the whole group)."""
+        if type(n) is not int or not 0 < n <= 1 << 16:
+            raise ValueError(f"can allocate 1 to 65536 actor ids at a time, not {n!r}")
+        ids = list(range(self._next_id, self._next_id + n))
+        self._next_id += n
+        self._allocated.update(ids)
+        return ids
 
     def _mailbox(self, instance: Any, ref: ActorRef, thread: ActorThread | None = None,
                  stats: ActorStats | None = None) -> Mailbox:
@@ -76,19 +88,30 @@ class ActorTable:
         return ref
 
     async def spawn(self, cls: type, args: tuple, kwargs: dict, name: str | None, registry: ActorRef | None,
-                    restarts: int = 0) -> ActorRef:
+                    restarts: int = 0, placement: dict | None = None) -> ActorRef:
         """Create an actor of class ``cls`` here: its constructor and ``on_start`` run now, in this node's
-        context; then its name (if any) is registered."""
+        context; then its name (if any) is registered. ``placement``: ``actor_id`` (one :meth:`allocate` gave),
+        ``rank`` and ``group`` (set on the instance before its constructor), ``resources`` and ``node`` (what
+        it holds where)."""
+        placement = placement or {}
         check_actor_class(cls)
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"an actor name must be a non-empty string, got {name!r}")
         if self._here.closing:
             raise ClosedError("node is stopping")
-        actor_id = self._next_id
-        self._next_id += 1
+        actor_id = placement.get("actor_id")
+        if actor_id is None:
+            actor_id = self._next_id
+            self._next_id += 1
+        elif actor_id in self._allocated:
+            self._allocated.discard(actor_id)
+        else:
+            raise ValueError(f"actor id {actor_id!r} was not allocated on this node (or is taken)")
         ref = ActorRef(self._here.node_id, self._here.address, actor_id, cls.__qualname__, name, self._node)
         instance = cls.__new__(cls)
         instance._disto_ref = ref
+        if "rank" in placement:
+            instance.__dict__.update(_disto_rank=placement["rank"], _disto_group=placement.get("group"))
         thread = ActorThread(f"disto {ref._describe()}", asyncio.get_running_loop())
         token = context.current.set(self._node)
         try:
@@ -105,6 +128,8 @@ class ActorTable:
             thread.stop()
             raise
         cell = Cell(instance, self._mailbox(instance, ref, thread, self.metrics.for_actor(actor_id)), ref, restarts)
+        if placement.get("resources") is not None and placement.get("node"):
+            cell.hold = (placement["node"], placement["resources"])
         self.cells[actor_id] = cell
         if restarts:
             self.metrics.restarts += 1
@@ -178,6 +203,8 @@ class ActorTable:
                     await registry.register(cell.ref.actor_name, cell.ref)
                 if cell.supervision is not None:
                     await registry.supervise(cell.ref, *cell.supervision)
+                if cell.hold is not None:
+                    await registry.hold_again(cell.hold[0], cell.hold[1], cell.ref)
             except DistoError as e:  # e.g. the name was taken on the new seed first
                 log.warning("could not register %s with the seed again: %s", cell.ref._describe(), e)
 
@@ -191,6 +218,10 @@ class ActorTable:
         if node_id and node_id != here.node_id:
             return ActorDeadError(f"actor #{actor_id} lived on a node that has since restarted",
                                   actor=f"#{actor_id}", node=here.address)
+        if actor_id in self._allocated:
+            return ActorNotFoundError(f"actor #{actor_id} on {here.address} is not built yet (a group member still "
+                                      "starting: call the group once spawn_group has returned)",
+                                      actor=f"#{actor_id}", node=here.address)
         if FIRST_USER_ACTOR_ID <= actor_id < self._next_id:
             return ActorDeadError(f"actor #{actor_id} was stopped", actor=f"#{actor_id}", node=here.address)
         return ActorNotFoundError(f"no actor #{actor_id} on {here.address}", actor=f"#{actor_id}", node=here.address)

@@ -32,6 +32,9 @@ class NodeConfig:
     stream_window: int = 32         # items a generator method may send ahead of what its caller has consumed
     # count calls per actor and method (outcome, latency) for /metrics; DISTO_METRICS=0 turns it off
     metrics: bool = field(default_factory=lambda: os.environ.get("DISTO_METRICS", "1") != "0")
+    # what this node offers to placement (spawn(..., resources=)): name -> amount, on top of the defaults it
+    # detects (cpu: its affinity mask, gpu: the CUDA devices it sees, memory: bytes); custom names are labels
+    resources: dict[str, float] | None = None
     # mutual TLS on every TCP connection: this node's certificate and key, and the cluster CA that signs every
     # node's (all three, or none). With tls_check_hostname a node's certificate must name its listen address.
     tls_cert: str | None = None

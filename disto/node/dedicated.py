@@ -30,23 +30,30 @@ class DedicatedProcesses:
         self.children: dict[str, asyncio.subprocess.Process] = {}  # address -> process
 
     async def spawn(self, via: Any, cls: type, args: tuple, kwargs: dict, name: str | None, max_restarts: int,
-                    preload: tuple[str, ...]) -> ActorRef:
+                    preload: tuple[str, ...], placement: dict | None = None) -> ActorRef:
+        node_id, address = await self.start(preload)
+        service = system_ref(SystemActor.NODE_SERVICE, address, node_id=node_id, via=via)
+        try:
+            return await service.spawn(cls, args, kwargs, name, max_restarts, False, preload, 0, placement)
+        except BaseException:
+            proc = self.children.get(address)
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+            raise
+
+    async def start(self, preload: tuple[str, ...]) -> tuple[str, str]:
+        """Start a child node process for one actor: its (node id, address), once it has joined the seed."""
         host = parse_address(self._here.address)[0]
         try:
             token = self._token.decode()
         except UnicodeDecodeError:
             raise DistoError("process=True needs a cluster token that is text (UTF-8)") from None
         extra = ("--dedicated",) + (("--preload", ",".join(preload)) if preload else ())
-        proc, address, _ = await start_node_process(listen=f"{host}:0", seed=self._seed(), token=token,
-                                                 config=self._config, extra=extra)
+        proc, address, rest = await start_node_process(listen=f"{host}:0", seed=self._seed(), token=token,
+                                                       config=self._config, extra=extra)
         self.children[address] = proc
         asyncio.get_running_loop().create_task(self._reap(address, proc))
-        service = system_ref(SystemActor.NODE_SERVICE, address, via=via)
-        try:
-            return await service.spawn(cls, args, kwargs, name, max_restarts, False, preload)
-        except BaseException:
-            proc.kill()
-            raise
+        return (rest[0] if rest else ""), address
 
     async def _reap(self, address: str, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()

@@ -4,6 +4,7 @@ for the metrics. Plain dicts and lists, so they cross the wire as they are."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -11,10 +12,14 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from ..actor import FIRST_USER_ACTOR_ID
+from .stats import process_stats
 
 if TYPE_CHECKING:
     from ..actor import CallItem
     from .actors import ActorTable, Cell
+    from .liveness import Liveness
+    from .outbound import OutboundCalls
+    from .peers import Peers
 
 STACK_LIMIT = 30  # frames per stack
 
@@ -104,3 +109,26 @@ def peer_rows(channels: list[Any], now: float, leased: Any) -> list[dict[str, An
              "bytes": {"tcp_in": ch.bytes_in, "tcp_out": ch.bytes_out, "shm_out": ch.shm_bytes_out,
                        "cuda_out": ch.cuda_bytes_out},
              "same_host": ch.same_host, "shm_leased": leased(ch)} for ch in channels]
+
+
+def node_stats(node: Any, actors: "ActorTable", peers: "Peers", liveness: "Liveness",
+               outbound: "OutboundCalls") -> dict[str, Any]:
+    """What ``NodeHandle.stats()`` and ``disto status`` show of one node."""
+    ready = peers.ready()
+    now = liveness.clock()
+    return {
+        "node_id": node.node_id, "address": node.address, "role": node.role, "pid": os.getpid(),
+        "seed": node.seed or node.address, "started": node.started_at,
+        "uptime": round(time.time() - node.started_at, 3),
+        "resources": node.resources,
+        "actors": actor_rows(actors),
+        "peers": sorted(ch.address or ch.peer_name() for ch in ready),
+        "last_heard": {ch.address or ch.peer_name(): round(now - ch.last_heard, 3) for ch in ready},
+        "lost": sorted(liveness.monitor.lost),  # addresses declared lost that have not answered since
+        "pending_calls": outbound.in_flight(),
+        "buffer_pool": peers.pool.stats(),
+        "process": process_stats(),
+        "shm": node.buffers.exporter.stats(),
+        "peer_stats": peer_rows(ready, now, node.buffers.leased_to),
+        "restarts": node.metrics.restarts,
+    }

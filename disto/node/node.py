@@ -26,6 +26,7 @@ from ..errors import AuthenticationError, ClosedError, DistoError
 from ..futures import Future
 from ..ids import new_node_id
 from ..memory import janitor
+from ..placement import detect_resources
 from ..transport import Channel
 from ..wire import (Call, Cancel, Failure, Goodbye, Heartbeat, Message, Modules, Release, Reply, StreamCredit,
                     StreamEnd, StreamItem)
@@ -33,7 +34,7 @@ from .actors import ActorTable
 from .buffers import BufferRouter
 from .config import Here, NodeConfig, normalize_token
 from .inbound import InboundCalls
-from .introspection import actor_rows, peer_rows, stacks
+from .introspection import node_stats, stacks
 from .metrics import NodeMetrics
 from .liveness import Liveness
 from .membership import Membership
@@ -45,7 +46,6 @@ from .peers import Peers
 from .registry import Registry
 from .replies import Replies
 from .service import NodeService
-from .stats import process_stats
 from .streams import StreamSinks
 
 log = logging.getLogger("disto.node")
@@ -87,6 +87,7 @@ class Node:
         self._replies = Replies(here, self.buffers, cfg.max_frame, self._modules.ship)
         self._sinks = StreamSinks(here, self.buffers, self._replies, cfg.stream_window, cfg.max_frame)
         self.metrics = NodeMetrics(cfg.metrics)
+        self.resources = detect_resources(cfg.resources)  # what this node offers (spawn(..., resources=))
         self.started_at = time.time()
         self.output: ActorOutput | None = None  # what actors print, once capture_output() was called
         self.wants_output = role == "driver"  # a driver prints what the cluster's actors print
@@ -151,6 +152,8 @@ class Node:
                                       self._liveness.monitor.back, self.spawn_bg,
                                       lambda: self._actors.register_again(self.registry))
         self._membership.extra = {"output": self.wants_output}
+        if self.role == "worker":  # what placement may hold here
+            self._membership.extra["resources"] = self.resources
         if self.role == "client":
             return self  # a command-line client talks to the cluster without becoming a member
         try:
@@ -290,9 +293,12 @@ class Node:
         return self._outbound.call(ref, method, args, kwargs, oneway)
 
     async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,
-                          name: str | None = None, restarts: int = 0) -> ActorRef:
+                          name: str | None = None, restarts: int = 0, placement: dict | None = None) -> ActorRef:
         """Create an actor of class ``cls`` on this node. Its constructor and ``on_start`` run here."""
-        return await self._actors.spawn(cls, args, kwargs or {}, name, self.registry, restarts)
+        return await self._actors.spawn(cls, args, kwargs or {}, name, self.registry, restarts, placement)
+
+    def allocate_ids(self, n: int) -> list[int]:
+        return self._actors.allocate(n)
 
     async def stop_actor(self, actor_id: int) -> bool:
         """Stop one actor: queued calls fail with ActorDeadError, running ones are cancelled, then ``on_stop``."""
@@ -302,11 +308,16 @@ class Node:
         return stopped
 
     async def spawn_process(self, cls: type, args: tuple, kwargs: dict, name: str | None, max_restarts: int,
-                            preload: tuple[str, ...]) -> ActorRef:
+                            preload: tuple[str, ...], placement: dict | None = None) -> ActorRef:
         """Create an actor of class ``cls`` in a child node process of its own (see node/dedicated.py)."""
         if self._here.closing:
             raise ClosedError("node is stopping")
-        return await self._dedicated.spawn(self, cls, args, kwargs, name, max_restarts, preload)
+        return await self._dedicated.spawn(self, cls, args, kwargs, name, max_restarts, preload, placement)
+
+    async def open_process(self, preload: tuple[str, ...]) -> tuple[str, str]:
+        if self._here.closing:
+            raise ClosedError("node is stopping")
+        return await self._dedicated.start(preload)
 
     def supervised(self, actor_id: int, spec: tuple) -> None:
         """Remember how actor ``actor_id`` is supervised, to tell a restarted seed again."""
@@ -326,23 +337,7 @@ class Node:
         return await self._peers.wait_ready(address)
 
     def stats(self) -> dict[str, Any]:
-        ready = self._peers.ready()
-        now = self._liveness.clock()
-        return {
-            "node_id": self.node_id, "address": self.address, "role": self.role, "pid": os.getpid(),
-            "seed": self.seed or self.address, "started": self.started_at,
-            "uptime": round(time.time() - self.started_at, 3),
-            "actors": actor_rows(self._actors),
-            "peers": sorted(ch.address or ch.peer_name() for ch in ready),
-            "last_heard": {ch.address or ch.peer_name(): round(now - ch.last_heard, 3) for ch in ready},
-            "lost": sorted(self._liveness.monitor.lost),  # addresses declared lost that have not answered since
-            "pending_calls": self._outbound.in_flight(),
-            "buffer_pool": self._peers.pool.stats(),
-            "process": process_stats(),
-            "shm": self.buffers.exporter.stats(),
-            "peer_stats": peer_rows(ready, now, self.buffers.leased_to),
-            "restarts": self.metrics.restarts,
-        }
+        return node_stats(self, self._actors, self._peers, self._liveness, self._outbound)
 
     def stacks(self) -> dict[str, Any]:
         """Every thread and asyncio task of this process, and the actor call each one runs."""

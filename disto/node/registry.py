@@ -11,6 +11,8 @@ from typing import Any, Callable, Coroutine, Protocol
 
 from ..actor import Actor, ActorRef, SystemActor, system_ref
 from ..errors import ActorNotFoundError, DistoError, NameTakenError
+from ..placement import Infeasible
+from .placements import Grant, Placements
 
 log = logging.getLogger("disto.node")
 TIMELINE = 1000  # events kept
@@ -25,10 +27,11 @@ class RegistryHost(Protocol):
 
 
 class _Spec:
-    __slots__ = ("cls", "args", "kwargs", "name", "restarts_left", "process", "restarts")
+    __slots__ = ("cls", "args", "kwargs", "name", "restarts_left", "process", "restarts", "placement")
 
     def __init__(self, cls: type, args: tuple, kwargs: dict, name: str | None, restarts_left: int,
-                 process: bool = False, restarts: int = 0) -> None:
+                 process: bool = False, restarts: int = 0, placement: dict | None = None) -> None:
+        self.placement = placement or {}  # resources asked for, group and rank: a replacement gets the same
         self.restarts = restarts  # times it was built again so far
         self.process = process  # it lived in a process of its own: so does its replacement
         self.cls = cls
@@ -43,6 +46,7 @@ class Registry(Actor):
     dropped with its names."""
 
     sync_on_loop = True  # bookkeeping on the node's own objects: never blocks
+    max_concurrency = 1 << 16  # reservations wait for room without holding up the rest
 
     def __init__(self, host: RegistryHost) -> None:
         self._host = host
@@ -52,12 +56,14 @@ class Registry(Actor):
         self.restarts: list[dict[str, Any]] = []  # what was restarted where (for status and tests)
         # joins, departures, losses and restarts, oldest first (the dashboard's timeline)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=TIMELINE)
+        self.placements = Placements(self._event, lambda node_id: node_id in self._members)
         host.add_peer_lost_callback(self._peer_lost)
 
     def join(self, info: dict[str, Any]) -> list[dict[str, Any]]:
         info = dict(info, joined_at=time.time())
         again = info["node_id"] in self._members
         self._members[info["node_id"]] = info
+        self.placements.node_joined(info)
         if info.get("role") != "client":
             self._event("join", info["address"], f"{info.get('role')} {info['node_id']}"
                         + (" (again)" if again else ""))
@@ -120,14 +126,51 @@ class Registry(Actor):
         return dict(self._names)
 
     def supervise(self, ref: ActorRef, cls: type, args: tuple, kwargs: dict, max_restarts: int,
-                  process: bool = False, restarts: int = 0) -> None:
+                  process: bool = False, restarts: int = 0, placement: dict | None = None) -> None:
         if not isinstance(max_restarts, int) or max_restarts < 0:
             raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
         self._supervised[(ref.node_id, ref.actor_id)] = _Spec(cls, args, kwargs, ref.actor_name, max_restarts,
-                                                              bool(process), int(restarts))
+                                                              bool(process), int(restarts), placement)
 
     def unsupervise(self, node_id: str, actor_id: int) -> None:
+        """The actor was stopped: it is not restarted, and what it held is free again."""
         self._supervised.pop((node_id, actor_id), None)
+        self.placements.actor_stopped(node_id, actor_id)
+
+    # ------------------------------------------------------------------ placement (see node/placements.py)
+    async def reserve(self, requests: list[dict[str, float]], strategy: str = "spread", owner: str = "",
+                      node_id: str | None = None, timeout: float | None = None, what: str = "") -> list[Grant]:
+        """Hold room for each request (all or nothing): [(hold id, node id, address)]; PlacementError if none,
+        at once or after ``timeout`` seconds of waiting for room."""
+        return await self.placements.reserve(requests, strategy, owner, node_id, timeout, what)
+
+    def bind(self, hold_id: int, ref: ActorRef) -> bool:
+        return self.placements.bind(hold_id, ref)
+
+    def release(self, hold_ids: list[int]) -> int:
+        return self.placements.release(hold_ids)
+
+    def hold_again(self, node_id: str, request: dict[str, float], ref: ActorRef) -> None:
+        self.placements.hold_again(node_id, request, ref)
+
+    def resources(self) -> list[dict[str, Any]]:
+        return self.placements.report()
+
+    def waiting(self) -> list[dict[str, Any]]:
+        """Spawns waiting for room (``placement_timeout``): what, the requests, since when, and why."""
+        return list(self.placements.waiting.values())
+
+    def register_group(self, group_id: str, refs: list[ActorRef]) -> None:
+        self.placements.groups[group_id] = list(refs)
+
+    def group_members(self, group_id: str) -> list[ActorRef]:
+        members = self.placements.groups.get(group_id)
+        if members is None:
+            raise ActorNotFoundError(f"no group {group_id!r} (it was stopped, or the seed restarted)")
+        return list(members)
+
+    def forget_group(self, group_id: str) -> None:
+        self.placements.groups.pop(group_id, None)
 
     def restart_log(self) -> list[dict[str, Any]]:
         return list(self.restarts)
@@ -143,34 +186,54 @@ class Registry(Actor):
                     "was lost" if why == "lost" else "left", node_id)
         for name in [n for n, r in self._names.items() if r.node_id == node_id]:
             del self._names[name]
+        self.placements.node_gone(node_id)
         self._broadcast()
         orphans = [(key, spec) for key, spec in self._supervised.items() if key[0] == node_id]
         for key, spec in orphans:
             del self._supervised[key]
             self._host.spawn_bg(self._restart(spec, lost_node=node_id))
 
-    async def _restart(self, spec: "_Spec", lost_node: str) -> None:
-        """Build a supervised actor again (constructor rerun, state lost) on a live worker node."""
+    def _restart_target(self, spec: "_Spec", lost_node: str) -> tuple[dict[str, Any], int | None] | str:
+        """Where a lost supervised actor is built again, and the hold placed for it: by the same resource
+        request if it made one, else the live worker with the fewest supervised actors. A reason if none."""
         candidates = [m for m in self.members() if m["role"] == "worker" and m["node_id"] != lost_node]
-        what = spec.name or spec.cls.__qualname__
         if not candidates:
-            self.restarts.append({"name": spec.name, "error": "no live worker node"})
-            self._event("restart_failed", "", f"{what}: no live worker node")
-            return
-        # the least loaded by supervised actors, so restarts spread out
+            return "no live worker node"
+        if "resources" in spec.placement:
+            got = self.placements.ledger.reserve([spec.placement["resources"]], "spread", self._host.node_id)
+            if isinstance(got, Infeasible):
+                return got.reason
+            hold = got[0]
+            return next(m for m in candidates if m["node_id"] == hold.node_id), hold.hold_id
         load = {m["node_id"]: 0 for m in candidates}
         for (nid, _), _s in self._supervised.items():
             if nid in load:
                 load[nid] += 1
         # ties go to nodes other than the seed, which already carries the registry
-        target = min(candidates, key=lambda m: (load[m["node_id"]], m["node_id"] == self._host.node_id))
+        return min(candidates, key=lambda m: (load[m["node_id"]], m["node_id"] == self._host.node_id)), None
+
+    async def _restart(self, spec: "_Spec", lost_node: str) -> None:
+        """Build a supervised actor again (constructor rerun, state lost) on a live worker node."""
+        what = spec.name or spec.cls.__qualname__
+        chosen = self._restart_target(spec, lost_node)
+        if isinstance(chosen, str):
+            self.restarts.append({"name": spec.name, "error": chosen})
+            self._event("restart_failed", "", f"{what}: {chosen}")
+            return
+        target, hold = chosen
+        placement = dict(spec.placement, hold=hold, node=target["node_id"])
         try:
             ref = await self._service(target).spawn(spec.cls, spec.args, spec.kwargs, spec.name,
-                                                    spec.restarts_left - 1, spec.process, (), spec.restarts + 1)
+                                                    spec.restarts_left - 1, spec.process, (), spec.restarts + 1,
+                                                    placement)
+            group = spec.placement.get("group")
+            self.placements.restarted(getattr(group, "group_id", None), spec.placement.get("rank"), ref)
             self.restarts.append({"name": spec.name, "node": target["address"], "actor_id": ref.actor_id,
                                   "restarts_left": spec.restarts_left - 1})
             self._event("restart", target["address"], f"{what} as #{ref.actor_id} (lost with {lost_node})")
         except DistoError as e:
+            if hold is not None:
+                self.placements.release([hold])
             self.restarts.append({"name": spec.name, "error": f"{type(e).__name__}: {e}"})
             self._event("restart_failed", target["address"], f"{what}: {type(e).__name__}: {e}")
 

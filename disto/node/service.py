@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..actor import Actor, ActorRef, check_actor_class
+from ..errors import PlacementError
 
 
 class ServiceHost(Protocol):
@@ -14,9 +15,13 @@ class ServiceHost(Protocol):
     metrics: Any
 
     async def spawn_local(self, cls: type, args: tuple = (), kwargs: dict | None = None,
-                          name: str | None = None, restarts: int = 0) -> ActorRef: ...
+                          name: str | None = None, restarts: int = 0, placement: dict | None = None
+                          ) -> ActorRef: ...
     async def spawn_process(self, cls: type, args: tuple, kwargs: dict, name: str | None, max_restarts: int,
-                            preload: tuple[str, ...]) -> ActorRef: ...
+                            preload: tuple[str, ...], placement: dict | None = None) -> ActorRef: ...
+    async def open_process(self, preload: tuple[str, ...]) -> tuple[str, str]: ...
+    def allocate_ids(self, n: int) -> list[int]: ...
+    def actors(self) -> list[ActorRef]: ...
     async def preload(self, modules: tuple[str, ...]) -> None: ...
     def supervised(self, actor_id: int, spec: tuple) -> None: ...
     async def stop_actor(self, actor_id: int) -> bool: ...
@@ -32,33 +37,57 @@ class NodeService(Actor):
     """Spawns and stops actors on its node; reports its state; shuts the node down on request."""
 
     sync_on_loop = True  # bookkeeping on the node's own objects: never blocks
+    max_concurrency = 64  # spawns wait for constructors (on the actors' threads): the rest need not wait
 
     def __init__(self, host: ServiceHost) -> None:
         self._host = host
 
     async def spawn(self, cls: type, args: tuple = (), kwargs: dict | None = None,
                     name: str | None = None, max_restarts: int = 0, process: bool = False,
-                    preload: tuple[str, ...] = (), restarts: int = 0) -> ActorRef:
+                    preload: tuple[str, ...] = (), restarts: int = 0, placement: dict | None = None) -> ActorRef:
         """Build an actor here (``process=True``: in a child node process of its own). ``preload``: libraries
         the caller has imported, imported here first (in the background, once) so its calls do not pay for
-        them."""
+        them. ``placement``: the seed's ``hold`` for it (bound to the actor once built), the ``resources`` it
+        asked for and the ``node`` they count on, its ``rank`` and ``group``, a pre-allocated ``actor_id``."""
         check_actor_class(cls)
         host = self._host
+        placement = placement or {}
         if process:
-            return await host.spawn_process(cls, args, kwargs or {}, name, max_restarts, tuple(preload))
+            return await host.spawn_process(cls, args, kwargs or {}, name, max_restarts, tuple(preload), placement)
         await host.preload(tuple(preload))
-        ref = await host.spawn_local(cls, args, kwargs or {}, name, restarts)
-        if max_restarts:
-            # the seed remembers how to build it again if this node is lost
-            assert host.registry is not None
-            spec = (cls, args, kwargs or {}, max_restarts, host.role == "dedicated", restarts)
-            try:
+        try:
+            ref = await host.spawn_local(cls, args, kwargs or {}, name, restarts, placement)
+        except BaseException:
+            if host.role == "dedicated" and not host.actors():
+                host.stop_soon("its actor could not be built")  # a dedicated process lives for its actor
+            raise
+        try:
+            if placement.get("hold") is not None:
+                assert host.registry is not None
+                if not await host.registry.bind(placement["hold"], ref):
+                    raise PlacementError("the room held for this actor was given back before it was built (the "
+                                         "node it was placed on, or the caller, was lost)",
+                                         [placement.get("resources") or {}])
+            if max_restarts:
+                # the seed remembers how to build it again if this node is lost: by the same request
+                assert host.registry is not None
+                again = {k: placement[k] for k in ("resources", "rank", "group") if k in placement}
+                spec = (cls, args, kwargs or {}, max_restarts, host.role == "dedicated", restarts, again)
                 await host.registry.supervise(ref, *spec)
-            except BaseException:
-                await host.stop_actor(ref.actor_id)
-                raise
-            host.supervised(ref.actor_id, spec)
+                host.supervised(ref.actor_id, spec)
+        except BaseException:
+            await host.stop_actor(ref.actor_id)
+            raise
         return ref
+
+    def allocate_ids(self, n: int) -> list[int]:
+        """Ids for ``n`` actors spawned here later with ``placement={"actor_id": ...}`` (group members)."""
+        return self._host.allocate_ids(n)
+
+    async def open_process(self, preload: tuple[str, ...] = ()) -> tuple[str, str]:
+        """Start a child node process for one actor (``process=True``) and return its (node id, address); the
+        actor is then spawned on that child's service."""
+        return await self._host.open_process(tuple(preload))
 
     async def stop_actor(self, actor_id: int) -> bool:
         return await self._host.stop_actor(actor_id)

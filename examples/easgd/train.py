@@ -53,10 +53,19 @@ def plot(history, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def amounts(text: str | None) -> dict[str, float] | None:
+    """"gpu=1,ssd=1" -> {"gpu": 1.0, "ssd": 1.0}"""
+    if not text:
+        return None
+    return {k.strip(): float(v) for k, v in (part.split("=", 1) for part in text.split(",") if part.strip())}
+
+
 async def main(args: argparse.Namespace) -> int:
     d = mnist1d(NUM_SAMPLES)  # generate and cache once, before the workers need it
     test = torch.from_numpy(d["x_test"]), torch.from_numpy(d["y_test"])
-    cfg = EASGDConfig(algorithm=args.algorithm, workers=args.workers, tau=args.tau, prefetch=args.prefetch, lr=args.lr, seed=args.seed, eval_interval=args.eval_interval)
+    cfg = EASGDConfig(algorithm=args.algorithm, workers=args.workers, tau=args.tau, prefetch=args.prefetch, lr=args.lr,
+                      seed=args.seed, eval_interval=args.eval_interval,
+                      worker_resources=amounts(args.worker_resources), shard_resources=amounts(args.shard_resources))
     cluster_cm = disto.connect(args.connect) if args.connect else disto.LocalCluster(nodes=args.nodes,
                                                                                     dashboard=args.dashboard)
     os.makedirs(args.out, exist_ok=True)
@@ -109,6 +118,10 @@ if __name__ == "__main__":
     ap.add_argument("--target", type=float, default=0.90)
     ap.add_argument("--eval-interval", type=float, default=1.0)
     ap.add_argument("--connect", help="HOST:PORT of a running cluster's seed instead of a local cluster")
+    ap.add_argument("--worker-resources", metavar="NAME=N,...",
+                    help="what each worker holds, e.g. gpu=1 (nodes offer it: disto node start --resources gpu=4)")
+    ap.add_argument("--shard-resources", metavar="NAME=N,...",
+                    help="what each center shard holds, e.g. ps=1 (CPU-only parameter servers labelled ps)")
     ap.add_argument("--out", default="easgd-out")
     ap.add_argument("--dashboard", metavar="HOST:PORT", help="serve the live dashboard there (e.g. 127.0.0.1:8265): "
                     "the workers and center shards show as actors")
