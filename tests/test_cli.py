@@ -45,6 +45,10 @@ def test_version_and_common_mistakes_get_one_line(tmp_path) -> None:
     one_line_error(cli("node", "start", "--listen", "no-such-host.invalid:7000", env=TOKEN_ENV), "cannot resolve")
     one_line_error(cli("token", "new", "--file", str(tmp_path / "missing" / "token")), "mkdir -p")
     one_line_error(cli("status", "127.0.0.1:1", env=TOKEN_ENV), "cannot reach 127.0.0.1:1")
+    bad = cli("node", "start", "--resources", "gpu=two", env=TOKEN_ENV)
+    assert bad.returncode == 2 and "bad amount in 'gpu=two'" in bad.stderr, bad.stderr
+    bad = cli("node", "start", "--gpus", "first", env=TOKEN_ENV)
+    assert bad.returncode == 2 and "CUDA device ids" in bad.stderr, bad.stderr
 
 
 def test_token_new_does_not_overwrite_without_force(tmp_path) -> None:
@@ -96,14 +100,15 @@ async def test_status_logs_stacks_from_a_non_seed_and_the_nodes_log_their_lifecy
     loop = asyncio.get_running_loop()
     try:
         seed_address = await seed.ready()
-        other = _NodeProc(tmp_path, "other", "--seed", seed_address, env=env)
+        other = _NodeProc(tmp_path, "other", "--seed", seed_address, "--resources", "gpu=2,ssd=1", "--gpus", "0,1",
+                          env=env)
         procs.append(other)
         address = await other.ready()
         assert "started on" in seed.text() and "the seed" in seed.text()
         async with disto.connect(seed_address, token_file=str(token_file)) as cluster:
             assert cluster.dashboard_url and cluster.dashboard_url.startswith("http://127.0.0.1:")
             handle = next(h for h in cluster.nodes if h.address == address)
-            t = await handle.spawn(Talker, name="tk")
+            t = await handle.spawn(Talker, name="tk", resources={"gpu": 1})
             await t.say("said-for-the-cli")
 
             def run(*args: str) -> subprocess.CompletedProcess:
@@ -113,6 +118,8 @@ async def test_status_logs_stacks_from_a_non_seed_and_the_nodes_log_their_lifecy
             assert status.returncode == 0, status.stderr
             assert f"{address} is not the seed; asking the seed {seed_address}" in status.stderr
             assert "Talker" in status.stdout and "names: tk" in status.stdout and "dashboard: http" in status.stdout
+            assert "resources cpu=" in status.stdout and "gpu=2" in status.stdout and "ssd=1" in status.stdout
+            assert "free gpu=1" in status.stdout, status.stdout
             logs = await loop.run_in_executor(None, run, "logs", "tk", "--address", address)
             assert logs.returncode == 0 and "said-for-the-cli" in logs.stdout, logs
             actors = await loop.run_in_executor(None, run, "actors", seed_address)

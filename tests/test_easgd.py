@@ -138,8 +138,6 @@ async def test_a_killed_worker_does_not_stop_training_and_is_respawned_from_the_
     async with disto.LocalCluster(nodes=3) as cluster:
         cfg = EASGDConfig(workers=2, shards=1, tau=5, prefetch=2, lr=0.02, eval_interval=0.3)
         trainer = Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test))
-        victim = cluster.nodes[1]  # worker 1 runs there; the single shard is on node 0
-
         evals = []
 
         def kill_at_the_second_evaluation(entry: dict) -> None:
@@ -147,7 +145,10 @@ async def test_a_killed_worker_does_not_stop_training_and_is_respawned_from_the_
             # (a new node process builds its model) and for the evaluations that follow it
             evals.append(entry)
             if len(evals) == 2:
-                os.kill(victim.pid, signal.SIGKILL)
+                # spread placement: the shard on one node, the two workers on the other two
+                where = trainer.workers[1].node_address
+                assert where != trainer.shards[0].node_address
+                os.kill(next(h.pid for h in cluster.nodes if h.address == where), signal.SIGKILL)
 
         history = await trainer.run(seconds=10, on_eval=kill_at_the_second_evaluation)
     assert [e["worker"] for e in history.events] == [1] and history.events[0].get("respawned")
@@ -156,6 +157,39 @@ async def test_a_killed_worker_does_not_stop_training_and_is_respawned_from_the_
     after = [e for e in history.evals if e["time"] > history.events[0]["time"]]
     assert len(after) >= 3 and max(e["accuracy"] for e in after) >= 0.7
     assert after[-1]["samples"] > after[0]["samples"]
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(90)
+async def test_the_trainer_places_workers_and_shards_by_what_they_need() -> None:
+    import cloudpickle
+
+    import test_easgd
+
+    cloudpickle.register_pickle_by_value(test_easgd)
+    x_test, y_test = blobs(500, seed=1)
+    # the 2016 layout in small: a CPU-only parameter server labelled ps, two nodes with a GPU each
+    async with disto.LocalCluster(nodes=3, resources=[{"ps": 1}, {"gpu": 1}, {"gpu": 1}]) as cluster:
+        cfg = EASGDConfig(workers=2, shards=1, tau=5, prefetch=2, lr=0.05, eval_interval=0.3,
+                          worker_resources={"gpu": 1}, shard_resources={"ps": 1})
+        trainer = Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test))
+        placed: dict = {}
+
+        def note(entry: dict) -> None:
+            placed.setdefault("shards", [r.node_address for r in trainer.shards])
+            placed.setdefault("workers", sorted(r.node_address for r in trainer.workers.values()))
+
+        history = await trainer.run(seconds=20, max_steps=30, on_eval=note)
+        assert placed["shards"] == [cluster.nodes[0].address]
+        assert placed["workers"] == sorted(h.address for h in cluster.nodes[1:])
+        assert len(history.workers) == 2 and all(w["steps"] == 30 for w in history.workers)
+
+        async def given_back() -> bool:  # the stopped actors' holds (told to the seed by their nodes)
+            free = {r["address"]: r["free"] for r in await cluster.resources()}
+            return free[cluster.nodes[0].address]["ps"] == 1 and free[cluster.nodes[1].address]["gpu"] == 1
+        await eventually(given_back, what="the trainer's actors to give back what they held")
+        with pytest.raises(ValueError, match="spread"):
+            EASGDConfig(algorithm="allreduce", worker_strategy="pack")
 
 
 @pytest.mark.parametrize("algorithm", ["sync_easgd", "local_sgd"])
@@ -230,12 +264,11 @@ async def test_a_lost_parameter_shard_stops_the_run_with_a_clear_error(tmp_path)
     async with disto.LocalCluster(nodes=3) as cluster:
         cfg = EASGDConfig(workers=2, shards=2, tau=5, prefetch=2, lr=0.02, eval_interval=0.3)
         trainer = Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test), checkpoint=checkpoint)
-        victim = cluster.nodes[1]  # holds shard 1 (and worker 1)
-
         async def kill_soon() -> None:
             await eventually(lambda: os.path.exists(checkpoint), timeout=60, interval=0.05,
                              what="the first checkpoint")
-            os.kill(victim.pid, signal.SIGKILL)
+            where = trainer.shards[1].node_address  # the node that holds shard 1
+            os.kill(next(h.pid for h in cluster.nodes if h.address == where), signal.SIGKILL)
 
         killer = asyncio.ensure_future(kill_soon())
         loop = asyncio.get_running_loop()

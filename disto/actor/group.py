@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import threading
 from typing import Any, Iterator, Sequence, overload
@@ -41,7 +42,7 @@ def _gather_threadsafe(futs: list[concurrent.futures.Future], return_exceptions:
     if not futs:
         out.set_result([])
     for i, f in enumerate(futs):
-        f.add_done_callback(lambda f, i=i: done(i, f))
+        f.add_done_callback(functools.partial(done, i))
     return out
 
 

@@ -172,8 +172,11 @@ class ActorTable:
         if thread is not None:
             thread.stop()
         if registry is not None and not self._here.closing:
-            try:  # a stopped actor is not restarted, and its name is free again
-                registry.unsupervise.tell(self._here.node_id, actor_id)
+            try:  # a stopped actor is not restarted, its name is free again, and so is what it held
+                if cell.hold is not None:  # awaited: once stop returns, the room is free for the next spawn
+                    await registry.unsupervise(self._here.node_id, actor_id)
+                else:
+                    registry.unsupervise.tell(self._here.node_id, actor_id)
                 if cell.ref.actor_name:
                     await registry.unregister(cell.ref.actor_name, cell.ref)
             except DistoError as e:
