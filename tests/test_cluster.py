@@ -570,6 +570,7 @@ async def test_names_survive_a_restart_of_the_seed() -> None:
             worker = next(h for h in cluster.nodes if h.address != seed_addr)
             svc = await cluster.spawn(Worker, name="svc", max_restarts=1, resources={"gpu": 1})
             assert svc.node_address == worker.address  # the only node that offers a GPU
+            group = await cluster.spawn_group(Worker, 2, resources={"ssd": 0.5})  # both on the worker
             assert await svc.add(2) == 2
             procs[0].kill()  # the seed goes, with its member list and names
             procs[0].wait()
@@ -595,6 +596,16 @@ async def test_names_survive_a_restart_of_the_seed() -> None:
             await eventually(held_again, timeout=20, interval=0.1, what="the new seed to learn the held GPU")
             with pytest.raises(disto.PlacementError):
                 await cluster.spawn(Worker, resources={"gpu": 1})
+            members = list(group)
+
+            async def group_known() -> bool:  # the new seed learns the group again from the members' node
+                try:
+                    return await cluster.node.registry.group_members(group.group_id) == members
+                except disto.ActorNotFoundError:
+                    return False
+            await eventually(group_known, timeout=20, interval=0.1, what="the new seed to learn the group")
+            assert list(await group.refresh()) == members
+            assert await group.add(1) == [1, 1]
     finally:
         for p in procs:
             p.terminate()

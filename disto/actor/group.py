@@ -158,11 +158,14 @@ class ActorGroup:
 
     async def refresh(self) -> "ActorGroup":
         """Re-read the members from the seed: after a member was restarted elsewhere (``max_restarts``), its
-        rank holds the new actor."""
+        rank holds the new actor. (A seed that restarted learns the members again as their nodes rejoin it;
+        ranks it does not know yet keep their ref.)"""
         registry = self.refs[0]._resolve_node().registry if self.refs else None
         if registry is not None and self.group_id:
-            self.refs = list(await registry.group_members(self.group_id))
-            self._inflight = [0] * len(self.refs)
+            known = await registry.group_members(self.group_id)
+            if len(known) == len(self.refs):
+                self.refs = [new if new is not None else old for new, old in zip(known, self.refs)]
+                self._inflight = [0] * len(self.refs)
         return self
 
     def __reduce__(self) -> Any:

@@ -21,7 +21,7 @@ log = logging.getLogger("disto.node")
 class Cell:
     """One actor: the object, its mailbox and its ref; and how to build it again, if it is supervised."""
 
-    __slots__ = ("instance", "mailbox", "ref", "supervision", "started", "restarts", "hold")
+    __slots__ = ("instance", "mailbox", "ref", "supervision", "started", "restarts", "hold", "member")
 
     def __init__(self, instance: Any, mailbox: Mailbox, ref: ActorRef, restarts: int = 0) -> None:
         self.instance = instance
@@ -31,6 +31,7 @@ class Cell:
         self.started = time.time()
         self.restarts = restarts  # how many times it was built again before this one (supervised actors)
         self.hold: tuple[str, dict] | None = None  # (node id, resources) it holds there: for a new seed
+        self.member: tuple[Any, int] | None = None  # (its group, its rank): for a new seed
 
 
 class ActorTable:
@@ -130,6 +131,8 @@ class ActorTable:
         cell = Cell(instance, self._mailbox(instance, ref, thread, self.metrics.for_actor(actor_id)), ref, restarts)
         if placement.get("resources") is not None and placement.get("node"):
             cell.hold = (placement["node"], placement["resources"])
+        if placement.get("group") is not None and "rank" in placement:
+            cell.member = (placement["group"], placement["rank"])
         self.cells[actor_id] = cell
         if restarts:
             self.metrics.restarts += 1
@@ -208,6 +211,9 @@ class ActorTable:
                     await registry.supervise(cell.ref, *cell.supervision)
                 if cell.hold is not None:
                     await registry.hold_again(cell.hold[0], cell.hold[1], cell.ref)
+                if cell.member is not None:
+                    group, rank = cell.member
+                    await registry.member_again(group.group_id, len(group), rank, cell.ref)
             except DistoError as e:  # e.g. the name was taken on the new seed first
                 log.warning("could not register %s with the seed again: %s", cell.ref._describe(), e)
 

@@ -163,7 +163,13 @@ class Registry(Actor):
     def register_group(self, group_id: str, refs: list[ActorRef]) -> None:
         self.placements.groups[group_id] = list(refs)
 
-    def group_members(self, group_id: str) -> list[ActorRef]:
+    def member_again(self, group_id: str, size: int, rank: int, ref: ActorRef) -> None:
+        """A restarted seed learns a group's members again, one by one, from their nodes."""
+        members = self.placements.groups.setdefault(group_id, [None] * int(size))  # type: ignore[list-item]
+        if 0 <= rank < len(members):
+            members[rank] = ref
+
+    def group_members(self, group_id: str) -> list[ActorRef | None]:
         members = self.placements.groups.get(group_id)
         if members is None:
             raise ActorNotFoundError(f"no group {group_id!r} (it was stopped, or the seed restarted)")
