@@ -188,6 +188,10 @@ async def test_shared_tensors_travel_by_reference() -> None:
         token = context.current.set(a)
         try:
             t = disto.shared_tensor((256, 256))
+            with pytest.raises(TypeError, match=r"takes a shape.*t\.copy_\(x\)"):
+                disto.shared_tensor(t)  # a tensor where a shape belongs: says how to share one
+            with pytest.raises(TypeError, match="tuple of ints"):
+                disto.shared_array((2, -1))
         finally:
             context.current.reset(token)
         t.fill_(1.0)
