@@ -5,7 +5,8 @@ does not depend on what else the machine is doing (the same binary and inputs gi
     python bench/instructions.py --before 0a9fe29       # and a git revision (or a source tree), side by side
 
 Two nodes in one process and one event loop, N sequential round trips of an empty call from one to an actor on
-the other over loopback TCP: both sides of the wire, no wake-ups (``--method``: which kind of method it calls). It runs N1 and N2 calls and reports
+the other over loopback TCP: both sides of the wire, no wake-ups (``--method``: which kind of method it calls;
+``--payload``: what it carries there and back, an int or a tensor). It runs N1 and N2 calls and reports
 (instructions(N2) - instructions(N1)) / (N2 - N1), which cancels start-up and shutdown. Needs valgrind
 (Debian: apt-get install valgrind); about a minute per tree.
 """
@@ -44,19 +45,28 @@ async def main(n):
     b = disto.Node(token, seed=a.address); await b.start()
     cls = {"sync": Echo, "loop": EchoOnLoop, "async": EchoAsync}[sys.argv[2]]
     ref = await disto.NodeHandle({"node_id": b.node_id, "address": b.address}, a).spawn(cls)
+    payload = sys.argv[3]
+    if payload == "int":
+        for i in range(n):
+            await ref.ping(i)
+        await b.stop(); await a.stop()
+        return
+    import torch
+    x = {"tiny-tensor": lambda: torch.ones(1), "tensor-1mb": lambda: torch.ones(1 << 18),
+         "ndarray-1mb": lambda: torch.ones(1 << 18).numpy()}[payload]()
     for i in range(n):
-        await ref.ping(i)
+        await ref.ping(x)
     await b.stop(); await a.stop()
 
 disto.run(main(int(sys.argv[1])))
 '''
 
 
-def count(tree: str, n: int, script: str, method: str) -> int:
+def count(tree: str, n: int, script: str, method: str, payload: str = "int") -> int:
     env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0")
     python = os.path.realpath(sys.executable)  # not a shim script: valgrind must start Python itself
     out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, script,
-                          str(n), method], env=env, cwd=tree, capture_output=True, text=True, check=True)
+                          str(n), method, payload], env=env, cwd=tree, capture_output=True, text=True, check=True)
     m = re.search(r"Collected : (\d+)", out.stderr)
     if not m:
         raise SystemExit(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
@@ -78,6 +88,9 @@ def main() -> None:
     ap.add_argument("--method", choices=("loop", "async", "sync"), default="loop",
                     help="the actor's ping: @on_loop (the call path alone, default), async, or a plain sync method "
                          "(on its actor's thread: the count then includes the hand-over)")
+    ap.add_argument("--payload", choices=("int", "tiny-tensor", "tensor-1mb", "ndarray-1mb"), default="int",
+                    help="what each call carries there and back: an int (default), a 1-element tensor, or 1 MB "
+                         "as a tensor or a numpy array (through shared memory: both nodes are on this host)")
     a = ap.parse_args()
     n1, n2 = a.calls
     if n2 - n1 < 5000:
@@ -92,7 +105,8 @@ def main() -> None:
         results = []
         try:
             for label, tree in trees:
-                per_call = (count(tree, n2, script, a.method) - count(tree, n1, script, a.method)) / (n2 - n1)
+                per_call = (count(tree, n2, script, a.method, a.payload)
+                            - count(tree, n1, script, a.method, a.payload)) / (n2 - n1)
                 results.append(per_call)
                 print(f"{label:<24} {per_call:>12,.0f} instructions per round trip (both sides)", flush=True)
         finally:

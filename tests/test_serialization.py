@@ -42,6 +42,37 @@ def test_non_contiguous_views_and_flags() -> None:
     assert back.requires_grad and back.is_leaf
 
 
+class _Box:
+    def __init__(self, x: object) -> None:
+        self.x = x
+
+
+def test_plain_tensors_skip_cloudpickle_and_match_the_full_path(monkeypatch) -> None:
+    from disto.serialization import pickler
+
+    z = torch.randn(4, dtype=torch.complex64)
+    cases = [torch.ones(1), torch.arange(6.0).reshape(2, 3).t(), torch.randn(300, 300), z.conj(), z.conj().imag,
+             torch.nn.Parameter(torch.randn(5)), torch.randn(3, requires_grad=True), torch.randn(4).to(torch.bfloat16)]
+    full = []
+    for t in cases:  # through cloudpickle: the tensor inside an object of a user class
+        stream, bufs, _ = pickler.dumps_for(_Box(t), same_host=True)
+        full.append(pickler.loads(stream, [memoryview(bytearray(b)) for b in bufs]).x)
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("plain tensors went through cloudpickle")
+
+    monkeypatch.setattr(pickler, "_Pickler", refuse)
+    for t, other in zip(cases, full):
+        stream, bufs, _ = pickler.dumps_for(((t, [t.shape[0] if t.dim() else 0]), {"k": 1.5}), same_host=True)
+        (args, kwargs) = pickler.loads(stream, [memoryview(bytearray(b)) for b in bufs])
+        back = args[0]
+        want = t.detach().resolve_conj().resolve_neg()
+        for got in (back, other):
+            assert type(got) is type(t) and got.dtype == t.dtype and got.shape == t.shape
+            assert torch.equal(got.detach(), want) and got.requires_grad == t.requires_grad
+        assert kwargs == {"k": 1.5}
+
+
 def test_nested_containers_and_dataclasses() -> None:
     @dataclasses.dataclass
     class Batch:

@@ -135,6 +135,7 @@ class Mailbox:
             self._as_task(item, result)
             return
         self.running -= 1
+        item.args = item.kwargs = None  # type: ignore[assignment] - freed before the reply is written (see threads)
         self._reply(item, result)
 
     def _to_thread(self, item: CallItem) -> None:

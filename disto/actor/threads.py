@@ -75,10 +75,13 @@ class ActorThread:
                     value, ok, tb = ctx.run(fn, *args, **kwargs), True, ""
                 except BaseException as e:  # noqa: BLE001 - every error goes back to the caller
                     value, ok, tb = e, False, format_remote_traceback(e)
-                todo[i] = None  # type: ignore[call-overload] - let big arguments go before the next call
+                # the arguments go before the outcome is posted: what they held in shared memory is given back
+                # (a RELEASE) in the same write as the reply, not in one of its own after it
+                todo[i] = None  # type: ignore[call-overload]
+                del fn, args, kwargs
                 if not self._post(done, ok, value, tb):
                     return
-                del fn, args, kwargs, done, value
+                del done, value
 
     def _post(self, done: Done, ok: bool, value: Any, tb: str) -> bool:
         """Hand an outcome to the loop; one wake-up for however many pile up before it runs."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import sys
 from typing import Any, Callable
 
@@ -43,9 +44,13 @@ class BufferRouter:
         self.exporter = ShmExporter(max_free_bytes=shm_pool_bytes)
         self.importer = ShmImporter()
         self._loop = loop
+        self._loop_thread = 0  # the loop's thread, once the node runs (set_loop_thread)
         self._leases: dict[Channel, dict[str, int]] = {}  # blocks lent to each peer: segment -> count
         self._releases: dict[Channel, list[str]] = {}     # the peer's blocks we no longer use, to tell it
         self._last_collect = 0.0
+
+    def set_loop_thread(self, ident: int) -> None:
+        self._loop_thread = ident
 
     def close(self) -> None:
         self.exporter.close()
@@ -129,6 +134,9 @@ class BufferRouter:
         loop = self._loop()
         if loop is None or ch.closed or loop.is_closed():
             return
+        if threading.get_ident() == self._loop_thread:
+            self._release_now(ch, name)  # on the loop already: no wake-up through the loop's pipe
+            return
         try:
             loop.call_soon_threadsafe(self._release_now, ch, name)
         except RuntimeError:
@@ -147,6 +155,17 @@ class BufferRouter:
         names = self._releases.pop(ch, None)
         if names and ch.can_send():
             ch.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n) for n in names]))
+
+    def take_releases(self, ch: Channel) -> list:
+        """The RELEASE frame for what we dropped of this peer's memory since the last one, if anything: to go
+        out in the same write as a reply or call being written now (one wake-up of the peer, not two)."""
+        if not self._releases:
+            return []
+        names = self._releases.pop(ch, None)
+        if not names:
+            return []
+        return ch.conn.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n)
+                                                              for n in names]))
 
     # ------------------------------------------------------------------ what peers tell us
     def on_release(self, ch: Channel, ev: Release) -> None:

@@ -134,6 +134,7 @@ class Node:
         self._started = True
         self.loop = self._outbound.loop = asyncio.get_running_loop()
         self._outbound.loop_thread = threading.get_ident()
+        self.buffers.set_loop_thread(self._outbound.loop_thread)
         bound = await self._peers.listen(self._listen)
         if self.output is not None:
             self.output.loop = self.loop

@@ -158,7 +158,8 @@ class OutboundCalls:
         fut._on_cancel = ch.send_cancel  # its pending entry stays until the peer answers: the window counts it
         fut._cancel_arg = cid
         if frames is not None:
-            ch.write(frames)
+            release = self._buffers.take_releases(ch)  # what we dropped of this peer's memory: in the same write
+            ch.write(release + frames if release else frames)
 
     def drain(self, ch: Channel) -> None:
         """Send queued calls while the window has room."""

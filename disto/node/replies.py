@@ -40,6 +40,7 @@ class Replies:
                 fut.set_result(value)
             return
         ch.call_finished()
+        item.args = item.kwargs = None  # type: ignore[assignment] - what they held in shared memory goes back now
         if item.call_id == 0 or not ch.can_send():
             return
         try:
@@ -52,7 +53,8 @@ class Replies:
             err = e if isinstance(e, SerializationError) else too_large(e, self._max_frame)
             self.send_failure(ch, item.call_id, FailureKind.SERIALIZATION, err, "", None, item.method)
             return
-        ch.write(frames)
+        release = self._buffers.take_releases(ch)
+        ch.write(release + frames if release else frames)  # one write: the peer wakes once for both
 
     def fail(self, item: CallItem, exc: BaseException, tb: str, label: str) -> None:
         if item.span is not None:

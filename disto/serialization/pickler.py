@@ -9,6 +9,7 @@ stream that holds tensors imports it when it is unpickled.
 """
 from __future__ import annotations
 
+import copyreg
 import io
 import os
 import pickle
@@ -24,6 +25,7 @@ from ..errors import SerializationError
 from .modules import shippable
 
 PROTOCOL = 5
+_COPYREG = copyreg.dispatch_table  # the default reductions, which a pickler's own dispatch table replaces
 OOB_MIN = 1024  # smaller buffers stay in the pickle stream: a descriptor costs more than copying them
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -64,6 +66,8 @@ def _plain(obj: Any, depth: int = 0) -> bool:
         return True
     if t is np.ndarray:
         return not obj.dtype.hasobject
+    if t in _FAST_TENSORS:
+        return obj.device.type == "cpu" and _strided(obj)
     if depth > 3:
         return False
     if t is tuple or t is list:
@@ -71,6 +75,27 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     if t is dict:
         return len(obj) <= 64 and all(type(k) is str and _plain(v, depth + 1) for k, v in obj.items())
     return False
+
+
+# torch.Tensor and torch.nn.Parameter, once torch is imported: CPU tensors among plain values take the C pickler
+# with a dispatch table (no Python hook per object, no cloudpickle); everything else takes the full pickler
+_FAST_TENSORS: frozenset[type] = frozenset()
+
+
+def _note_torch() -> None:
+    """Recognise tensors from now on (called when torch is seen in sys.modules)."""
+    global _FAST_TENSORS
+    torch = sys.modules.get("torch")
+    tensor = getattr(torch, "Tensor", None)
+    parameter = getattr(getattr(torch, "nn", None), "Parameter", None)
+    if tensor is not None and parameter is not None:
+        _FAST_TENSORS = frozenset({tensor, parameter})
+
+
+def _strided(t: Any) -> bool:
+    import torch
+
+    return t.layout == torch.strided and not t.is_quantized and not t.is_nested
 
 
 def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad: bool, param: bool,
@@ -113,23 +138,46 @@ def _reduce_tensor(t: Any, pickler: "_Pickler") -> Any:
     if t.layout != torch.strided or t.is_quantized or t.device.type == "meta" or t.is_nested:
         return NotImplemented  # torch's own reduction
     cls = type(t)
-    param = cls is torch.nn.Parameter
-    if cls is not torch.Tensor and not param:
+    if cls is not torch.Tensor and cls is not torch.nn.Parameter:
         return NotImplemented
+    if t.device.type == "cuda" and pickler.same_host:
+        return _reduce_cuda_ipc(t)
+    return _reduce_strided(t, pickler.shared if pickler.same_host else None)
+
+
+def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
+    """A strided tensor (CPU, or CUDA going to another host through host memory) as its bytes, out of band.
+    ``shared``: on the same host, where to note a buffer already in torch shared memory (sent by reference)."""
+    import torch
+
     device = None
-    if t.device.type == "cuda":
-        if pickler.same_host:
-            return _reduce_cuda_ipc(t)
-        device = str(t.device)
     data = t.detach()
     if data.device.type != "cpu":
+        device = str(t.device)
         data = data.cpu()
-    data = data.resolve_conj().resolve_neg().contiguous().reshape(-1)
-    if pickler.same_host and data.numel() and data.is_shared():
-        pickler.note_torch_shared(data)
+    if data.is_conj() or data.is_neg():
+        data = data.resolve_conj().resolve_neg()
+    if not data.is_contiguous():
+        data = data.contiguous()
+    if data.dim() != 1:
+        data = data.reshape(-1)
+    # (a buffer that stays in band cannot go by reference: no need to ask torch, which takes microseconds)
+    if shared is not None and data.numel() * data.element_size() >= OOB_MIN and data.is_shared():
+        note_torch_shared(shared, data)
     raw = data.view(torch.uint8).numpy() if data.numel() else np.empty(0, dtype=np.uint8)
-    args = (pickle.PickleBuffer(raw), t.dtype, tuple(t.shape), t.requires_grad, param)
+    args = (pickle.PickleBuffer(raw), t.dtype, tuple(t.shape), t.requires_grad, type(t) is torch.nn.Parameter)
     return (_rebuild_tensor, args + (device,) if device else args)
+
+
+def note_torch_shared(shared: dict[int, tuple[str, int]], data: Any) -> None:
+    """A CPU tensor in torch shared memory (``share_memory_()``): remember how another process on this host can
+    map the same memory, so the buffer travels by reference."""
+    storage = data.untyped_storage()
+    try:
+        fd, _size = storage._share_fd_cpu_()
+    except (RuntimeError, AttributeError):
+        return  # another sharing strategy: the buffer goes by value
+    shared[data.data_ptr()] = (f"/proc/{os.getpid()}/fd/{fd}", data.data_ptr() - storage.data_ptr())
 
 
 CUDA_IPC_USED = False  # set once this process has shared a CUDA tensor: its node then calls ipc_collect()
@@ -192,16 +240,6 @@ class _Pickler(cloudpickle.Pickler):
         self.modules = modules  # collects the shippable modules that classes and functions pickled here come from
         self.shared: dict[int, tuple[str, int]] = {}  # data address -> (path to map, offset) of shared tensors
 
-    def note_torch_shared(self, data: Any) -> None:
-        """A CPU tensor in torch shared memory (``share_memory_()``): remember how another process on this
-        host can map the same memory, so the buffer travels by reference."""
-        storage = data.untyped_storage()
-        try:
-            fd, _size = storage._share_fd_cpu_()
-        except (RuntimeError, AttributeError):
-            return  # another sharing strategy: the buffer goes by value
-        self.shared[data.data_ptr()] = (f"/proc/{os.getpid()}/fd/{fd}", data.data_ptr() - storage.data_ptr())
-
     def reducer_override(self, obj: Any) -> Any:
         # getattr: torch may be half imported by another thread (a node preloads it); no tensor exists yet then
         tensor = getattr(sys.modules.get("torch"), "Tensor", None)
@@ -243,9 +281,17 @@ def dumps_for(obj: Any, same_host: bool, modules: set[str] | None = None
         return False
 
     f = io.BytesIO()
+    if not _FAST_TENSORS and "torch" in sys.modules:
+        _note_torch()
     if _plain(obj):
-        pickle.Pickler(f, PROTOCOL, buffer_callback=keep).dump(obj)
-        return f.getvalue(), buffers, {}
+        p = pickle.Pickler(f, PROTOCOL, buffer_callback=keep)
+        shared: dict[int, tuple[str, int]] = {}
+        if _FAST_TENSORS:  # CPU tensors among the values: reduced from C, through this table
+            def reduce(t: Any) -> Any:
+                return _reduce_strided(t, shared if same_host else None)
+            p.dispatch_table = {**_COPYREG, **dict.fromkeys(_FAST_TENSORS, reduce)}  # type: ignore[misc]
+        p.dump(obj)
+        return f.getvalue(), buffers, shared
     pickler = _Pickler(f, protocol=PROTOCOL, buffer_callback=keep, same_host=same_host, modules=modules)
     try:
         pickler.dump(obj)
