@@ -35,6 +35,9 @@ class Summer(disto.Actor):
     def count(self, t: torch.Tensor) -> float:
         return float(t.numel())  # receives the tensor without reading it: the cost of the transfer alone
 
+    def ping(self) -> int:
+        return 0  # an empty call to the same actor: the fixed cost every call pays
+
 
 def raw_floor(port: int, size: int, n: int) -> list[float]:
     out = subprocess.run([sys.executable, os.path.join(HERE, "_raw_bulk.py"), "client", str(port), str(size),
@@ -60,13 +63,20 @@ async def main(args: argparse.Namespace) -> dict:
                 shared.fill_(1.0)
                 dst = np.empty(size, dtype=np.uint8)
                 src = t.numpy().view(np.uint8)
-                times: dict[str, list[float]] = {k: [] for k in ("memcpy", "raw", "shm", "shared", "shared0", "tcp")}
+                times: dict[str, list[float]] = {k: [] for k in ("memcpy", "raw", "shm", "shared", "shared0", "tcp",
+                                                                 "empty", "sum")}
                 iters = 3 if size >= 256 * MB else 5
                 for _ in range(repeat):
                     for _ in range(iters):
                         t0 = time.perf_counter()
                         np.copyto(dst, src)
                         times["memcpy"].append(time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        float(t.sum())
+                        times["sum"].append(time.perf_counter() - t0)  # the actor's own compute, done here
+                        t0 = time.perf_counter()
+                        await s.ping()
+                        times["empty"].append(time.perf_counter() - t0)
                     times["raw"] += await asyncio.get_running_loop().run_in_executor(None, raw_floor, port, size,
                                                                                      iters)
                     for name, value, mode in (("shm", t, "auto"), ("shared", shared, "auto"),
@@ -94,6 +104,14 @@ async def main(args: argparse.Namespace) -> dict:
         print(f"{size // MB:>5}MB | " + " | ".join(cell(k) for k in ("memcpy", "raw", "shm", "shared", "shared0",
                                                                       "tcp"))
               + f" | {med['raw'] / med['tcp']:.2f}x")
+    print("\nagainst the ideal (an empty call + one memcpy + the actor's sum, measured in the same run):")
+    print(f"{'size':>7} | {'empty call':>10} | {'ideal':>9} | {'shm value':>9} | {'value/ideal':>11} | "
+          f"{'by ref':>9} | {'ref - empty':>11}")
+    for size, med in rows:
+        ideal = med["empty"] + med["memcpy"] + med["sum"]
+        print(f"{size // MB:>5}MB | {med['empty'] * 1e3:>8.3f}ms | {ideal * 1e3:>7.3f}ms | {med['shm'] * 1e3:>7.3f}ms | "
+              f"{med['shm'] / ideal:>10.2f}x | {med['shared0'] * 1e3:>7.3f}ms | "
+              f"{(med['shared0'] - med['empty']) * 1e6:>8.0f} µs")
     print(f"load average: {os.getloadavg()}")
     return {"rows": [{"size": s, **m} for s, m in rows]}
 

@@ -105,8 +105,12 @@ def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad:
     view = memoryview(buf)
     if view.readonly:  # only in-band bytes are read-only; tensors must be writable
         view = memoryview(bytearray(view))
-    t = torch.from_numpy(np.frombuffer(view, dtype=np.uint8))
-    t = t.view(dtype).reshape(shape)
+    if view.nbytes == 0:
+        t = torch.empty(shape, dtype=dtype)
+    else:  # one call over the received memory (the tensor keeps it alive); a reshape only if not 1-D
+        t = torch.frombuffer(view, dtype=dtype)
+        if len(shape) != 1:
+            t = t.reshape(shape)
     if device is not None:  # a CUDA tensor that crossed hosts: back onto a GPU here, if there is one
         t = _to_local_device(t, device)
     if param:
