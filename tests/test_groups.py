@@ -105,6 +105,8 @@ async def test_a_lost_node_gives_back_what_it_held_and_restarts_are_placed_by_th
             return new if new.node_address != ref.node_address else None
 
         new = await eventually(moved, timeout=15, what="the supervised actor to be placed again")
+        # and the restart is complete (the seed has its answer): only then is the new actor supervised
+        await eventually(lambda: _restarted(cluster), timeout=15, what="the restart to be done")
         assert new.node_address == c.address  # the only other node with ps=1, not node 0
         assert await new.add(1) == 1
         report = {r["address"]: r for r in await cluster.resources()}
@@ -117,7 +119,11 @@ async def test_a_lost_node_gives_back_what_it_held_and_restarts_are_placed_by_th
             return [ev for ev in await cluster.node.registry.timeline() if ev["kind"] == "restart_failed"]
 
         [event] = await eventually(failed, timeout=15, what="the restart to fail for want of room")
-        assert "no node has 'ps'" in event["detail"], event
+        assert "no node has 'ps'" in event["detail"], await cluster.node.registry.timeline()
+
+
+async def _restarted(cluster: disto.Cluster) -> bool:
+    return any("node" in r for r in await cluster.node.registry.restart_log())
 
 
 @pytest.mark.loops("uvloop")
