@@ -7,7 +7,9 @@ repeated ``--repeat`` times, interleaved (floor, disto, floor, disto, ...), and 
 The target's ``ping`` is a plain sync method, so it runs on its actor's thread (the default: a method may block
 without stalling the node); rows marked "@on_loop" and "async" run the same method inline on the node's event
 loop and as an async method, which is what the thread costs. "stream" is an async generator method yielding
-small ints, taken with ``async for``.
+small ints, taken with ``async for``. "pinned" rows repeat W1 and W2 with every thread of the callee's node and
+of the echo server on core 0 and the caller on core 0 ("same core": what each side's software costs, no
+parallelism) or core 1 ("cross core": what a user sees on two cores), the floor pinned the same way.
 
     python bench/core.py                 # full run (about a minute)
     python bench/core.py --quick         # smoke test (CI)
@@ -92,9 +94,71 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def raw(*args: str) -> object:
-    out = subprocess.run([sys.executable, RAW, *args], capture_output=True, text=True, check=True)
+def raw(*args: str, core: int | None = None) -> object:
+    pin = ["taskset", "-c", str(core)] if core is not None else []
+    out = subprocess.run([*pin, sys.executable, RAW, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
+
+
+def pin(pid: int, cores: set[int]) -> dict[int, set[int]]:
+    """Pin every thread of ``pid`` to ``cores`` (threads it starts later inherit it); their old masks."""
+    old = {}
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        try:
+            old[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cores)
+        except OSError:
+            pass  # a thread that just ended
+    return old
+
+
+def unpin(old: dict[int, set[int]]) -> None:
+    for tid, cores in old.items():
+        try:
+            os.sched_setaffinity(tid, cores)
+        except OSError:
+            pass
+
+
+async def pinned_rows(cluster: disto.Cluster, server_pid: int, port: int, n1: int, n2: int, repeat: int,
+                      inflight: int) -> list[tuple[str, float, float]]:
+    """W1 and W2 with the callee on core 0 and the caller on core 0 (same core: what each side's software
+    costs) or core 1 (cross core: what a user sees on two cores), the raw echo pinned the same way, interleaved."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        return []
+    loop = asyncio.get_running_loop()
+    node_pid = cluster.nodes[0].pid
+    target = await cluster.nodes[0].spawn(Echo)
+    on_loop_target = await cluster.nodes[0].spawn(EchoOnLoop)
+    rows = []
+    for label, caller in (("same core", 0), ("cross core", 1)):
+        res: dict[str, list[float]] = {k: [] for k in ("raw_w1", "raw_w2", "w1", "w2", "w1_loop", "w2_loop")}
+        undo = pin(server_pid, {0}) | pin(node_pid, {0}) | pin(os.getpid(), {caller})
+        try:
+            for t in (target, on_loop_target):
+                await pipelined(t, 2_000, inflight)
+            for _ in range(repeat):
+                lat = await loop.run_in_executor(None, lambda: raw("w1", str(port), str(n1), core=caller))
+                res["raw_w1"].append(pct(lat, 0.5) / 1e3)
+                el = await loop.run_in_executor(None, lambda: raw("w2", str(port), str(n2), str(inflight),
+                                                                  core=caller))
+                res["raw_w2"].append(n2 / el)
+                for key, t in (("", target), ("_loop", on_loop_target)):
+                    lat = []
+                    for i in range(n1):
+                        t0 = time.perf_counter_ns()
+                        await t.ping(i)
+                        lat.append(time.perf_counter_ns() - t0)
+                    res["w1" + key].append(pct(lat, 0.5) / 1e3)
+                    res["w2" + key].append(n2 / await pipelined(t, n2, inflight))
+        finally:
+            unpin(undo)
+        m = {k: statistics.median(v) for k, v in res.items()}
+        rows += [(f"{label}: W1 p50 (µs), sync method", m["raw_w1"], m["w1"]),
+                 (f"{label}: W2 calls/s, sync method", m["raw_w2"], m["w2"]),
+                 (f"{label}: W1 p50 (µs), @on_loop", m["raw_w1"], m["w1_loop"]),
+                 (f"{label}: W2 calls/s, @on_loop", m["raw_w2"], m["w2_loop"])]
+    return rows
 
 
 async def run_raw_w3(port: int, n: int, inflight: int) -> float:
@@ -190,6 +254,7 @@ async def main(args: argparse.Namespace) -> dict:
                     async for _ in async_target.count(n2):
                         got += 1
                     res["stream"].append(got / (time.perf_counter() - t0))
+            pinned = await pinned_rows(cluster, server.pid, port, n1, n2, repeat, inflight)
     finally:
         server.kill()
         server.wait()
@@ -219,13 +284,19 @@ async def main(args: argparse.Namespace) -> dict:
     if med["w1_nometrics"] == med["w1_nometrics"]:
         print(f"metrics cost (on/off, same actor class and node): W1 {med['w1_p50'] / med['w1_nometrics']:.3f}x, "
               f"W2 {med['w2_nometrics'] / med['w2']:.3f}x (time per call)")
+    if pinned:
+        print("\npinned (taskset-like affinity on every thread): the callee and the echo server on core 0, the caller "
+              "on core 0 or 1")
+        for name, floor, ours in pinned:
+            print(f"{name:<40} {floor:>16,.1f} {ours:>12,.1f} {ours / floor:>9.2f}x")
     if med["group_call"] == med["group_call"]:
         print(f"group of 8 (spread over 3 nodes), p50 per call to all members: group.ping() "
               f"{med['group_call']:,.1f} µs, 8 calls gathered with collect {med['group_gather']:,.1f} µs "
               f"({med['group_call'] / med['group_gather']:.2f}x)")
     print(f"load average: {os.getloadavg()}")
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(), "cores": os.cpu_count(),
-            "repeat": repeat, "raw": res, "median": med}
+            "repeat": repeat, "raw": res, "median": med,
+            "pinned": [{"workload": n, "raw": f, "disto": o} for n, f, o in pinned]}
 
 
 if __name__ == "__main__":
