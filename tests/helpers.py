@@ -38,6 +38,15 @@ async def eventually(pred: Callable[[], Any], timeout: float = 5.0, what: str = 
         await asyncio.sleep(interval)
 
 
+async def named_elsewhere(cluster: disto.Cluster, name: str, old: disto.ActorRef) -> disto.ActorRef | None:
+    """The actor ``name`` resolves to, once that is no longer ``old``'s node (a supervised actor restarted)."""
+    try:
+        ref = await cluster.lookup(name)
+    except disto.ActorNotFoundError:
+        return None
+    return ref if ref.node_address != old.node_address else None
+
+
 class Counter(disto.Actor):
     def __init__(self, start: int = 0) -> None:
         self.n = start

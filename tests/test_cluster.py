@@ -12,7 +12,7 @@ import pytest
 
 import disto
 from actors import Concurrent, Worker
-from helpers import HERE, eventually
+from helpers import HERE, eventually, named_elsewhere
 from helpers import NODE_ENV as ENV
 
 
@@ -333,14 +333,8 @@ async def test_supervised_actor_is_restarted_elsewhere_and_keeps_its_name() -> N
         with pytest.raises(disto.NodeLostError):
             await first.add(1)  # in flight or sent after the crash: fails, never silently retried
 
-        async def resolved_elsewhere() -> disto.ActorRef | None:
-            try:
-                ref = await cluster.lookup("svc")
-            except disto.ActorNotFoundError:
-                return None
-            return ref if ref.node_address != first.node_address else None
-
-        second = await eventually(resolved_elsewhere, timeout=10, what="the restarted actor's name")
+        second = await eventually(lambda: named_elsewhere(cluster, "svc", first), timeout=10,
+                                  what="the restarted actor's name")
         assert await second.add(1) == 1  # constructor rerun: state starts afresh
         assert await second.pid() in (cluster.nodes[0].pid, cluster.nodes[2].pid)
 

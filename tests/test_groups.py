@@ -13,7 +13,7 @@ import pytest
 import disto
 from actors import Member, Worker
 from helpers import NODE_ENV as ENV
-from helpers import eventually
+from helpers import eventually, named_elsewhere
 
 
 async def free_of(cluster: disto.Cluster, name: str) -> dict[str, float]:
@@ -97,14 +97,8 @@ async def test_a_lost_node_gives_back_what_it_held_and_restarts_are_placed_by_th
 
         os.kill(b.pid, signal.SIGKILL)
 
-        async def moved() -> disto.ActorRef | None:
-            try:
-                new = await cluster.lookup("center")
-            except disto.ActorNotFoundError:
-                return None
-            return new if new.node_address != ref.node_address else None
-
-        new = await eventually(moved, timeout=15, what="the supervised actor to be placed again")
+        new = await eventually(lambda: named_elsewhere(cluster, "center", ref), timeout=15,
+                               what="the supervised actor to be placed again")
         # and the restart is complete (the seed has its answer): only then is the new actor supervised
         await eventually(lambda: _restarted(cluster), timeout=15, what="the restart to be done")
         assert new.node_address == c.address  # the only other node with ps=1, not node 0

@@ -11,15 +11,13 @@ from ..errors import PlacementError
 from ..futures import collect, collect_all
 from ..node import Node
 from ..node.modules import heavy_imports
-from ..placement import STRATEGIES, check_request
+from ..placement import check_request, check_strategy, check_timeout
 
 
 def check_placement(resources: object, strategy: object, timeout: object) -> dict[str, float]:
     """The request, checked here before any round trip: ValueError saying what is wrong."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-        raise ValueError(f"placement_timeout must be a number of seconds >= 0, got {timeout!r}")
+    check_strategy(strategy)
+    check_timeout(timeout)
     return check_request(resources if resources is not None else {})
 
 

@@ -8,8 +8,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..actor import ActorRef
 from ..errors import PlacementError
-from ..placement import Hold, Infeasible, Ledger, check_request, format_resources
-from ..placement.decide import STRATEGIES, describe_request
+from ..placement import Hold, Infeasible, Ledger, check_request, check_strategy, check_timeout
+from ..placement.decide import describe_request
 
 Grant = tuple[int, str, str]  # (hold id, node id, node address)
 
@@ -45,11 +45,8 @@ class Placements:
     # ------------------------------------------------------------------ reservations
     async def reserve(self, requests: Sequence[Mapping[str, float]], strategy: str, owner: str,
                       node_id: str | None, timeout: float | None, what: str) -> list[Grant]:
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or timeout < 0):
-            raise ValueError(f"placement_timeout must be a number of seconds >= 0, got {timeout!r}")
+        check_strategy(strategy)
+        check_timeout(timeout)
         clean = [check_request(r) for r in requests]
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -125,6 +122,3 @@ class Placements:
         if members is not None and rank is not None and 0 <= rank < len(members):
             members[rank] = ref
 
-
-def describe_free(report: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{r['address']} {format_resources(r['free'])} free" for r in report)

@@ -92,12 +92,23 @@ def describe_request(requests: Sequence[Mapping[str, float]]) -> str:
     return ", ".join(texts)
 
 
+def check_strategy(strategy: object) -> str:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
+    return strategy  # type: ignore[return-value]
+
+
+def check_timeout(timeout: object) -> float | None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"placement_timeout must be a number of seconds >= 0, got {timeout!r}")
+    return timeout  # type: ignore[return-value]
+
+
 def place(nodes: Sequence[NodeRoom], requests: Sequence[Mapping[str, float]],
           strategy: str = "spread") -> list[str] | Infeasible:
     """One node id per request (in request order), or :class:`Infeasible`. ``nodes`` in a stable order (ties
     go to the earlier one)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
+    check_strategy(strategy)
     if not requests:
         return []
     free = {n.address: dict(n.free) for n in nodes}

@@ -14,6 +14,7 @@ import io
 import os
 import pickle
 import sys
+import threading
 import types
 from collections import ChainMap
 from typing import Any
@@ -80,6 +81,8 @@ def _plain(obj: Any, depth: int = 0) -> bool:
 # torch.Tensor and torch.nn.Parameter, once torch is imported: CPU tensors among plain values take the C pickler
 # with a dispatch table (no Python hook per object, no cloudpickle); everything else takes the full pickler
 _FAST_TENSORS: frozenset[type] = frozenset()
+_FAST_TABLE: dict[type, Any] = {}  # the default reductions, and the tensors'
+_dump_state = threading.local()  # the dump under way on this thread: where shared buffers are noted (or None)
 
 
 def _note_torch() -> None:
@@ -90,6 +93,12 @@ def _note_torch() -> None:
     parameter = getattr(getattr(torch, "nn", None), "Parameter", None)
     if tensor is not None and parameter is not None:
         _FAST_TENSORS = frozenset({tensor, parameter})
+        _FAST_TABLE.update(_COPYREG)
+        _FAST_TABLE.update(dict.fromkeys(_FAST_TENSORS, _fast_reduce))
+
+
+def _fast_reduce(t: Any) -> Any:
+    return _reduce_strided(t, _dump_state.shared)
 
 
 def _strided(t: Any) -> bool:
@@ -290,10 +299,9 @@ def dumps_for(obj: Any, same_host: bool, modules: set[str] | None = None
     if _plain(obj):
         p = pickle.Pickler(f, PROTOCOL, buffer_callback=keep)
         shared: dict[int, tuple[str, int]] = {}
-        if _FAST_TENSORS:  # CPU tensors among the values: reduced from C, through this table
-            def reduce(t: Any) -> Any:
-                return _reduce_strided(t, shared if same_host else None)
-            p.dispatch_table = {**_COPYREG, **dict.fromkeys(_FAST_TENSORS, reduce)}  # type: ignore[misc]
+        if _FAST_TENSORS:  # CPU tensors among the values: reduced from C, through the table built once
+            p.dispatch_table = _FAST_TABLE  # type: ignore[misc]
+            _dump_state.shared = shared if same_host else None
         p.dump(obj)
         return f.getvalue(), buffers, shared
     pickler = _Pickler(f, protocol=PROTOCOL, buffer_callback=keep, same_host=same_host, modules=modules)
