@@ -8,7 +8,7 @@ import pytest
 
 import disto
 from disto.launch import rank_gpu_env
-from disto.placement import (Infeasible, Ledger, NodeRoom, check_request, detect_resources, format_resources,
+from disto.placement import (Infeasible, Ledger, NodeRoom, check_request, check_strategy, check_timeout, detect_resources, format_resources,
                              parse_resources, place, visible_gpus)
 from disto.placement import resources as resources_mod
 
@@ -145,6 +145,12 @@ def test_infeasible_says_whether_waiting_can_help() -> None:
 def test_an_unknown_strategy_is_refused() -> None:
     with pytest.raises(ValueError, match="'spread', 'pack'"):
         place([room("a", GPU2)], [{"gpu": 1}], "random")
+    with pytest.raises(ValueError, match="'spread', 'pack'"):
+        check_strategy("SPREAD")
+    for bad in (-1, True, "5"):
+        with pytest.raises(ValueError, match="placement_timeout"):
+            check_timeout(bad)
+    assert check_timeout(None) is None and check_timeout(0) == 0 and check_strategy("pack") == "pack"
 
 
 def test_ledger_holds_binds_and_releases() -> None:

@@ -149,6 +149,13 @@ class Keeper(disto.Actor):
     def scale(self, t: torch.Tensor, k: float) -> None:
         t.mul_(k)  # in place: visible to the sender only if the memory is shared
 
+    def kept_sum_of(self, x: torch.Tensor) -> float:  # runs on the actor's thread
+        return float(x.sum())
+
+    @disto.on_loop
+    def scale_copy(self, x: torch.Tensor) -> float:  # runs inline on the loop
+        return float((x * 2).sum())
+
     def echo(self, x: object) -> object:
         return x
 
@@ -166,6 +173,17 @@ async def test_value_semantics_and_block_reuse() -> None:
         await eventually(lambda: a.buffers.exporter.stats()["leased"] == 0)  # RELEASE came back
         assert await k.keep(x) == 2 * MB
         assert a.buffers.exporter.stats()["segments"] == 1  # the released segment was reused
+
+
+async def test_the_release_of_an_argument_arrives_with_the_reply() -> None:
+    async with nodes(2) as (a, b):
+        k = await spawn(a, b, Keeper)
+        x = torch.randn(512, 512)  # 1 MB: through a's shared memory
+        await k.scale_copy(x)  # an @on_loop method: its arguments are dropped on the loop, before the reply
+        # no waiting: the RELEASE came in the same write as the reply, and was handled before it
+        assert a.buffers.exporter.stats()["leased"] == 0
+        await k.kept_sum_of(x)  # on the actor's thread: the RELEASE may come with the reply or just after it
+        await eventually(lambda: a.buffers.exporter.stats()["leased"] == 0)
 
 
 async def test_replies_use_shared_memory_too() -> None:
