@@ -1,0 +1,181 @@
+"""Low-communication training: the outer optimizer, compression, the schedule and the quorum (no event loop),
+then short real runs on a local cluster (a tiny GPT on the stdlib's source), a killed worker, and resuming."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+import disto
+from disto.lowcomm import (Config, OuterOptimizer, RoundBook, Schedule, TextSampler, TinyGPT, GPTConfig, Trainer,
+                           async_diloco, decode, diloco, easgd, encode, lm_loss, local_sgd, stdlib_corpus)
+
+TINY = GPTConfig(context=16, dim=32, layers=1, heads=2)
+
+
+def test_outer_sgd_presets_are_local_sgd_easgd_and_nesterov() -> None:
+    theta, xs = torch.tensor([1.0, 2.0]), [torch.tensor([0.0, 0.0]), torch.tensor([2.0, 0.0])]
+    g = theta - torch.stack(xs).mean(0)          # pseudo-gradient (1 - 1, 2 - 0)
+    st = local_sgd().state(theta)
+    local_sgd().step_(st, g)
+    assert torch.equal(st.params, torch.stack(xs).mean(0))   # model averaging
+    opt = easgd(workers=2, beta=0.9)
+    st = opt.state(theta)
+    opt.step_(st, g)
+    assert torch.allclose(st.params, theta - 0.9 * g)        # c = (1 - beta) c + beta mean(x)
+    x = xs[0].clone()
+    opt.pull_(x, theta, st.params)
+    assert torch.allclose(x, xs[0] - 0.45 * (xs[0] - theta))  # pulled alpha to the old center
+    opt = diloco(lr=0.7, momentum=0.9)
+    st = opt.state(theta)
+    opt.step_(st, g)
+    assert torch.allclose(st.params, theta - 0.7 * (g + 0.9 * g))  # Nesterov: g + mu * buf, buf = g
+    opt.step_(st, g)
+    buf = 0.9 * g + g
+    assert torch.allclose(st.params, theta - 0.7 * 1.9 * g - 0.7 * (g + 0.9 * buf))
+    with pytest.raises(ValueError):
+        OuterOptimizer(lr=0)
+    with pytest.raises(ValueError):
+        OuterOptimizer(pull_to="middle")
+
+
+def test_delayed_nesterov_equals_one_nesterov_step_on_the_mean_every_n_arrivals() -> None:
+    n = 4
+    gs = [torch.randn(5, generator=torch.Generator().manual_seed(i)) for i in range(2 * n)]
+    a = async_diloco(workers=n)
+    s = diloco()
+    sa, ss = a.state(torch.zeros(5)), s.state(torch.zeros(5))
+    for k in range(2):
+        chunk = gs[k * n:(k + 1) * n]
+        for g in chunk:
+            a.arrive_(sa, g)
+        s.step_(ss, torch.stack(chunk).mean(0))
+        assert torch.allclose(sa.params, ss.params, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,tol", [("fp32", 0), ("fp16", 1e-3), ("bf16", 1e-2), ("int8", 1e-2)])
+def test_compression_round_trips_within_its_precision(kind: str, tol: float) -> None:
+    t = torch.randn(1000) * 3
+    p = encode(t, kind)
+    back = decode(p)
+    assert back.dtype == torch.float32 and back.shape == t.shape
+    assert float((back - t).abs().max()) <= tol * float(t.abs().max()) + 1e-12
+    expect = {"fp32": 4000, "fp16": 2000, "bf16": 2000, "int8": 1000 + 4 * 4}[kind]
+    assert p.nbytes == expect
+    assert torch.equal(decode(encode(torch.zeros(7), kind)), torch.zeros(7))
+    with pytest.raises(ValueError):
+        encode(t, "fp8")
+
+
+def test_streaming_schedule_staggers_fragments_and_syncs_all_at_the_end() -> None:
+    s = Schedule(inner_steps=8, fragments=4, total=20)
+    due = {t: s.due(t) for t in range(1, 21) if s.due(t)}
+    assert due == {2: [3], 4: [2], 6: [1], 8: [0], 10: [3], 12: [2], 14: [1], 16: [0], 18: [3], 20: [0, 1, 2, 3]}
+    assert [s.round_at(t, 3) for t in (2, 10, 18, 20)] == [1, 2, 3, 4] and s.rounds(3) == 4
+    assert s.round_at(16, 0) == 2 and s.round_at(20, 0) == 3 and s.step_of(0, 3) == 20
+    assert Schedule(10, 1, 30).due(10) == [0] and Schedule(10, 1, 30).due(5) == []
+    with pytest.raises(ValueError):
+        Schedule(inner_steps=2, fragments=4, total=10)
+
+
+def test_quorum_closes_when_all_came_or_at_the_deadline_with_whoever_came() -> None:
+    book = RoundBook([0, 1, 2], deadline=5.0)
+    assert book.arrive(0, 1, "a", now=0.0) == "open" and not book.ready(1.0)
+    book.arrive(1, 1, "b", now=1.0)
+    assert not book.ready(4.9) and book.ready(5.0)           # worker 2 is frozen: the deadline closes it
+    number, values, missing = book.close()
+    assert number == 1 and values == {0: "a", 1: "b"} and missing == {2}
+    assert book.arrive(2, 1, "late", now=6.0) == "late"       # round 1 is over
+    for w in (0, 1, 2):
+        book.arrive(w, 2, w, now=7.0)
+    assert book.ready(7.0)                                    # everyone came: no waiting
+    book.close()
+    book.arrive(0, 3, 0, now=8.0)
+    book.leave(1)
+    book.leave(2)
+    assert book.ready(8.0)                                    # the lost ones are not waited for
+    book.close()
+    book.join(5, 5)                                           # a new worker, expected from round 5
+    book.arrive(0, 4, 0, now=9.0)
+    assert book.ready(9.0) and book.expected(5) == {0, 5}
+    q = RoundBook([0, 1], deadline=1.0, min_workers=2)
+    q.arrive(0, 1, 0, now=0.0)
+    assert not q.ready(10.0)                                  # past the deadline but short of the quorum
+    with pytest.raises(ValueError):
+        RoundBook([0], deadline=0)
+
+
+def test_config_defaults_and_checks() -> None:
+    s = Config(algorithm="streaming_diloco", inner_steps=50)
+    assert (s.fragments, s.overlap, s.compression) == (4, 5, "fp16")
+    assert Config().outer() == diloco() and Config(algorithm="local_sgd").outer() == local_sgd()
+    for bad in ({"algorithm": "adam"}, {"fragments": 2}, {"workers": 0}, {"compression": "fp8"},
+                {"algorithm": "streaming_diloco", "inner_steps": 8, "overlap": 2}, {"min_workers": 9},
+                {"outer_momentum": 1.0}):
+        with pytest.raises(ValueError):
+            Config(**bad)
+
+
+def test_the_corpus_is_the_stdlib_split_by_file_and_the_model_learns_it() -> None:
+    d = stdlib_corpus()
+    assert d["files"][0] > 100 and d["files"][1] > 10 and len(d["train"]) > 10 * len(d["val"]) / 2
+    assert b"def " in bytes(d["train"][:200_000])
+    s = TextSampler(d["train"], 16)
+    x, y = s(torch.Generator().manual_seed(0), 4)
+    assert x.shape == y.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
+    m = TinyGPT(TINY)
+    with pytest.raises(ValueError):
+        m(torch.zeros(1, 17, dtype=torch.long))
+
+
+def tiny_model() -> torch.nn.Module:
+    return TinyGPT(TINY)
+
+
+def tiny_data(rank: int) -> TextSampler:
+    return TextSampler(stdlib_corpus()["train"], TINY.context)
+
+
+VAL = TextSampler(stdlib_corpus()["val"], TINY.context).fixed(2, 32)
+
+
+def tiny_eval(m: torch.nn.Module) -> float:
+    return sum(lm_loss(m(x), y).item() for x, y in VAL) / len(VAL)
+
+
+def run_cfg(**kw) -> Config:
+    base = dict(workers=2, inner_steps=8, rounds=3, batch_size=8, inner_lr=3e-3)
+    base.update(kw)
+    return Config(**base)
+
+
+@pytest.mark.parametrize("algorithm", ["diloco", "streaming_diloco", "async_diloco", "sync_easgd", "ddp"])
+async def test_short_runs_learn_and_count_their_bytes(algorithm: str) -> None:
+    cfg = run_cfg(algorithm=algorithm)
+    async with disto.LocalCluster(nodes=2) as cluster:
+        h = await Trainer(cluster, cfg, tiny_model, tiny_data, tiny_eval, loss_fn=lm_loss).run()
+    assert len(h.workers) == 2 and all(w["steps"] == cfg.total_steps for w in h.workers)
+    assert h.evals and h.final_loss < 5.4  # ln 256 = 5.55 at the start
+    n = sum(p.numel() for p in tiny_model().parameters())
+    per = {"ddp": 2 * 2 * (2 - 1) / 2 * n * 4 * cfg.total_steps}.get(algorithm)
+    if per is not None:
+        assert h.bytes_total == pytest.approx(2 * per, rel=1e-6)
+    elif algorithm == "streaming_diloco":
+        assert h.peak_exchange_bytes <= 2 * (n // 4 + 1) * 2      # a quarter of the model, fp16, both ways
+        assert sum(r["up"] + r["down"] for r in h.bytes_by_round()) == h.bytes_total
+    else:  # fp32, whole model, up and down, every round
+        assert h.bytes_total == 2 * cfg.rounds * 2 * n * 4
+        assert h.peak_exchange_bytes == 2 * n * 4
+    assert all(e["outcome"] == "ok" for e in h.exchanges)
+
+
+async def test_a_worker_error_stops_the_run_with_that_error() -> None:
+    def broken(rank: int):
+        def sample(gen, n):
+            raise KeyError("no such shard")
+        return sample
+    async with disto.LocalCluster(nodes=2) as cluster:
+        with pytest.raises(KeyError, match="no such shard"):
+            await Trainer(cluster, run_cfg(), tiny_model, broken, tiny_eval, loss_fn=lm_loss).run()
