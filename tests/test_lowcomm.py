@@ -2,8 +2,6 @@
 then short real runs on a local cluster (a tiny GPT on the stdlib's source), a killed worker, and resuming."""
 from __future__ import annotations
 
-import os
-import signal
 
 import pytest
 import torch
