@@ -177,3 +177,77 @@ async def test_a_worker_error_stops_the_run_with_that_error() -> None:
     async with disto.LocalCluster(nodes=2) as cluster:
         with pytest.raises(KeyError, match="no such shard"):
             await Trainer(cluster, run_cfg(), tiny_model, broken, tiny_eval, loss_fn=lm_loss).run()
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(120)
+async def test_a_killed_worker_is_respawned_from_the_outer_parameters_and_the_run_finishes() -> None:
+    import os
+    import signal
+
+    cfg = run_cfg(algorithm="diloco", inner_steps=8, rounds=8, deadline=20.0)
+    async with disto.LocalCluster(nodes=3) as cluster:
+        trainer = Trainer(cluster, cfg, tiny_model, tiny_data, tiny_eval, loss_fn=lm_loss)
+        evals: list[dict] = []
+
+        def kill_after_the_second_round(entry: dict) -> None:  # triggered by progress, not by a sleep
+            evals.append(entry)
+            if len(evals) == 2:
+                assert trainer.server is not None
+                victim = next(r for r, w in trainer.workers.items()
+                              if w.node_address != trainer.server.node_address)
+                where = trainer.workers[victim].node_address
+                evals.append({"victim": victim})
+                os.kill(next(h.pid for h in cluster.nodes if h.address == where), signal.SIGKILL)
+
+        h = await trainer.run(on_eval=kill_after_the_second_round)
+    victim = evals[2]["victim"]
+    assert [e["worker"] for e in h.events] == [victim] and h.events[0].get("respawned")
+    assert "NodeLostError" in h.events[0]["error"]
+    # every round of the run closed, the lost worker's without it (its place left by leave(), not a deadline)
+    assert [r["round"] for r in h.rounds] == list(range(1, cfg.rounds + 1))
+    assert any(victim in r["missing"] for r in h.rounds) or any(victim not in r["workers"] for r in h.rounds)
+    # the new incarnation joined at the current outer step and did the rest of the run
+    runs = sorted((w for w in h.workers if w["rank"] == victim), key=lambda w: w["start_step"])
+    assert runs[-1]["start_step"] > 0 and runs[-1]["start_step"] + runs[-1]["steps"] == cfg.total_steps
+    assert [e["version"] for e in h.evals] == sorted({e["version"] for e in h.evals})
+    assert h.evals[-1]["version"] == cfg.rounds and h.final_loss < h.evals[0]["loss"]
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(120)
+async def test_a_run_resumes_from_its_checkpoint_with_the_outer_momentum(tmp_path) -> None:
+    path = str(tmp_path / "outer.pt")
+    first = run_cfg(algorithm="diloco", rounds=3)
+    async with disto.LocalCluster(nodes=2) as cluster:
+        a = await Trainer(cluster, first, tiny_model, tiny_data, tiny_eval, loss_fn=lm_loss, checkpoint=path).run()
+        saved = torch.load(path, weights_only=False)
+        assert saved["algorithm"] == "diloco" and saved["server"]["rounds"] == [3]
+        assert float(saved["server"]["states"][0]["buf"].abs().sum()) > 0  # there is momentum to keep
+        longer = run_cfg(algorithm="diloco", rounds=5)
+        b = await Trainer(cluster, longer, tiny_model, tiny_data, tiny_eval, loss_fn=lm_loss, resume=path,
+                          checkpoint=path + ".2").run()
+        again = torch.load(path + ".2", weights_only=False)["server"]["states"][0]
+        with pytest.raises(disto.DistoError, match="checkpoint of 'diloco'"):
+            Trainer(cluster, run_cfg(algorithm="local_sgd"), tiny_model, tiny_data, tiny_eval, resume=path)
+    # the resumed run starts where the checkpoint ended: rounds 4 and 5 only, from step 3 * H
+    assert b.evals[:len(a.evals)] == a.evals and b.evals[-1]["version"] == 5
+    assert [r["round"] for r in b.rounds] == [4, 5]
+    assert again["steps"] == 5  # the outer state went on from its 3 steps (momentum kept), not from zero
+    assert all(w["start_step"] == 3 * longer.inner_steps and w["steps"] == 2 * longer.inner_steps
+               for w in b.workers)
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(120)
+async def test_the_quorum_deadline_closes_rounds_without_a_slow_worker() -> None:
+    # worker 1 sleeps 0.5 s after each inner step: its first exchange comes >= 2 s after its start, far past
+    # the 0.2 s deadline of a round that worker 0 opened after four quick steps
+    cfg = run_cfg(algorithm="diloco", inner_steps=4, rounds=3, deadline=0.2, step_delay={1: 0.5})
+    async with disto.LocalCluster(nodes=2) as cluster:
+        h = await Trainer(cluster, cfg, tiny_model, tiny_data, tiny_eval, loss_fn=lm_loss).run()
+    assert [r["round"] for r in h.rounds] == [1, 2, 3]
+    assert all(r["workers"] == [0] and r["missing"] == [1] for r in h.rounds)
+    assert {e["outcome"] for e in h.exchanges if e["worker"] == 1} == {"late"}      # resynced in full
+    assert {e["outcome"] for e in h.exchanges if e["worker"] == 0} == {"ok"}
+    assert all(w["steps"] == cfg.total_steps for w in h.workers)

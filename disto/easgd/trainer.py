@@ -12,13 +12,13 @@ from typing import Any, Callable
 
 import torch
 
-from disto import (ActorDeadError, ActorGroup, ActorRef, Cluster, DistoError, NodeLostError, PlacementError, collect,
+from disto import (ActorDeadError, ActorGroup, ActorRef, Cluster, DistoError, NodeLostError, collect,
                    collect_all)
 from .actors import CenterShard, Worker
 from .algorithms import EASGDConfig, accuracy, flatten_, shard_bounds
+from .respawn import respawn
 
 log = logging.getLogger("disto.easgd")
-RESPAWN_TRIES = 10
 
 
 @dataclass
@@ -77,22 +77,13 @@ class Trainer:
         self.runs: dict[int, asyncio.Future] = {}
 
     async def _respawn_worker(self, rank: int, start: torch.Tensor) -> None:
-        """A new worker ``rank`` from the center, placed by the same request as the group's (the lost node may
-        not have been dropped from the member list yet: then try again)."""
+        """A new worker ``rank`` from the center, placed by the same request as the group's."""
         cfg = self.cfg
-        for attempt in range(RESPAWN_TRIES):
-            try:
-                ref = await self.cluster.spawn(Worker, rank, cfg, self.model_fn, self.data_fn, self.loss_fn,
-                                               self.shards, self.bounds, start, resources=cfg.worker_resources or {},
-                                               strategy=cfg.worker_strategy)
-            except (NodeLostError, ActorDeadError, PlacementError) as e:
-                last: Exception = e
-                await asyncio.sleep(0.1 * (attempt + 1))
-                continue
-            self.workers[rank] = ref
-            self.runs[rank] = ref.run()
-            return
-        raise DistoError(f"no node could take worker {rank} again: {last}")
+        ref = await respawn(self.cluster, Worker, rank, cfg, self.model_fn, self.data_fn, self.loss_fn,
+                            self.shards, self.bounds, start, rank=rank, resources=cfg.worker_resources,
+                            strategy=cfg.worker_strategy)
+        self.workers[rank] = ref
+        self.runs[rank] = ref.run()
 
     async def center(self) -> torch.Tensor:
         try:

@@ -14,15 +14,15 @@ from typing import Any, Callable
 
 import torch
 
-from disto import (ActorDeadError, ActorGroup, ActorRef, Cluster, DistoError, NodeLostError, PlacementError,
+from disto import (ActorDeadError, ActorGroup, ActorRef, Cluster, DistoError, NodeLostError,
                    collect_all)
 from disto.easgd.algorithms import flatten_
+from disto.easgd.respawn import respawn
 from .config import Config
 from .server import OuterServer
 from .worker import InnerWorker
 
 log = logging.getLogger("disto.lowcomm")
-RESPAWN_TRIES = 10
 
 
 @dataclass
@@ -229,17 +229,8 @@ class Trainer:
     async def _respawn(self, rank: int) -> None:
         cfg = self.cfg
         self.incarnations[rank] = self.incarnations.get(rank, 0) + 1
-        last: Exception | None = None
-        for attempt in range(RESPAWN_TRIES):
-            try:
-                ref = await self.cluster.spawn(InnerWorker, rank, cfg, self.model_fn, self.data_fn, self.loss_fn,
-                                               self.server, self.incarnations[rank],
-                                               resources=cfg.worker_resources or {}, strategy=cfg.worker_strategy)
-            except (NodeLostError, ActorDeadError, PlacementError) as e:
-                last = e
-                await asyncio.sleep(0.1 * (attempt + 1))
-                continue
-            self.workers[rank] = ref
-            self.runs[rank] = ref.run()
-            return
-        raise DistoError(f"no node could take worker {rank} again: {last}")
+        ref = await respawn(self.cluster, InnerWorker, rank, cfg, self.model_fn, self.data_fn, self.loss_fn,
+                            self.server, self.incarnations[rank], rank=rank, resources=cfg.worker_resources,
+                            strategy=cfg.worker_strategy)
+        self.workers[rank] = ref
+        self.runs[rank] = ref.run()
