@@ -61,6 +61,66 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+STEP_LOOP = """
+import sys, time, torch
+from disto.easgd import EASGDConfig, LocalLearner, mlp
+torch.set_num_threads(1)
+torch.manual_seed(0)
+x, y = torch.randn(60000, 40), torch.randint(0, 10, (60000,))
+learner = LocalLearner(mlp, x, y, torch.nn.functional.cross_entropy, EASGDConfig(algorithm="msgd", workers=1), 0)
+for _ in range(200):
+    learner.step()
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < float(sys.argv[1]):
+    learner.step()
+    n += 1
+print(n / (time.perf_counter() - t0))
+"""
+
+
+def step_rates(seconds: float, copies: int) -> list[float]:
+    """Steps/s of ``copies`` processes each stepping one worker's MLP (batch 32, one torch thread, no disto) at
+    the same time: what the machine gives p workers before any communication."""
+    import subprocess
+
+    procs = [subprocess.Popen([sys.executable, "-c", STEP_LOOP, str(seconds)], stdout=subprocess.PIPE, text=True)
+             for _ in range(copies)]
+    return [float(p.communicate()[0]) for p in procs]
+
+
+def where_time_goes(real: list, sweep: list, seconds: float) -> dict:
+    """EAMSGD p=2's wall-time ratio to MSGD, taken apart: the rounds it needs (virtual time, no communication)
+    over the step rate each of two workers gets on this machine (two bare processes against one)."""
+    solo = [step_rates(seconds, 1)[0] for _ in range(3)]
+    pair = [min(step_rates(seconds, 2)) for _ in range(3)]
+    r1 = med([s["rounds_to_90"] for s in sweep if s["workers"] == 1])
+    r2 = med([s["rounds_to_90"] for s in sweep if s["workers"] == 2])
+    t1 = med([r["t90"] for r in real if r["algorithm"] == "msgd"])
+    t2 = med([r["t90"] for r in real if r["algorithm"] == "eamsgd"])
+    sp1 = med([r["samples_per_s"] for r in real if r["algorithm"] == "msgd"])
+    sp2 = med([r["samples_per_s"] for r in real if r["algorithm"] == "eamsgd"])
+    out = {"solo_steps_per_s": med(solo), "pair_steps_per_s": med(pair),
+           "machine_scaling": med(pair) / med(solo),
+           "rounds_ratio": r2 / r1 if r1 and r2 else None,
+           "disto_scaling": sp2 / 2 / sp1 if sp1 and sp2 else None,
+           "measured_ratio": t2 / t1 if t1 and t2 else None}
+    if out["rounds_ratio"]:
+        out["predicted_bare"] = out["rounds_ratio"] / out["machine_scaling"]
+        if out["disto_scaling"]:
+            out["predicted_disto"] = out["rounds_ratio"] / out["disto_scaling"]
+    print("\nwhere EAMSGD p=2's time goes (medians):")
+    print(f"  one bare worker process alone: {out['solo_steps_per_s']:,.0f} steps/s; each of two at once: "
+          f"{out['pair_steps_per_s']:,.0f} steps/s ({out['machine_scaling']:.2f}x: the machine's own scaling)")
+    if out["disto_scaling"]:
+        print(f"  in the real runs each EAMSGD worker did {out['disto_scaling']:.2f}x the samples/s of MSGD's one")
+    if out.get("predicted_bare"):
+        print(f"  virtual time: p=2 needs {out['rounds_ratio']:.2f}x the rounds of p=1; so the best ratio this "
+              f"machine allows is {out['rounds_ratio']:.2f} / {out['machine_scaling']:.2f} = "
+              f"{out['predicted_bare']:.2f}x, and with the workers' measured rate "
+              f"{out.get('predicted_disto') or float('nan'):.2f}x; measured {fmt(out['measured_ratio'], '.2f')}x")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -114,7 +174,8 @@ def main() -> None:
     for p in ps:
         rp = med([s["rounds_to_90"] for s in sweep if s["workers"] == p])
         print(f"  p={p:>2}: {fmt(rp, '.0f'):>6} rounds  ({fmt(rp / r1 if rp and r1 else None, '.2f')}x of p=1)")
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "real": real, "virtual": sweep}
+    where = where_time_goes(real, sweep, 2.0 if args.quick else 10.0)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "real": real, "virtual": sweep, "where": where}
     with open(os.path.join(args.out, "easgd.json"), "w") as f:
         json.dump(result, f, indent=1)
     try:

@@ -4,8 +4,9 @@ if a check fails. Without CUDA it says so and exits 0.
 Checks: CUDA tensors of 1 MB / 64 MB / 1 GB both ways between two processes on one host over CUDA IPC (contents,
 and event ordering: the producer writes on a side stream and sends without synchronizing), time per call against
 the same tensors forced through host memory over TCP, memory returned to the producer after the consumer lets go,
-re-sharing a received CUDA tensor refused, a consumer killed with SIGKILL leaving the producer running, and
-placement on the real GPUs (one node per GPU, a group holding them all, one more refused).
+re-sharing a received CUDA tensor refused, a consumer killed with SIGKILL leaving the producer running,
+placement on the real GPUs (one node per GPU, a group holding them all, one more refused), and low-communication
+training on them (the LM example's DiLoCo steps on the GPU, the ddp baseline as a group over NCCL).
 """
 from __future__ import annotations
 
@@ -92,6 +93,27 @@ async def check_placement() -> None:
             check("not enough free now" in str(e), f"one more gpu=1 actor is refused: {str(e)[:80]}...")
         await group.stop()
         check(all(r["free"]["gpu"] == 1.0 for r in await cluster.resources()), "stopped: every GPU is free again")
+
+
+async def check_lowcomm() -> None:
+    """The LM example's inner steps on the GPU (DiLoCo, one worker per GPU), and the ddp baseline as a
+    data-parallel group over NCCL (one rank per GPU: NCCL refuses two ranks on one device)."""
+    from disto.lowcomm import Config, LMTask, Trainer, lm_loss
+
+    task = LMTask.sized("tiny")
+    n = torch.cuda.device_count()
+    async with disto.LocalCluster(gpus_per_node=1) as cluster:
+        for algorithm in ("diloco", "ddp"):
+            cfg = Config(algorithm=algorithm, workers=n, inner_steps=20, rounds=3, batch_size=32, inner_lr=3e-3,
+                         device="cuda", worker_resources={"gpu": 1})
+            t0 = time.perf_counter()
+            h = await Trainer(cluster, cfg, task.model, task.data, task.evaluate, loss_fn=lm_loss).run()
+            dt = time.perf_counter() - t0
+            steps = sum(w["steps"] for w in h.workers)
+            check(steps == n * cfg.total_steps and h.final_loss < 4.0,
+                  f"{algorithm} on {n} GPU worker(s){' over NCCL' if algorithm == 'ddp' else ''}: {steps} inner "
+                  f"steps, val loss {h.final_loss:.3f} (ln 256 = 5.55 at the start), {steps / dt:.0f} steps/s "
+                  f"with start-up")
 
 
 async def timed(fn, n: int) -> float:
@@ -183,6 +205,8 @@ async def main() -> int:
         check(bool(torch.isfinite(x @ x).all().item()), "the producer keeps computing after its consumer died")
     print("\nplacement on real GPUs")
     await check_placement()
+    print("\nlow-communication training on the GPUs")
+    await check_lowcomm()
     print("\ngpu_check:", "all checks passed" if not failures else f"{len(failures)} FAILED: {failures}")
     return 1 if failures else 0
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CUDA checks (CUDA IPC both ways, event ordering, memory release, SIGKILL of a consumer). Needs a GPU; without
+# CUDA checks (CUDA IPC both ways, event ordering, memory release, SIGKILL of a consumer, placement on the GPUs,
+# the LM example on the GPU and ddp over NCCL). Needs a GPU; without
 # one it says so and exits 0. Usage: bash scripts/gpu_check.sh   (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."

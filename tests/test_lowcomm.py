@@ -2,6 +2,7 @@
 then short real runs on a local cluster (a tiny GPT on the stdlib's source), a killed worker, and resuming."""
 from __future__ import annotations
 
+import json
 
 import pytest
 import torch
@@ -111,7 +112,7 @@ def test_config_defaults_and_checks() -> None:
     assert Config().outer() == diloco() and Config(algorithm="local_sgd").outer() == local_sgd()
     for bad in ({"algorithm": "adam"}, {"fragments": 2}, {"workers": 0}, {"compression": "fp8"},
                 {"algorithm": "streaming_diloco", "inner_steps": 8, "overlap": 2}, {"min_workers": 9},
-                {"outer_momentum": 1.0}):
+                {"outer_momentum": 1.0}, {"device": "tpu"}):
         with pytest.raises(ValueError):
             Config(**bad)
 
@@ -167,6 +168,9 @@ async def test_short_runs_learn_and_count_their_bytes(algorithm: str) -> None:
         assert h.bytes_total == 2 * cfg.rounds * 2 * n * 4
         assert h.peak_exchange_bytes == 2 * n * 4
     assert all(e["outcome"] == "ok" for e in h.exchanges)
+    progress = [e["progress"] for e in h.evals]
+    assert progress == sorted(progress) and progress[-1] == 1.0   # what the example's progress bar shows
+    json.dumps(h.to_dict())                                        # the example's history.json
 
 
 async def test_a_worker_error_stops_the_run_with_that_error() -> None:
@@ -251,3 +255,34 @@ async def test_the_quorum_deadline_closes_rounds_without_a_slow_worker() -> None
     assert {e["outcome"] for e in h.exchanges if e["worker"] == 1} == {"late"}      # resynced in full
     assert {e["outcome"] for e in h.exchanges if e["worker"] == 0} == {"ok"}
     assert all(w["steps"] == cfg.total_steps for w in h.workers)
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+async def test_cuda_workers_on_nodes_without_a_gpu_say_so() -> None:
+    async with disto.LocalCluster(nodes=1) as cluster:
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            await Trainer(cluster, run_cfg(workers=1, device="cuda"), tiny_model, tiny_data, tiny_eval,
+                          loss_fn=lm_loss).run()
+
+
+def test_the_lm_task_pickles_by_reference_and_scores_a_model(tmp_path) -> None:
+    import pickle
+
+    import cloudpickle
+
+    from disto.lowcomm import LMTask, plot_runs
+    task = LMTask(TINY, val_batches=2, val_batch=4)
+    blob = cloudpickle.dumps((task.model, task.data, task.evaluate))
+    assert len(blob) < 2000 and b"LMTask" in blob                 # a reference to the class, not its code
+    model_fn, data_fn, eval_fn = pickle.loads(blob)
+    loss = eval_fn(model_fn())
+    assert 5.0 < loss < 6.0                                      # an untrained byte model: about ln 256
+    assert data_fn(0).context == TINY.context
+    with pytest.raises(ValueError, match="size is one of"):
+        LMTask.sized("huge")
+    from disto.lowcomm import History
+    run = History(config={}, evals=[{"time": 1.0, "bytes": 10, "loss": 3.0}, {"time": 2.0, "bytes": 20, "loss": 2.5}],
+                  events=[{"time": 1.5, "worker": 1}])
+    plot_runs({"a": run, "empty": History(config={})}, str(tmp_path / "p.png"), "title")
+    assert (tmp_path / "p.png").stat().st_size > 1000

@@ -11,7 +11,8 @@ See docs/lowcomm.md. The asynchronous EA-SGD parameter server of 2016 stays in `
 """
 from .codec import KINDS, Packed, decode, encode
 from .config import ALGORITHMS, Config
-from .lm import GPTConfig, TextSampler, TinyGPT, lm_loss, stdlib_corpus
+from .lm import SIZES, GPTConfig, LMTask, TextSampler, TinyGPT, lm_loss, stdlib_corpus
+from .plot import plot_runs
 from .outer import OuterOptimizer, OuterState, async_diloco, diloco, easgd, local_sgd
 from .rounds import RoundBook, Schedule
 from .server import OuterServer
@@ -20,4 +21,4 @@ from .worker import InnerWorker, inner_lr
 
 __all__ = ["ALGORITHMS", "Config", "Trainer", "History", "OuterOptimizer", "OuterState", "OuterServer",
            "InnerWorker", "RoundBook", "Schedule", "Packed", "encode", "decode", "KINDS", "diloco", "async_diloco",
-           "easgd", "local_sgd", "inner_lr", "GPTConfig", "TinyGPT", "TextSampler", "lm_loss", "stdlib_corpus"]
+           "easgd", "local_sgd", "inner_lr", "GPTConfig", "TinyGPT", "LMTask", "SIZES", "plot_runs", "TextSampler", "lm_loss", "stdlib_corpus"]

@@ -25,6 +25,8 @@ class Config:
       "sync_easgd"       synchronous EASGD as an outer step: lr beta (0.9), no momentum, workers pulled beta/p of
                          the way to the old center;
       "ddp"              the baseline: gradients all-reduced every step (torch.distributed, gloo), one AdamW.
+    ``device``: "cuda" trains each worker on its node's first visible GPU (place one worker per GPU with
+    ``worker_resources={"gpu": 1}``; ddp then all-reduces with NCCL); exchanges go through host memory.
     ``rounds`` R: the run is R * H inner steps per worker. ``deadline``: seconds after a round's first
     contribution when it closes with the workers that made it (at least ``min_workers``)."""
 
@@ -49,6 +51,7 @@ class Config:
     min_workers: int = 1
     seed: int = 0
     step_delay: dict[int, float] = field(default_factory=dict)  # rank -> seconds after each step (slow workers)
+    device: str = "cpu"                   # where each worker trains: "cpu", "cuda" (its node's first visible GPU)
     worker_resources: dict[str, float] | None = None
     worker_strategy: str = "spread"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +81,8 @@ class Config:
             raise ValueError("inner_lr and deadline must be > 0")
         if self.min_workers > self.workers:
             raise ValueError(f"min_workers ({self.min_workers}) cannot exceed workers ({self.workers})")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device is 'cpu' or 'cuda' (or 'cuda:N'), not {self.device!r}")
         if self.worker_strategy not in ("spread", "pack"):
             raise ValueError(f"worker_strategy is 'spread' or 'pack', not {self.worker_strategy!r}")
         Schedule(self.inner_steps, self.fragments, self.total_steps)  # checks fragments against H

@@ -147,3 +147,49 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+SIZES = {  # presets: (name -> GPTConfig); "base" is the few-million-parameter model of the example
+    "tiny": GPTConfig(context=64, dim=128, layers=2, heads=4),     # 0.44M parameters, ~80 ms a step of 16 on a core
+    "small": GPTConfig(context=128, dim=192, layers=4, heads=4),   # 1.9M
+    "base": GPTConfig(),                                           # 3.3M
+}
+_VAL_CACHE: dict[tuple[int, int, int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+@dataclass(frozen=True)
+class LMTask:
+    """The language-model task of the example and the benchmark, as the three functions a Trainer takes:
+    ``model`` builds a TinyGPT, ``data(rank)`` samples windows of the training files (on each worker's node),
+    ``evaluate(model)`` is the mean loss over ``val_batches`` fixed batches of the validation files. Pickles by
+    reference (it lives in this module), so the nodes need nothing but disto."""
+
+    gpt: GPTConfig = GPTConfig()
+    val_batches: int = 8
+    val_batch: int = 32
+    seed: int = 1234
+
+    @classmethod
+    def sized(cls, size: str, **kw: int) -> "LMTask":
+        if size not in SIZES:
+            raise ValueError(f"size is one of {sorted(SIZES)}, not {size!r}")
+        return cls(SIZES[size], **kw)
+
+    def model(self) -> TinyGPT:
+        return TinyGPT(self.gpt)
+
+    def data(self, rank: int) -> TextSampler:
+        return TextSampler(stdlib_corpus()["train"], self.gpt.context)
+
+    def validation(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        key = (self.gpt.context, self.val_batches, self.val_batch, self.seed)
+        if key not in _VAL_CACHE:
+            _VAL_CACHE[key] = TextSampler(stdlib_corpus()["val"], self.gpt.context).fixed(
+                self.val_batches, self.val_batch, self.seed)
+        return _VAL_CACHE[key]
+
+    def evaluate(self, model: nn.Module) -> float:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            losses = [lm_loss(model(x.to(device)), y.to(device)).item() for x, y in self.validation()]
+        return sum(losses) / len(losses)

@@ -73,12 +73,16 @@ class History:
             r["by_worker"][e["worker"]] = w + e["up"] + e["down"]
         return [rows[k] for k in sorted(rows)]
 
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, plus the bytes by round and a summary (JSON-ready)."""
+        return {**asdict(self), "bytes_by_round": self.bytes_by_round(), "bytes_by_worker": self.bytes_by_worker(),
+                "summary": {"final_loss": self.final_loss, "best_loss": self.best_loss,
+                            "bytes_total": self.bytes_total, "peak_exchange_bytes": self.peak_exchange_bytes,
+                            "seconds": self.seconds}}
+
     def save(self, path: str) -> None:
         with open(path, "w") as f:
-            json.dump({**asdict(self), "bytes_by_round": self.bytes_by_round(),
-                       "summary": {"final_loss": self.final_loss, "bytes_total": self.bytes_total,
-                                   "peak_exchange_bytes": self.peak_exchange_bytes, "seconds": self.seconds}},
-                      f, indent=1)
+            json.dump(self.to_dict(), f, indent=1)
 
 
 class Trainer:
@@ -160,8 +164,9 @@ class Trainer:
                 if not self.runs:
                     break
         finally:
-            for w in self.workers.values():
-                w.stop.tell()
+            for rank, w in self.workers.items():
+                if rank in self.runs and not self.runs[rank].done():  # a finished one may be stopped already
+                    w.stop.tell()
             await self.server.stop_rounds()
             results = await collect_all(self.runs.values())
             self._results.extend(r for r in results if isinstance(r, dict))
@@ -187,12 +192,23 @@ class Trainer:
         else:
             moved = info["up"] + info["down"]
         entry = {"time": round(time.perf_counter() - t0, 3), "version": info["version"], "rounds": info["rounds"],
-                 "loss": self.evaluate(info["params"]), "bytes": moved}
+                 "progress": round(self._progress(info), 4), "loss": self.evaluate(info["params"]), "bytes": moved}
         history.evals.append(entry)
         if self.checkpoint:
             self._save(await self.server.state_dict(), history)
         if on_eval is not None:
             on_eval(entry)
+
+    def _progress(self, info: dict[str, Any]) -> float:
+        """The fraction of the run behind these outer parameters: inner steps (ddp), rounds closed (the
+        slowest fragment's), or arrivals (asynchronous: workers x rounds in all)."""
+        cfg = self.cfg
+        if cfg.algorithm == "ddp":
+            return info["published"].get("step", 0) / cfg.total_steps
+        if cfg.asynchronous:
+            return min(1.0, info["version"] / (cfg.workers * cfg.rounds))
+        sched = cfg.schedule
+        return min(closed / sched.rounds(p) for p, closed in enumerate(info["rounds"]))
 
     def _save(self, state: dict[str, Any], history: History) -> None:
         tmp = f"{self.checkpoint}.tmp"

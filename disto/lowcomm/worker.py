@@ -60,8 +60,12 @@ class InnerWorker(Actor):
         self.sample = sampler(data_fn(rank))
         self.loss_fn = loss_fn
         self.server = server
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"Config.device is {cfg.device!r} but worker {rank}'s node sees no CUDA device "
+                             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
         torch.manual_seed(cfg.seed)  # the same initial weights everywhere
-        self.model = model_fn()
+        self.model = model_fn().to(self.device)
         self.flat = flatten_(self.model)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.weight_decay,
                                      betas=(0.9, 0.95))
@@ -94,6 +98,8 @@ class InnerWorker(Actor):
         for group in self.opt.param_groups:
             group["lr"] = inner_lr(self.cfg, t)
         x, y = self.sample(self.gen, self.cfg.batch_size)
+        if self.device.type != "cpu":
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=False)
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
@@ -121,7 +127,7 @@ class InnerWorker(Actor):
         joined = await self.server.join(self.rank)
         bounds = joined["bounds"]
         self.flat.copy_(joined["params"])
-        views = [joined["params"][a:b].clone() for a, b in bounds]
+        views = [self.flat[a:b].clone() for a, b in bounds]  # what the server believes we hold, on our device
         t = self.start_step = joined["step"]
         pending: list[tuple[int, int, asyncio.Future]] = []   # (apply at step, fragment, reply)
         delay = cfg.step_delay.get(self.rank, 0.0)
@@ -131,7 +137,7 @@ class InnerWorker(Actor):
             t += 1
             for p in sched.due(t):
                 a, b = bounds[p]
-                delta = encode(views[p] - self.flat[a:b], cfg.compression or "fp32")
+                delta = encode((views[p] - self.flat[a:b]).cpu(), cfg.compression or "fp32")
                 self.up += delta.nbytes
                 fut = self.server.exchange(self.rank, p, sched.round_at(t, p), delta)
                 pending.append((t + (cfg.overlap or 0) if t < sched.total else t, p, fut, delta.nbytes))
@@ -156,12 +162,12 @@ class InnerWorker(Actor):
         x, old = self.flat[a:b], views[p]
         self.exchanges += 1
         if reply["kind"] == "full":
-            new = reply["params"]
+            new = reply["params"].to(self.device)
             down = new.numel() * 4
             self.resyncs += 1
             x.copy_(new)  # late or rejoining: the local progress did not count; start from theta
         else:
-            diff = decode(reply["packed"])
+            diff = decode(reply["packed"]).to(self.device)
             down = reply["packed"].nbytes
             new = old + diff
             if self.cfg.overlap:  # the replica moved on meanwhile: merge (Streaming DiLoCo)
@@ -181,11 +187,11 @@ class InnerWorker(Actor):
         cfg = self.cfg
         if not dist.is_initialized():
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-            dist.init_process_group("gloo", init_method=cfg.extra["dist_init"], rank=self.rank,
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=cfg.extra["dist_init"], rank=self.rank,
                                     world_size=cfg.workers, timeout=timedelta(seconds=60))
         params = list(self.model.parameters())
         n = self.flat.numel()
-        grad = torch.zeros(n + 1)
+        grad = torch.zeros(n + 1, device=self.device)
         volume = int(2 * (cfg.workers - 1) / cfg.workers * n * 4)
 
         def reduce() -> bool:
@@ -210,6 +216,6 @@ class InnerWorker(Actor):
             if self._step(t, reduce):  # all stop after the same step: the flag rides in the all-reduce
                 break
             if self.rank == 0 and ((t + 1) % cfg.inner_steps == 0 or t + 1 == cfg.total_steps):
-                await self.server.publish(self.flat.clone(), t + 1)
+                await self.server.publish(self.flat.detach().to("cpu", copy=True), t + 1)
             await asyncio.sleep(delay)
         return self.stats()

@@ -1,0 +1,169 @@
+"""Low-communication training benchmark: DiLoCo and Streaming DiLoCo against all-reduce data parallelism on a
+small GPT (the standard library's source as text), seeds interleaved; then a run with a worker killed mid-run.
+
+Every run: the same initial weights, the same inner AdamW schedule and the same samples per worker (R rounds x H
+inner steps x batch), validation loss of the outer parameters after every round. ddp all-reduces gradients every
+step (gloo), so its per-step batch is workers x batch. Bytes are what each worker sent and received for training
+(ddp: a ring all-reduce's 2 (p - 1) / p of the gradient each way per step).
+
+    python bench/lowcomm.py                        # 4 workers, H 50, 10 rounds, 3 seeds (about 15 minutes here)
+    python bench/lowcomm.py --quick                # smoke test (CI)
+
+Prints a table and the bars, writes bench/results/lowcomm.json and bench/results/lowcomm.png.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+
+import disto
+from disto.lowcomm import Config, History, LMTask, Trainer, lm_loss, plot_runs
+from disto.lowcomm.lm import parameters
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def config(args: argparse.Namespace, algorithm: str, seed: int) -> Config:
+    outer = {} if algorithm == "ddp" else {"outer_lr": args.outer_lr, "outer_momentum": args.outer_momentum}
+    lr = args.lr if algorithm == "ddp" or args.inner_lr is None else args.inner_lr
+    return Config(algorithm=algorithm, workers=args.workers, inner_steps=args.inner_steps, rounds=args.rounds,
+                  batch_size=args.batch_size, inner_lr=lr, warmup_steps=args.warmup, seed=seed, **outer)
+
+
+def summary(h: History) -> dict:
+    return {"final_loss": h.final_loss, "best_loss": h.best_loss, "bytes": h.bytes_total,
+            "peak_exchange_bytes": h.peak_exchange_bytes, "seconds": round(h.seconds, 2),
+            "blocked_s": round(max((w["blocked_s"] for w in h.workers), default=0.0), 2), "events": h.events}
+
+
+async def kill_run(args: argparse.Namespace, task: LMTask) -> tuple[History, dict]:
+    """DiLoCo with one worker's node killed (SIGKILL) once 40% of the rounds have closed: the run must finish,
+    the lost worker respawned from the outer parameters on a spare node."""
+    cfg = config(args, "diloco", args.seeds[0])
+    info: dict = {}
+    async with disto.LocalCluster(nodes=args.workers + 1) as cluster:
+        trainer = Trainer(cluster, cfg, task.model, task.data, task.evaluate, loss_fn=lm_loss)
+
+        def on_eval(e: dict) -> None:
+            if "killed" not in info and e["progress"] >= 0.4:
+                assert trainer.server is not None
+                rank, ref = next((r, w) for r, w in trainer.workers.items()
+                                 if w.node_address != trainer.server.node_address)
+                pid = next(h.pid for h in cluster.nodes if h.address == ref.node_address)
+                os.kill(pid, signal.SIGKILL)
+                info.update(killed=rank, at=e["time"], loss_before=e["loss"])
+        h = await asyncio.wait_for(trainer.run(on_eval=on_eval), timeout=args.kill_timeout)
+    after = [e for e in h.evals if e["time"] > info.get("at", 0)]
+    info.update(finished=bool(h.evals) and h.evals[-1]["progress"] >= 1.0, events=h.events,
+                worst_after=max((e["loss"] for e in after), default=None), final=h.final_loss)
+    return h, info
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def span(xs: list[float], spec: str) -> str:
+    return f"{format(med(xs), spec)} [{format(min(xs), spec)}-{format(max(xs), spec)}]"
+
+
+async def main(args: argparse.Namespace) -> int:
+    task = LMTask.sized(args.size)
+    task.validation()
+    n = parameters(task.model())
+    print(f"TinyGPT {args.size} ({n / 1e6:.2f}M parameters), {args.workers} workers, H={args.inner_steps}, "
+          f"{args.rounds} rounds, batch {args.batch_size}/worker, seeds {args.seeds}; load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    runs: dict[str, list[dict]] = {a: [] for a in args.algorithms}
+    curves: dict[str, History] = {}
+    async with disto.LocalCluster(nodes=args.workers) as cluster:
+        for seed in args.seeds:             # interleaved: A B C A B C ...
+            for algorithm in args.algorithms:
+                t0 = time.perf_counter()
+                h = await Trainer(cluster, config(args, algorithm, seed), task.model, task.data, task.evaluate,
+                                  loss_fn=lm_loss).run()
+                row = {"seed": seed, **summary(h)}
+                runs[algorithm].append(row)
+                if seed == args.seeds[0]:
+                    curves[algorithm] = h
+                print(f"  seed {seed} {algorithm:>17}: loss {h.final_loss:.4f}, {h.bytes_total / 1e6:10.2f} MB, "
+                      f"peak {h.peak_exchange_bytes / 1e6:.3f} MB, {time.perf_counter() - t0:6.1f} s", flush=True)
+    kill = None
+    if args.kill:
+        h, kill = await kill_run(args, task)
+        curves["diloco, a worker killed"] = h
+        print(f"  kill: worker {kill.get('killed')} at {kill.get('at')} s (loss {kill.get('loss_before', 0):.4f}); "
+              f"finished {kill['finished']}, worst after {kill['worst_after']}, final {kill['final']:.4f}; "
+              f"events {[(e['worker'], e.get('respawned')) for e in kill['events']]}", flush=True)
+
+    base = {r["seed"]: r for r in runs.get("ddp", [])}
+    print(f"\n{'algorithm':>17} | {'final val loss, median [range]':>30} | {'vs ddp':>7} | {'MB, all workers':>15} | "
+          f"{'ddp/x bytes':>11} | {'peak MB/exchange':>16} | {'wall s':>17}")
+    rows = {}
+    for a, rs in runs.items():
+        loss = [r["final_loss"] for r in rs]
+        vs = [r["final_loss"] / base[r["seed"]]["final_loss"] - 1 for r in rs if r["seed"] in base]
+        ratio = [base[r["seed"]]["bytes"] / r["bytes"] for r in rs if r["seed"] in base]
+        rows[a] = {"loss": med(loss), "vs_ddp": med(vs) if vs else None, "bytes": med([r["bytes"] for r in rs]),
+                   "bytes_ratio": med(ratio) if ratio else None, "seconds": med([r["seconds"] for r in rs]),
+                   "peak": med([r["peak_exchange_bytes"] for r in rs])}
+        print(f"{a:>17} | {span(loss, '.4f'):>30} | {(f'{100 * med(vs):+.2f}%' if vs else '-'):>7} | "
+              f"{med([r['bytes'] for r in rs]) / 1e6:15.2f} | {(f'{med(ratio):.0f}x' if ratio else '-'):>11} | "
+              f"{rows[a]['peak'] / 1e6:16.3f} | {span([r['seconds'] for r in rs], '.1f'):>17}")
+    bars = []
+    if "diloco" in rows and "ddp" in rows:
+        d = rows["diloco"]
+        bars.append(("DiLoCo loss within 2% of ddp", d["vs_ddp"] <= 0.02, f"{100 * d['vs_ddp']:+.2f}%"))
+        bars.append(("DiLoCo sends >= 50x fewer bytes", d["bytes_ratio"] >= 50, f"{d['bytes_ratio']:.0f}x"))
+    if "streaming_diloco" in rows and "diloco" in rows:
+        s = rows["streaming_diloco"]
+        if s["vs_ddp"] is not None:
+            bars.append(("Streaming DiLoCo loss within 2% of ddp", s["vs_ddp"] <= 0.02, f"{100 * s['vs_ddp']:+.2f}%"))
+        r = rows["diloco"]["peak"] / s["peak"]
+        bars.append(("Streaming peak bytes/exchange >= 4x lower than DiLoCo", r >= 4, f"{r:.1f}x"))
+    if kill is not None:
+        ok = kill["finished"] and any(e.get("respawned") for e in kill["events"])
+        bars.append(("a killed worker: the run finishes, the worker respawned", ok,
+                     f"final loss {kill['final']:.4f}"))
+    print()
+    for what, ok, value in bars:
+        print(f"  [{'met' if ok else 'NOT met'}] {what}: {value}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "lowcomm.json"), "w") as f:
+        json.dump({"args": vars(args), "parameters": n, "runs": runs, "table": rows, "kill": kill,
+                   "bars": [{"what": w, "met": ok, "value": v} for w, ok, v in bars],
+                   "curves": {a: h.to_dict() for a, h in curves.items()}}, f, indent=1, default=str)
+    plot_runs(curves, os.path.join(args.out, "lowcomm.png"),
+              f"TinyGPT {args.size} ({n / 1e6:.2f}M), {args.workers} workers, H={args.inner_steps}, seed {args.seeds[0]}")
+    print(f"\nwrote {args.out}/lowcomm.json and lowcomm.png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--inner-steps", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--inner-lr", type=float, default=None, help="the inner lr of the local algorithms (default: --lr)")
+    ap.add_argument("--outer-lr", type=float, default=None, help="default: each algorithm's own (DiLoCo 0.7)")
+    ap.add_argument("--outer-momentum", type=float, default=None, help="default: each algorithm's own (DiLoCo 0.9)")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--algorithms", type=lambda s: s.split(","), default=["ddp", "diloco", "streaming_diloco"])
+    ap.add_argument("--no-kill", dest="kill", action="store_false", help="skip the killed-worker run")
+    ap.add_argument("--kill-timeout", type=float, default=900)
+    ap.add_argument("--quick", action="store_true", help="2 workers, 5 rounds of 10 steps, one seed (CI smoke)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    a = ap.parse_args()
+    if a.quick:
+        a.workers, a.inner_steps, a.rounds, a.seeds, a.warmup = 2, 10, 5, [0], 5
+    sys.exit(disto.run(main(a)))
