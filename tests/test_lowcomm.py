@@ -286,3 +286,22 @@ def test_the_lm_task_pickles_by_reference_and_scores_a_model(tmp_path) -> None:
                   events=[{"time": 1.5, "worker": 1}])
     plot_runs({"a": run, "empty": History(config={})}, str(tmp_path / "p.png"), "title")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+class GroupProbe(disto.Actor):
+    def initialized(self) -> bool:
+        import torch.distributed as dist
+        return dist.is_initialized()
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(120)
+async def test_ddp_runs_one_after_another_on_one_cluster_each_with_its_own_process_group() -> None:
+    # a node outlives a run: a process group left behind would be reused with the last run's ranks
+    async with disto.LocalCluster(nodes=2) as cluster:
+        for seed in (0, 1):
+            h = await Trainer(cluster, run_cfg(algorithm="ddp", rounds=1, seed=seed), tiny_model, tiny_data,
+                              tiny_eval, loss_fn=lm_loss).run()
+            assert sorted(w["steps"] for w in h.workers) == [8, 8]
+        probes = [await node.spawn(GroupProbe) for node in cluster.nodes]
+        assert [await p.initialized() for p in probes] == [False, False]

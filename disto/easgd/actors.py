@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any, Callable
 
@@ -10,6 +9,7 @@ import torch
 
 from disto import Actor, ActorRef, collect
 from .algorithms import EASGDConfig, LocalLearner, center_step_, elastic_step_, sync_center_
+from .collective import close_group, open_group
 
 
 class CenterShard(Actor):
@@ -183,13 +183,7 @@ class Worker(Actor):
         return True
 
     def _init_allreduce(self) -> Any:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # single host: keep gloo on loopback
-            dist.init_process_group("gloo", init_method=self.cfg.extra["dist_init"], rank=self.rank,
-                                    world_size=self.cfg.processes)
-        return dist
+        return open_group("gloo", self.cfg.extra["dist_init"], self.rank, self.cfg.processes)
 
     def _init_group(self) -> None:
         """Data-parallel worker groups: ranks [g*k, (g+1)*k) form group g; its first rank exchanges with the
@@ -276,6 +270,8 @@ class Worker(Actor):
         finally:
             self.busy += time.perf_counter() - start
             self._started = None
+            if grouped:
+                close_group()
         return self.stats()
 
     async def _run_sync(self, max_steps: int | None) -> dict[str, Any]:
@@ -308,4 +304,6 @@ class Worker(Actor):
         finally:
             self.busy += time.perf_counter() - start
             self._started = None
+            if allreduce:
+                close_group()
         return self.stats()

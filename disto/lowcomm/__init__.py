@@ -21,4 +21,5 @@ from .worker import InnerWorker, inner_lr
 
 __all__ = ["ALGORITHMS", "Config", "Trainer", "History", "OuterOptimizer", "OuterState", "OuterServer",
            "InnerWorker", "RoundBook", "Schedule", "Packed", "encode", "decode", "KINDS", "diloco", "async_diloco",
-           "easgd", "local_sgd", "inner_lr", "GPTConfig", "TinyGPT", "LMTask", "SIZES", "plot_runs", "TextSampler", "lm_loss", "stdlib_corpus"]
+           "easgd", "local_sgd", "inner_lr", "GPTConfig", "TinyGPT", "LMTask", "SIZES", "plot_runs", "TextSampler",
+           "lm_loss", "stdlib_corpus"]

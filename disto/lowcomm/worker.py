@@ -6,13 +6,13 @@ import asyncio
 import math
 import os
 import time
-from datetime import timedelta
 from typing import Any, Callable
 
 import torch
 
 from disto import Actor, ActorRef
 from disto.easgd.algorithms import flatten_
+from disto.easgd.collective import close_group, open_group
 from .codec import decode, encode
 from .config import Config
 
@@ -182,13 +182,9 @@ class InnerWorker(Actor):
     async def _run_ddp(self) -> dict[str, Any]:
         """The baseline: gradients averaged every step over all workers with torch.distributed (gloo), counted
         as a ring all-reduce moves them: 2 (p - 1) / p of the gradient's bytes out and as many in per step."""
-        import torch.distributed as dist
-
         cfg = self.cfg
-        if not dist.is_initialized():
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=cfg.extra["dist_init"], rank=self.rank,
-                                    world_size=cfg.workers, timeout=timedelta(seconds=60))
+        dist = open_group("nccl" if self.device.type == "cuda" else "gloo", cfg.extra["dist_init"], self.rank,
+                          cfg.workers)
         params = list(self.model.parameters())
         n = self.flat.numel()
         grad = torch.zeros(n + 1, device=self.device)
@@ -212,10 +208,13 @@ class InnerWorker(Actor):
             return bool(grad[n] > 0)
 
         delay = cfg.step_delay.get(self.rank, 0.0)
-        for t in range(cfg.total_steps):
-            if self._step(t, reduce):  # all stop after the same step: the flag rides in the all-reduce
-                break
-            if self.rank == 0 and ((t + 1) % cfg.inner_steps == 0 or t + 1 == cfg.total_steps):
-                await self.server.publish(self.flat.detach().to("cpu", copy=True), t + 1)
-            await asyncio.sleep(delay)
+        try:
+            for t in range(cfg.total_steps):
+                if self._step(t, reduce):  # all stop after the same step: the flag rides in the all-reduce
+                    break
+                if self.rank == 0 and ((t + 1) % cfg.inner_steps == 0 or t + 1 == cfg.total_steps):
+                    await self.server.publish(self.flat.detach().to("cpu", copy=True), t + 1)
+                await asyncio.sleep(delay)
+        finally:
+            close_group()
         return self.stats()
