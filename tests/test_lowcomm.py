@@ -298,10 +298,11 @@ class GroupProbe(disto.Actor):
 @pytest.mark.async_timeout(120)
 async def test_ddp_runs_one_after_another_on_one_cluster_each_with_its_own_process_group() -> None:
     # a node outlives a run: a process group left behind would be reused with the last run's ranks
+    # and ranks share no process: three ranks on two nodes, each rank in a process of its own
     async with disto.LocalCluster(nodes=2) as cluster:
-        for seed in (0, 1):
-            h = await Trainer(cluster, run_cfg(algorithm="ddp", rounds=1, seed=seed), tiny_model, tiny_data,
-                              tiny_eval, loss_fn=lm_loss).run()
-            assert sorted(w["steps"] for w in h.workers) == [8, 8]
+        for seed, workers in ((0, 2), (1, 3)):
+            h = await Trainer(cluster, run_cfg(algorithm="ddp", rounds=1, seed=seed, workers=workers), tiny_model,
+                              tiny_data, tiny_eval, loss_fn=lm_loss).run()
+            assert sorted(w["steps"] for w in h.workers) == [8] * workers
         probes = [await node.spawn(GroupProbe) for node in cluster.nodes]
         assert [await p.initialized() for p in probes] == [False, False]

@@ -97,10 +97,8 @@ class Trainer:
         """Train for at most ``seconds`` (or until the center reaches accuracy ``target``, or each worker did
         ``max_steps``); return the history."""
         cfg = self.cfg
-        if cfg.algorithm == "allreduce" or cfg.group_size > 1:
-            if cfg.processes > len(self.cluster.nodes):
-                raise DistoError(f"{cfg.processes} worker processes need as many nodes (torch.distributed has one "
-                                 f"process group per process); the cluster has {len(self.cluster.nodes)}")
+        collective = cfg.algorithm == "allreduce" or cfg.group_size > 1
+        if collective:
             if "dist_init" not in cfg.extra:
                 import tempfile
                 cfg.extra["dist_init"] = "file://" + tempfile.mktemp(prefix="disto-gloo-")  # one host
@@ -113,7 +111,8 @@ class Trainer:
         try:
             self.worker_group = await self.cluster.spawn_group(
                 Worker, cfg.processes, None, cfg, self.model_fn, self.data_fn, self.loss_fn, self.shards,
-                self.bounds, resources=cfg.worker_resources, strategy=cfg.worker_strategy)
+                self.bounds, resources=cfg.worker_resources, strategy=cfg.worker_strategy,
+                process=collective)  # torch.distributed has one default group per process: a process per rank
         except BaseException:
             await shard_group.stop()
             raise

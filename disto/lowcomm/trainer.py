@@ -130,9 +130,6 @@ class Trainer:
         cfg = self.cfg
         history = History(config=asdict(cfg))
         if cfg.algorithm == "ddp":
-            if cfg.workers > len(self.cluster.nodes):
-                raise DistoError(f"ddp needs one node per worker (torch.distributed has one process group per "
-                                 f"process): {cfg.workers} workers, {len(self.cluster.nodes)} nodes")
             cfg.extra.setdefault("dist_init", "file://" + tempfile.mktemp(prefix="disto-gloo-"))
         resume = self.resume["server"] if self.resume else None
         self.server = await self.cluster.spawn(OuterServer, cfg, self.init, resume)
@@ -140,7 +137,8 @@ class Trainer:
         try:
             group = await self.cluster.spawn_group(InnerWorker, cfg.workers, None, cfg, self.model_fn,
                                                    self.data_fn, self.loss_fn, self.server,
-                                                   resources=cfg.worker_resources, strategy=cfg.worker_strategy)
+                                                   resources=cfg.worker_resources, strategy=cfg.worker_strategy,
+                                                   process=cfg.algorithm == "ddp")  # a process group per process
         except BaseException:
             await self.cluster.stop(self.server)
             raise
