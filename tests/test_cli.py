@@ -143,3 +143,18 @@ async def test_status_logs_stacks_from_a_non_seed_and_the_nodes_log_their_lifecy
         for p in procs:
             p.stop()
 
+
+
+def test_a_dedicated_child_node_logs_at_its_parents_level() -> None:
+    import logging
+
+    from disto.node.dedicated import _log_level
+    logger = logging.getLogger("disto")
+    old = logger.level
+    try:
+        for level, name in ((logging.WARNING, "warning"), (logging.INFO, "info"), (logging.DEBUG, "debug"),
+                            (logging.ERROR, "error"), (logging.CRITICAL, "error")):
+            logger.setLevel(level)
+            assert _log_level() == name
+    finally:
+        logger.setLevel(old)

@@ -21,6 +21,13 @@ from .process import end_process, start_node_process
 log = logging.getLogger("disto.node")
 
 
+def _log_level() -> str:
+    """This node's own log level, for its children (a LocalCluster's nodes log warnings only: so do theirs)."""
+    level = logging.getLogger("disto").getEffectiveLevel()
+    return next((name for name, n in (("debug", logging.DEBUG), ("info", logging.INFO),
+                                      ("warning", logging.WARNING)) if level <= n), "error")
+
+
 class DedicatedProcesses:
     def __init__(self, here: Here, token: bytes, config: NodeConfig, seed: Callable[[], str]) -> None:
         self._here = here
@@ -48,7 +55,7 @@ class DedicatedProcesses:
             token = self._token.decode()
         except UnicodeDecodeError:
             raise DistoError("process=True needs a cluster token that is text (UTF-8)") from None
-        extra = ("--dedicated",) + (("--preload", ",".join(preload)) if preload else ())
+        extra = ("--dedicated", "--log-level", _log_level()) + (("--preload", ",".join(preload)) if preload else ())
         proc, address, rest = await start_node_process(listen=f"{host}:0", seed=self._seed(), token=token,
                                                        config=self._config, extra=extra)
         self.children[address] = proc
