@@ -23,7 +23,7 @@ import sys
 import time
 
 import disto
-from disto.lowcomm import Config, History, LMTask, Trainer, lm_loss, plot_runs
+from disto.lowcomm import ALGORITHMS, Config, History, LMTask, Trainer, lm_loss, plot_runs
 from disto.lowcomm.lm import parameters
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,6 +74,9 @@ def span(xs: list[float], spec: str) -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
+    bad = [a for a in args.algorithms if a not in ALGORITHMS]
+    if bad:
+        raise SystemExit(f"unknown algorithm {bad[0]!r}: choose from {', '.join(ALGORITHMS)}")
     task = LMTask.sized(args.size)
     task.validation()
     n = parameters(task.model())
