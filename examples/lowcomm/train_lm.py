@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+import torch
+
 import disto
 from disto.lowcomm import ALGORITHMS, Config, History, LMTask, Trainer, lm_loss, plot_runs
 from disto.lowcomm.lm import parameters
@@ -57,15 +59,21 @@ async def main(args: argparse.Namespace) -> int:
     bad = [a for a in algorithms if a not in ALGORITHMS]
     if bad:
         raise SystemExit(f"unknown algorithm {bad[0]!r}: choose from {', '.join(ALGORITHMS)}")
+    if args.workers is None:  # one per GPU with --device cuda, else 4
+        args.workers = torch.cuda.device_count() if args.device == "cuda" else 4
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here (a CPU build of torch, or no GPU)")
     task = LMTask.sized(args.size)
     task.validation()  # build and cache the corpus once, before the nodes need it
     os.makedirs(args.out, exist_ok=True)
     print(f"TinyGPT {args.size}: {parameters(task.model()) / 1e6:.2f}M parameters, context {task.gpt.context}; "
           f"{args.workers} workers x {args.rounds} rounds x {args.inner_steps} inner steps x batch "
           f"{args.batch_size}", flush=True)
-    gpus = {"gpus_per_node": 1} if args.device == "cuda" else {}  # one GPU of this host per node
+    # --device cuda: one node per GPU of this host (LocalCluster(gpus_per_node=1)), each worker holding one
+    nodes = args.nodes or (None if args.device == "cuda" else args.workers)
+    gpus = {"gpus_per_node": 1} if args.device == "cuda" else {}
     cluster_cm = disto.connect(args.connect) if args.connect else disto.LocalCluster(
-        nodes=args.nodes or args.workers, dashboard=args.dashboard, **gpus)
+        nodes=nodes, dashboard=args.dashboard, **gpus)
     runs: dict[str, History] = {}
     async with cluster_cm as cluster:
         if cluster.dashboard_link:
@@ -107,7 +115,7 @@ if __name__ == "__main__":
                     help=f"comma-separated, run in turn; from {', '.join(ALGORITHMS)}")
     ap.add_argument("--size", default="tiny", choices=["tiny", "small", "base"],
                     help="tiny 0.44M, small 1.9M, base 3.3M parameters")
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=None, help="default 4 (--device cuda: one per GPU)")
     ap.add_argument("--nodes", type=int, default=None, help="node processes of the local cluster (default: workers)")
     ap.add_argument("--inner-steps", type=int, default=50, help="H: inner steps between exchanges")
     ap.add_argument("--rounds", type=int, default=10)
