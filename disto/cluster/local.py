@@ -130,6 +130,6 @@ class LocalCluster:
                 asyncio.gather(*(h.shutdown() for h in self.cluster.nodes), return_exceptions=True), 5.0)
             await self.cluster.close()
         for p in self.procs:
-            if p is not None:
-                await end_process(p, 5.0, log)
+            if p is not None:  # a node first waits up to 5 s for its own process=True children: wait longer
+                await end_process(p, 10.0, log)
         self.procs.clear()
