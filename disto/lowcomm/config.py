@@ -24,7 +24,7 @@ class Config:
       "local_sgd"        model averaging every H steps (outer lr 1, no momentum);
       "sync_easgd"       synchronous EASGD as an outer step: lr beta (0.9), no momentum, workers pulled beta/p of
                          the way to the old center;
-      "ddp"              the baseline: gradients all-reduced every step (torch.distributed, gloo), one AdamW.
+      "ddp"              the baseline: gradients all-reduced every step (torch.distributed: gloo, NCCL on GPUs).
     ``device``: "cuda" trains each worker on its node's first visible GPU (place one worker per GPU with
     ``worker_resources={"gpu": 1}``; ddp then all-reduces with NCCL); exchanges go through host memory.
     ``rounds`` R: the run is R * H inner steps per worker. ``deadline``: seconds after a round's first
