@@ -181,7 +181,8 @@ class InnerWorker(Actor):
 
     async def _run_ddp(self) -> dict[str, Any]:
         """The baseline: gradients averaged every step over all workers with torch.distributed (gloo; NCCL on
-        GPUs), counted as a ring all-reduce moves them: 2 (p - 1) / p of the gradient's bytes out and as many in per step."""
+        GPUs), counted as a ring all-reduce moves them: 2 (p - 1) / p of the gradient's bytes out and as many in
+        per step."""
         cfg = self.cfg
         dist = open_group("nccl" if self.device.type == "cuda" else "gloo", cfg.extra["dist_init"], self.rank,
                           cfg.workers)
