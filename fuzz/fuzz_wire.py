@@ -7,7 +7,8 @@ Targets, chosen by the first input byte:
   0  a listener before the handshake: bytes from a stranger (nothing may reach the application: no event)
   1  an authenticated connection: frames after the handshake (any split of the input into reads)
   2  each message body through the bounded validator and the Thrift decoder
-  3  the hand-written CALL/REPLY codec
+  3  the hand-written CALL/REPLY codec: the pure-Python one, and the compiled one (disto.wire._speedups, when
+     built), which must give the same message, None, or the same error on every input (a difference is a crash)
   4  a request frame of the search service (header parser, then the bounded decoder)
   5  the search link (sans-IO ends): requests as a shard's session reads them after the secret (frames, the cached
      repeat, the views' checks: a segment name that is not a search segment's is refused before anything is
@@ -25,7 +26,9 @@ import atheris
 with atheris.instrument_imports():
     from disto.errors import AuthenticationError, RemoteProtocolError
     from disto.wire import CLOSED, NEED_DATA, Connection, Identity, Message, Ready, State
-    from disto.wire.fastcodec import decode_call, decode_reply
+    from disto.wire import codec, fastcodec
+    if codec.IMPLEMENTATION == "compiled":
+        from disto.wire import _speedups
     from disto.wire.messages import STRUCT_OF_KIND, decode
 
 TOKEN = b"fuzzing-token-0123456789abcdef"
@@ -40,6 +43,19 @@ try:  # the search service is optional (needs faiss); fuzz its parser when it is
 except ImportError:
     _search = _link = _link_protocol = None
 _link_server = None
+
+
+def _outcome(impl: object, name: str, data: bytes) -> object:
+    """A codec's answer to ``data``: the message's fields and sizes, None, or its protocol error's text."""
+    try:
+        got = getattr(impl, name)(data, 0, len(data))
+    except RemoteProtocolError as e:
+        return str(e)
+    if got is None:
+        return None
+    msg, sizes = got
+    slots = fastcodec.CallMsg.__slots__ if name == "decode_call" else fastcodec.ReplyMsg.__slots__
+    return [getattr(msg, k) for k in slots], sizes
 
 
 def _fuzz_link(rest: bytes) -> None:
@@ -110,11 +126,12 @@ def one_input(data: bytes) -> None:
             except RemoteProtocolError:
                 pass
     elif target == 3:
-        for dec in (decode_call, decode_reply):
-            try:
-                dec(rest, 0, len(rest))
-            except RemoteProtocolError:
-                pass
+        for name in ("decode_call", "decode_reply"):
+            pure = _outcome(fastcodec, name, rest)
+            if codec.IMPLEMENTATION == "compiled":
+                compiled = _outcome(_speedups, name, rest)
+                if compiled != pure:
+                    raise AssertionError(f"{name}: compiled {compiled!r} != pure {pure!r}")
     elif target == 5:
         if _link is not None:
             _fuzz_link(rest)
@@ -133,6 +150,7 @@ def one_input(data: bytes) -> None:
 def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     argv = list(sys.argv)
+    print(f"fuzz_wire: the {codec.IMPLEMENTATION} CALL/REPLY codec is in use", file=sys.stderr)
     if not any(not a.startswith("-") for a in argv[1:]):
         # new inputs go to fuzz/work (not committed); the checked-in seeds are read only
         work = os.path.join(here, "work")

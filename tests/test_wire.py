@@ -313,57 +313,150 @@ def test_validate_accepts_every_message_kind() -> None:
 
 
 # ---------------------------------------------------------------------------- the hand-written CALL/REPLY codec
-from disto.wire.fastcodec import decode_call, decode_reply, encode_call, encode_reply  # noqa: E402
+# Both implementations, the pure-Python one and the compiled one (when built), pass the same tests; the compiled
+# one must also agree with the pure one on every input, bad ones included.
+from disto.wire import codec, fastcodec  # noqa: E402
+
+try:
+    from disto.wire import _speedups  # noqa: E402
+except ImportError:  # not built (no compiler at install time): its tests skip, the pure codec's still run
+    _speedups = None
+
+CODECS = [pytest.param(fastcodec, id="python"),
+          pytest.param(_speedups, id="compiled",
+                       marks=pytest.mark.skipif(_speedups is None, reason="the compiled codec is not built"))]
 
 _i64 = st.integers(-(2**63), 2**63 - 1)
 _sizes = st.lists(st.integers(0, 2**40), max_size=4)
 
 
+@pytest.mark.parametrize("impl", CODECS)
 @settings(max_examples=300, deadline=None)
 @given(call_id=_i64, actor_id=_i64, method=st.text(max_size=40), payload=st.none() | st.binary(max_size=200),
-       sizes=_sizes, oob=st.booleans(), node_id=st.none() | st.text(max_size=20))
-def test_fast_call_codec_matches_thriftpy2(call_id, actor_id, method, payload, sizes, oob, node_id) -> None:
+       sizes=_sizes, oob=st.booleans(), node_id=st.none() | st.text(max_size=20),
+       traceparent=st.none() | st.text(max_size=60))
+def test_fast_call_codec_matches_thriftpy2(impl, call_id, actor_id, method, payload, sizes, oob, node_id,
+                                           traceparent) -> None:
     ref = T.Call(call_id=call_id, actor_id=actor_id, method=method, payload=payload,
-                 buffers=[T.BufferDesc(size=n) for n in sizes] or None, payload_oob=oob, node_id=node_id)
-    fast = encode_call(call_id, actor_id, method, payload, sizes, oob, node_id)
+                 buffers=[T.BufferDesc(size=n) for n in sizes] or None, payload_oob=oob, node_id=node_id,
+                 traceparent=traceparent)
+    fast = impl.encode_call(call_id, actor_id, method, payload, sizes, oob, node_id, traceparent)
     assert fast == encode(ref)  # the same bytes thriftpy2 writes
-    got, got_sizes = decode_call(fast, 0, len(fast))
-    assert (got.call_id, got.actor_id, got.method, got.payload, got.payload_oob, got.node_id, got_sizes) == \
-        (call_id, actor_id, method, payload, oob, node_id, sizes)
+    got, got_sizes = impl.decode_call(fast, 0, len(fast))
+    assert (got.call_id, got.actor_id, got.method, got.payload, got.payload_oob, got.node_id, got.traceparent,
+            got_sizes) == (call_id, actor_id, method, payload, oob, node_id, traceparent, sizes)
     back = decode(Kind.CALL, fast)  # and thriftpy2 reads what we write
     assert (back.call_id, back.method, back.payload, back.node_id) == (call_id, method, payload, node_id)
+    framed = bytearray(b"h" * 7) + fast + b"t" * 5  # a body inside a receive buffer, as the connection has it
+    got, _ = impl.decode_call(framed, 7, 7 + len(fast))
+    assert (got.call_id, got.method, got.payload) == (call_id, method, payload)
 
 
+@pytest.mark.parametrize("impl", CODECS)
 @settings(max_examples=200, deadline=None)
 @given(call_id=_i64, payload=st.none() | st.binary(max_size=200), sizes=_sizes, oob=st.booleans())
-def test_fast_reply_codec_matches_thriftpy2(call_id, payload, sizes, oob) -> None:
+def test_fast_reply_codec_matches_thriftpy2(impl, call_id, payload, sizes, oob) -> None:
     ref = T.Reply(call_id=call_id, payload=payload, buffers=[T.BufferDesc(size=n) for n in sizes] or None,
                   payload_oob=oob)
-    fast = encode_reply(call_id, payload, sizes, oob)
+    fast = impl.encode_reply(call_id, payload, sizes, oob)
     assert fast == encode(ref)
-    got, got_sizes = decode_reply(fast, 0, len(fast))
+    got, got_sizes = impl.decode_reply(fast, 0, len(fast))
     assert (got.call_id, got.payload, got.payload_oob, got_sizes) == (call_id, payload, oob, sizes)
 
 
-def test_fast_decoders_defer_unknown_layouts_to_the_generic_path() -> None:
+@pytest.mark.parametrize("impl", CODECS)
+def test_fast_decoders_defer_unknown_layouts_to_the_generic_path(impl) -> None:
     # fields out of order, an unknown field, or a non-inline buffer: not for the fast path, but still valid
     shm = encode(T.Call(call_id=1, actor_id=2, method="m",
                         buffers=[T.BufferDesc(size=4, kind=1, segment="disto-1-x-1", offset=0)]))
-    assert decode_call(shm, 0, len(shm)) is None
+    assert impl.decode_call(shm, 0, len(shm)) is None
     assert decode(Kind.CALL, shm).buffers[0].segment == "disto-1-x-1"
 
 
+def _outcome(impl, name: str, data: bytes) -> object:
+    """What a decoder makes of ``data``: the message's fields and the sizes, None, or the protocol error."""
+    try:
+        got = getattr(impl, name)(data, 0, len(data))
+    except RemoteProtocolError as e:
+        return ("error", str(e))
+    if got is None:
+        return None
+    msg, sizes = got
+    keys = fastcodec.CallMsg.__slots__ if name == "decode_call" else fastcodec.ReplyMsg.__slots__
+    return {k: getattr(msg, k) for k in keys}, sizes
+
+
+_blobs = st.binary(max_size=300)
+
+
+@st.composite
+def _mutated_bodies(draw: st.DrawFn) -> bytes:
+    """A valid CALL or REPLY body with a few bytes changed, cut or added: what the decoders' bounds must stop."""
+    if draw(st.booleans()):
+        body = fastcodec.encode_call(draw(_i64), draw(_i64), draw(st.text(max_size=8)),
+                                     draw(st.none() | st.binary(max_size=20)), draw(_sizes), draw(st.booleans()),
+                                     draw(st.none() | st.text(max_size=8)))
+    else:
+        body = fastcodec.encode_reply(draw(_i64), draw(st.none() | st.binary(max_size=20)), draw(_sizes),
+                                      draw(st.booleans()))
+    b = bytearray(body)
+    for _ in range(draw(st.integers(1, 3))):  # a byte changed: a type, a field id, a length, a STOP...
+        b[draw(st.sampled_from(range(len(b))))] = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 15,
+                                                                         0x7F, 0x80, 0xFF]))
+    cut = draw(st.sampled_from(["whole", "whole", "cut", "longer"]))
+    if cut == "cut":
+        b = b[:draw(st.integers(0, len(b)))]
+    elif cut == "longer":
+        b += draw(st.binary(min_size=1, max_size=3))
+    return bytes(b)
+
+
+_BYTE_VALUES = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 15, 0x7F, 0x80, 0xFF]
+
+
+@pytest.mark.skipif(_speedups is None, reason="the compiled codec is not built")
+def test_compiled_codec_agrees_on_every_single_byte_change_and_cut() -> None:
+    # exhaustive over a few canonical bodies: every position set to each value of interest, every truncation
+    bodies = [fastcodec.encode_call(7, 16, "add", b"\x80\x05K\x01.", [], False, "node-1"),
+              fastcodec.encode_call(-1, 2**40, "m", None, [4096, 0], True, None, "00-ab-cd-01"),
+              fastcodec.encode_call(1, 2, "", b"", [3], False, ""),
+              fastcodec.encode_reply(9, b"\x80\x05K\x02.", [], False),
+              fastcodec.encode_reply(-5, b"", [10, 4096], True),
+              fastcodec.encode_reply(3, None, [], False)]
+    for body in bodies:
+        variants = [body[:n] for n in range(len(body))] + [body + b"\x00", body + b"\x07"]
+        for i in range(len(body)):
+            for v in _BYTE_VALUES:
+                b = bytearray(body)
+                b[i] = v
+                variants.append(bytes(b))
+        for data in variants:
+            for name in ("decode_call", "decode_reply"):
+                assert _outcome(_speedups, name, data) == _outcome(fastcodec, name, data), (name, data)
+
+
+@pytest.mark.skipif(_speedups is None, reason="the compiled codec is not built")
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(_blobs, _mutated_bodies()))
+def test_compiled_codec_agrees_with_the_pure_one_on_any_bytes(data: bytes) -> None:
+    for name in ("decode_call", "decode_reply"):
+        assert _outcome(_speedups, name, data) == _outcome(fastcodec, name, data), name
+
+
+@pytest.mark.parametrize("impl", CODECS)
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
-def test_fast_decoders_only_raise_protocol_errors(blob: bytes) -> None:
-    for dec in (decode_call, decode_reply):
+def test_fast_decoders_only_raise_protocol_errors(impl, blob: bytes) -> None:
+    for dec in (impl.decode_call, impl.decode_reply):
         try:
             dec(blob, 0, len(blob))
         except RemoteProtocolError:
             pass
 
 
-def test_fast_decoders_accept_fields_in_any_order() -> None:
+@pytest.mark.parametrize("impl", CODECS)
+def test_fast_decoders_accept_fields_in_any_order(impl) -> None:
+    decode_call, decode_reply = impl.decode_call, impl.decode_reply
     # a writer may emit fields in another order: same message, decoded by the general field loop
     fields = [struct.pack("!bhi", 11, 3, 3) + b"add", struct.pack("!bhq", 10, 2, 7), struct.pack("!bhb", 2, 6, 1),
               struct.pack("!bhq", 10, 1, 42), struct.pack("!bhi", 11, 4, 2) + b"pp"]
@@ -379,6 +472,14 @@ def test_fast_decoders_accept_fields_in_any_order() -> None:
         decode_call(missing, 0, len(missing))
     wrong_type = struct.pack("!bhi", 8, 1, 5) + b"\0"  # call_id as i32: not ours to judge
     assert decode_call(wrong_type, 0, len(wrong_type)) is None
+
+
+def test_the_codec_in_use_is_the_compiled_one_when_built() -> None:
+    # DISTO_PURE_PYTHON=1 (CI's second pass) forces the pure one; otherwise a built extension must be used
+    if codec.PURE_PYTHON_REQUESTED or _speedups is None:
+        assert codec.IMPLEMENTATION == "python" and codec.decode_call is fastcodec.decode_call
+    else:
+        assert codec.IMPLEMENTATION == "compiled" and codec.decode_call is _speedups.decode_call
 
 
 # ---------------------------------------------------------------------- the handshake's table, typed events

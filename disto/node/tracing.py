@@ -25,6 +25,12 @@ _propagator: Any = TraceContextTextMapPropagator() if ENABLED else None
 # opentelemetry's current context: empty when no span is current anywhere (the caller checks it inline, so a
 # call made outside any span costs one C-level lookup chain and no frame of ours)
 get_current: Any = _context.get_current if ENABLED else None
+if ENABLED:
+    # the runtime context's ContextVar itself, when OpenTelemetry keeps it in one (its default runtime context):
+    # ContextVar.get is C, where get_current goes through two Python frames on every call made
+    _var = getattr(getattr(_context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    if _var is not None and type(_var).__name__ == "ContextVar":
+        get_current = _var.get
 
 
 def _tracer() -> Any:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence, Union
 
 from ..errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
 from .events import CLOSED, EVENT_OF_KIND, NEED_DATA, Call, Event, Identity, Message, Ready, Reply, StreamItem
-from .fastcodec import decode_call, decode_reply, encode_call, encode_reply
+from .codec import decode_call, decode_reply, encode_call, encode_reply
 from .framing import (DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_BODY, HEADER, HEADER_SIZE,
                       inline_sizes, oob_views)
 from .handshake import Handshake

@@ -1,0 +1,339 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled CALL/REPLY codec: the same functions, bytes and errors as :mod:`disto.wire.fastcodec`, in C.
+
+``pip install -e .`` builds it with the machine's C compiler (Cython); :mod:`disto.wire.codec` picks it when it
+is importable and ``DISTO_PURE_PYTHON`` is not set. Only the canonical layout (fields in id order, as both
+implementations write them) is decoded here; anything else goes to the pure-Python general loop, which stays the
+one place that judges unusual input. Every read is bounded by ``end``; tests check both implementations give the
+same results and raise the same errors on the same bytes, and the fuzz target runs this one.
+"""
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from .fastcodec import _bad, _decode_call_slow, _decode_reply_slow
+cdef dict _str_cache = {}
+
+DEF CALL_HEAD = 29   # i64 call_id, i64 actor_id, string header of method (3 + 8 + 3 + 8 + 3 + 4)
+DEF REPLY_HEAD = 18  # i64 call_id, binary header of payload
+DEF DESC = 19        # BufferDesc {1: i64 size, 2: i32 kind = INLINE} STOP
+
+
+cdef class CallMsg:
+    cdef public object call_id, actor_id, method, payload, buffers, payload_oob, node_id, traceparent
+
+    def __repr__(self):
+        return f"CallMsg({self.call_id}, {self.actor_id}, {self.method!r})"
+
+
+cdef class ReplyMsg:
+    cdef public object call_id, payload, buffers, payload_oob
+
+    def __repr__(self):
+        return f"ReplyMsg({self.call_id})"
+
+
+cdef inline int64_t _rd64(const unsigned char* p) noexcept nogil:
+    return <int64_t>((<uint64_t>p[0] << 56) | (<uint64_t>p[1] << 48) | (<uint64_t>p[2] << 40) |
+                     (<uint64_t>p[3] << 32) | (<uint64_t>p[4] << 24) | (<uint64_t>p[5] << 16) |
+                     (<uint64_t>p[6] << 8) | <uint64_t>p[7])
+
+
+cdef inline int32_t _rd32(const unsigned char* p) noexcept nogil:
+    return <int32_t>((<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | <uint32_t>p[3])
+
+
+cdef inline unsigned char* _wr64(unsigned char* p, int64_t v) noexcept nogil:
+    cdef uint64_t u = <uint64_t>v
+    p[0] = u >> 56; p[1] = u >> 48; p[2] = u >> 40; p[3] = u >> 32
+    p[4] = u >> 24; p[5] = u >> 16; p[6] = u >> 8; p[7] = u
+    return p + 8
+
+
+cdef inline unsigned char* _wr32(unsigned char* p, int32_t v) noexcept nogil:
+    cdef uint32_t u = <uint32_t>v
+    p[0] = u >> 24; p[1] = u >> 16; p[2] = u >> 8; p[3] = u
+    return p + 4
+
+
+cdef inline unsigned char* _field(unsigned char* p, unsigned char ttype, unsigned char fid) noexcept nogil:
+    p[0] = ttype; p[1] = 0; p[2] = fid
+    return p + 3
+
+
+cdef inline bytes _b(str s):
+    cdef object b = _str_cache.get(s)
+    if b is None:
+        b = s.encode()
+        if len(_str_cache) < 4096:
+            _str_cache[s] = b
+    return <bytes>b
+
+
+cdef inline unsigned char* _bin(unsigned char* p, unsigned char fid, const unsigned char* src, Py_ssize_t n):
+    p = _field(p, 11, fid)
+    p = _wr32(p, <int32_t>n)
+    if n:
+        memcpy(p, src, n)
+    return p + n
+
+
+cdef unsigned char* _descs(unsigned char* p, unsigned char fid, object sizes, Py_ssize_t count) except NULL:
+    cdef object n
+    p = _field(p, 15, fid)
+    p[0] = 12
+    p = _wr32(p + 1, <int32_t>count)
+    for n in sizes:
+        p = _field(p, 10, 1)
+        p = _wr64(p, <int64_t>n)
+        p = _field(p, 8, 2)
+        p = _wr32(p, 0)
+        p[0] = 0
+        p += 1
+    return p
+
+
+def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node_id, traceparent=None):
+    cdef int64_t cid = call_id, aid = actor_id
+    cdef bytes m = _b(method)
+    cdef bytes n = _b(node_id) if node_id is not None else None
+    cdef bytes t = traceparent.encode() if traceparent is not None else None
+    cdef Py_buffer pb
+    cdef bint have_payload = payload is not None
+    cdef Py_ssize_t count = len(sizes) if sizes else 0
+    cdef Py_ssize_t total
+    cdef bytes out
+    cdef unsigned char* p
+    if have_payload:
+        PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE)
+    try:
+        total = CALL_HEAD + PyBytes_GET_SIZE(m) + 4 + 1
+        if have_payload:
+            total += 7 + pb.len
+        if count:
+            total += 8 + DESC * count
+        if n is not None:
+            total += 7 + PyBytes_GET_SIZE(n)
+        if t is not None:
+            total += 7 + PyBytes_GET_SIZE(t)
+        out = PyBytes_FromStringAndSize(NULL, total)
+        p = <unsigned char*>PyBytes_AS_STRING(out)
+        p = _wr64(_field(p, 10, 1), cid)
+        p = _wr64(_field(p, 10, 2), aid)
+        p = _bin(p, 3, <const unsigned char*>PyBytes_AS_STRING(m), PyBytes_GET_SIZE(m))
+        if have_payload:
+            p = _bin(p, 4, <const unsigned char*>pb.buf, pb.len)
+        if count:
+            p = _descs(p, 5, sizes, count)
+        p = _field(p, 2, 6)
+        p[0] = 1 if payload_oob else 0
+        p += 1
+        if n is not None:
+            p = _bin(p, 7, <const unsigned char*>PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n))
+        if t is not None:
+            p = _bin(p, 8, <const unsigned char*>PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t))
+        p[0] = 0
+        return out
+    finally:
+        if have_payload:
+            PyBuffer_Release(&pb)
+
+
+def encode_reply(call_id, payload, sizes, payload_oob):
+    cdef int64_t cid = call_id
+    cdef Py_buffer pb
+    cdef bint have_payload = payload is not None
+    cdef Py_ssize_t count = len(sizes) if sizes else 0
+    cdef Py_ssize_t total = 11 + 4 + 1
+    cdef bytes out
+    cdef unsigned char* p
+    if have_payload:
+        PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE)
+    try:
+        if have_payload:
+            total += 7 + pb.len
+        if count:
+            total += 8 + DESC * count
+        out = PyBytes_FromStringAndSize(NULL, total)
+        p = <unsigned char*>PyBytes_AS_STRING(out)
+        p = _wr64(_field(p, 10, 1), cid)
+        if have_payload:
+            p = _bin(p, 2, <const unsigned char*>pb.buf, pb.len)
+        if count:
+            p = _descs(p, 3, sizes, count)
+        p = _field(p, 2, 4)
+        p[0] = 1 if payload_oob else 0
+        p[1] = 0
+        return out
+    finally:
+        if have_payload:
+            PyBuffer_Release(&pb)
+
+
+cdef object _read_descs(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end):
+    """(sizes, position after the list), or None (not all INLINE descriptors: the general path decides)."""
+    cdef unsigned char etype, t
+    cdef int32_t count, kind
+    cdef int64_t size
+    cdef bint have_size
+    cdef Py_ssize_t i
+    cdef list sizes
+    if pos + 5 > end:
+        raise _bad("truncated list header")
+    etype = d[pos]
+    count = _rd32(d + pos + 1)
+    pos += 5
+    if etype != 12:
+        return None
+    if count < 0 or count > end - pos:
+        raise _bad(f"bad buffer list count {count}")
+    sizes = []
+    for i in range(count):
+        have_size = False
+        while True:
+            if pos >= end:
+                raise _bad("truncated buffer descriptor")
+            t = d[pos]
+            if t == 0:
+                pos += 1
+                break
+            if pos + 3 > end:
+                raise _bad("truncated field header")
+            if t == 10 and d[pos + 1] == 0 and d[pos + 2] == 1:
+                pos += 3
+                if pos + 8 > end:
+                    raise _bad("truncated size")
+                size = _rd64(d + pos)
+                have_size = True
+                pos += 8
+            elif t == 8 and d[pos + 1] == 0 and d[pos + 2] == 2:
+                pos += 3
+                if pos + 4 > end:
+                    raise _bad("truncated kind")
+                kind = _rd32(d + pos)
+                pos += 4
+                if kind != 0:
+                    return None
+            else:
+                return None
+        if not have_size or size < 0:
+            raise _bad("buffer descriptor without a valid size")
+        sizes.append(size)
+    return sizes, pos
+
+
+cdef inline str _utf8(const unsigned char* p, Py_ssize_t n, str what):
+    try:
+        return PyUnicode_DecodeUTF8(<const char*>p, n, NULL)
+    except UnicodeDecodeError:
+        raise _bad(f"{what} is not UTF-8") from None
+
+
+cdef object _decode_call(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end, object data):
+    cdef Py_ssize_t p
+    cdef int64_t n
+    cdef str method
+    cdef object payload = None, node_id = None, got
+    cdef list sizes
+    cdef bint oob
+    cdef CallMsg msg
+    if end - pos >= CALL_HEAD:
+        n = _rd32(d + pos + 25)
+        if (d[pos] == 10 and d[pos + 1] == 0 and d[pos + 2] == 1 and d[pos + 11] == 10 and d[pos + 12] == 0
+                and d[pos + 13] == 2 and d[pos + 22] == 11 and d[pos + 23] == 0 and d[pos + 24] == 3
+                and 0 <= n <= end - pos - CALL_HEAD):
+            p = pos + CALL_HEAD
+            method = _utf8(d + p, n, "method")
+            p += n
+            sizes = []
+            if p + 3 <= end and d[p] == 11 and d[p + 1] == 0 and d[p + 2] == 4:
+                if p + 7 > end:
+                    raise _bad("truncated length")
+                n = _rd32(d + p + 3)
+                p += 7
+                if n < 0 or n > end - p:
+                    raise _bad(f"payload length {n} out of bounds")
+                payload = PyBytes_FromStringAndSize(<const char*>(d + p), n)
+                p += n
+            if p + 4 <= end and d[p] == 15:
+                got = _read_descs(d, p + 3, end) if d[p + 2] == 5 and d[p + 1] == 0 else None
+                if got is None:
+                    return _decode_call_slow(data, pos, end)
+                sizes, p = got
+            if p + 4 <= end and d[p] == 2 and d[p + 1] == 0 and d[p + 2] == 6:
+                oob = d[p + 3] != 0
+                p += 4
+                if p + 7 <= end and d[p] == 11 and d[p + 1] == 0 and d[p + 2] == 7:
+                    n = _rd32(d + p + 3)
+                    p += 7
+                    if n < 0 or n > end - p:
+                        raise _bad(f"node id length {n} out of bounds")
+                    node_id = _utf8(d + p, n, "node id")
+                    p += n
+                if p + 1 == end and d[p] == 0:
+                    msg = CallMsg.__new__(CallMsg)
+                    msg.call_id = _rd64(d + pos + 3)
+                    msg.actor_id = _rd64(d + pos + 14)
+                    msg.method = method
+                    msg.payload = payload
+                    msg.payload_oob = oob
+                    msg.node_id = node_id
+                    return msg, sizes
+    return _decode_call_slow(data, pos, end)
+
+
+cdef object _decode_reply(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end, object data):
+    cdef Py_ssize_t p
+    cdef int64_t n
+    cdef object got, payload
+    cdef list sizes
+    cdef ReplyMsg msg
+    if end - pos >= 22:
+        n = _rd32(d + pos + 14)
+        if (d[pos] == 10 and d[pos + 1] == 0 and d[pos + 2] == 1 and d[pos + 11] == 11 and d[pos + 12] == 0
+                and d[pos + 13] == 2 and 0 <= n <= end - pos - REPLY_HEAD):
+            p = pos + REPLY_HEAD + n
+            payload = PyBytes_FromStringAndSize(<const char*>(d + pos + REPLY_HEAD), n)
+            sizes = []
+            if p + 4 <= end and d[p] == 15:
+                got = _read_descs(d, p + 3, end) if d[p + 2] == 3 and d[p + 1] == 0 else None
+                if got is None:
+                    return _decode_reply_slow(data, pos, end)
+                sizes, p = got
+            if p + 5 == end and d[p] == 2 and d[p + 1] == 0 and d[p + 2] == 4 and d[p + 4] == 0:
+                msg = ReplyMsg.__new__(ReplyMsg)
+                msg.call_id = _rd64(d + pos + 3)
+                msg.payload = payload
+                msg.payload_oob = d[p + 3] != 0
+                return msg, sizes
+    return _decode_reply_slow(data, pos, end)
+
+
+cdef inline Py_ssize_t _bounds(Py_buffer* pb, Py_ssize_t pos, Py_ssize_t end) except -1:
+    if pos < 0 or end > pb.len or pos > end:
+        raise ValueError(f"range {pos}:{end} outside a buffer of {pb.len} bytes")
+    return 0
+
+
+def decode_call(data, Py_ssize_t pos, Py_ssize_t end):
+    """Decode a Call body in ``data[pos:end]``: (message, inline buffer sizes), or None for the generic path."""
+    cdef Py_buffer pb
+    PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE)
+    try:
+        _bounds(&pb, pos, end)
+        return _decode_call(<const unsigned char*>pb.buf, pos, end, data)
+    finally:
+        PyBuffer_Release(&pb)
+
+
+def decode_reply(data, Py_ssize_t pos, Py_ssize_t end):
+    """Decode a Reply body in ``data[pos:end]``: (message, inline buffer sizes), or None for the generic path."""
+    cdef Py_buffer pb
+    PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE)
+    try:
+        _bounds(&pb, pos, end)
+        return _decode_reply(<const unsigned char*>pb.buf, pos, end, data)
+    finally:
+        PyBuffer_Release(&pb)

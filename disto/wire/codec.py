@@ -1,0 +1,20 @@
+"""Which CALL/REPLY codec this process uses: the compiled one (:mod:`disto.wire._speedups`, built by
+``pip install`` with the machine's C compiler) when it is importable, else the pure-Python one
+(:mod:`disto.wire.fastcodec`). Both write and read the same bytes; ``DISTO_PURE_PYTHON=1`` in the environment
+forces the pure-Python one (CI runs the tests both ways)."""
+from __future__ import annotations
+
+import os
+
+PURE_PYTHON_REQUESTED = os.environ.get("DISTO_PURE_PYTHON", "").strip().lower() not in ("", "0", "false", "no")
+
+try:
+    if PURE_PYTHON_REQUESTED:
+        raise ImportError("DISTO_PURE_PYTHON is set")
+    from ._speedups import decode_call, decode_reply, encode_call, encode_reply  # type: ignore[import-not-found]
+    IMPLEMENTATION = "compiled"
+except ImportError:
+    from .fastcodec import decode_call, decode_reply, encode_call, encode_reply
+    IMPLEMENTATION = "python"
+
+__all__ = ["IMPLEMENTATION", "PURE_PYTHON_REQUESTED", "decode_call", "decode_reply", "encode_call", "encode_reply"]
