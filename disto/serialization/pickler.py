@@ -71,10 +71,20 @@ def _plain(obj: Any, depth: int = 0) -> bool:
         return obj.device.type == "cpu" and _strided(obj)
     if depth > 3:
         return False
-    if t is tuple or t is list:
-        return len(obj) <= 64 and all(_plain(x, depth + 1) for x in obj)
+    if t is tuple or t is list:  # (loops, not all() over a generator: this runs on every call made)
+        if len(obj) > 64:
+            return False
+        for x in obj:
+            if not _plain(x, depth + 1):
+                return False
+        return True
     if t is dict:
-        return len(obj) <= 64 and all(type(k) is str and _plain(v, depth + 1) for k, v in obj.items())
+        if len(obj) > 64:
+            return False
+        for k, v in obj.items():
+            if type(k) is not str or not _plain(v, depth + 1):
+                return False
+        return True
     return False
 
 
@@ -175,7 +185,8 @@ def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
     if data.dim() != 1:
         data = data.reshape(-1)
     # (a buffer that stays in band cannot go by reference: no need to ask torch, which takes microseconds)
-    if shared is not None and data.numel() * data.element_size() >= OOB_MIN and data.is_shared():
+    # (the storage's own is_shared is C; Tensor.is_shared goes through Python and a TypedStorage: ~3 us)
+    if shared is not None and data.numel() * data.element_size() >= OOB_MIN and data.untyped_storage().is_shared():
         note_torch_shared(shared, data)
     raw = data.view(torch.uint8).numpy() if data.numel() else np.empty(0, dtype=np.uint8)
     args = (pickle.PickleBuffer(raw), t.dtype, tuple(t.shape), t.requires_grad, type(t) is torch.nn.Parameter)

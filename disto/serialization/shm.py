@@ -20,14 +20,19 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import SerializationError
+from ..wire.codec import compiled_buffer_address
 from ..memory.segments import SHM_DIR, Segment, SegmentPool, is_segment_name
 
 VALUE_PURPOSE = "buf"
 SHARED_PURPOSE = "shared"
 
 
-def buffer_address(buf: Any) -> int:
+def _numpy_buffer_address(buf: Any) -> int:
     return np.frombuffer(buf, dtype=np.uint8).ctypes.data if memoryview(buf).nbytes else 0
+
+
+# the address of a buffer's first byte (0 if empty): compiled (~0.1 us) when the hot path is built, else numpy's
+buffer_address: Callable[[Any], int] = compiled_buffer_address or _numpy_buffer_address
 
 
 def _find(ranges: list[tuple[int, int, str]], view: memoryview) -> tuple[str, int, int] | None:

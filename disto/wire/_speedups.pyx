@@ -13,7 +13,9 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from .fastcodec import _bad, _decode_call_slow, _decode_reply_slow
+from .fastcodec import _bad, _decode_call_slow, _decode_reply_slow, _externals
+from .fastcodec import _descs as _py_descs
+from .fastcodec import _read_descs as _py_read_descs
 cdef dict _str_cache = {}
 
 DEF CALL_HEAD = 29   # i64 call_id, i64 actor_id, string header of method (3 + 8 + 3 + 8 + 3 + 4)
@@ -95,6 +97,20 @@ cdef unsigned char* _descs(unsigned char* p, unsigned char fid, object sizes, Py
     return p
 
 
+cdef inline bint _all_inline(object sizes):
+    for n in sizes:
+        if type(n) is not int:
+            return False
+    return True
+
+
+cdef bytes _other_descs(unsigned char fid, object sizes):
+    """A list holding descriptors of other kinds, written by the pure-Python helper (not the hot path)."""
+    cdef list parts = []
+    _py_descs(parts, fid, sizes)
+    return b"".join(parts)
+
+
 def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node_id, traceparent=None):
     cdef int64_t cid = call_id, aid = actor_id
     cdef bytes m = _b(method)
@@ -103,16 +119,21 @@ def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node
     cdef Py_buffer pb
     cdef bint have_payload = payload is not None
     cdef Py_ssize_t count = len(sizes) if sizes else 0
+    cdef bytes other = None
     cdef Py_ssize_t total
     cdef bytes out
     cdef unsigned char* p
+    if count and not _all_inline(sizes):
+        other = _other_descs(5, sizes)
     if have_payload:
         PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE)
     try:
         total = CALL_HEAD + PyBytes_GET_SIZE(m) + 4 + 1
         if have_payload:
             total += 7 + pb.len
-        if count:
+        if other is not None:
+            total += PyBytes_GET_SIZE(other)
+        elif count:
             total += 8 + DESC * count
         if n is not None:
             total += 7 + PyBytes_GET_SIZE(n)
@@ -125,7 +146,10 @@ def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node
         p = _bin(p, 3, <const unsigned char*>PyBytes_AS_STRING(m), PyBytes_GET_SIZE(m))
         if have_payload:
             p = _bin(p, 4, <const unsigned char*>pb.buf, pb.len)
-        if count:
+        if other is not None:
+            memcpy(p, PyBytes_AS_STRING(other), PyBytes_GET_SIZE(other))
+            p += PyBytes_GET_SIZE(other)
+        elif count:
             p = _descs(p, 5, sizes, count)
         p = _field(p, 2, 6)
         p[0] = 1 if payload_oob else 0
@@ -147,21 +171,29 @@ def encode_reply(call_id, payload, sizes, payload_oob):
     cdef bint have_payload = payload is not None
     cdef Py_ssize_t count = len(sizes) if sizes else 0
     cdef Py_ssize_t total = 11 + 4 + 1
+    cdef bytes other = None
     cdef bytes out
     cdef unsigned char* p
+    if count and not _all_inline(sizes):
+        other = _other_descs(3, sizes)
     if have_payload:
         PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE)
     try:
         if have_payload:
             total += 7 + pb.len
-        if count:
+        if other is not None:
+            total += PyBytes_GET_SIZE(other)
+        elif count:
             total += 8 + DESC * count
         out = PyBytes_FromStringAndSize(NULL, total)
         p = <unsigned char*>PyBytes_AS_STRING(out)
         p = _wr64(_field(p, 10, 1), cid)
         if have_payload:
             p = _bin(p, 2, <const unsigned char*>pb.buf, pb.len)
-        if count:
+        if other is not None:
+            memcpy(p, PyBytes_AS_STRING(other), PyBytes_GET_SIZE(other))
+            p += PyBytes_GET_SIZE(other)
+        elif count:
             p = _descs(p, 3, sizes, count)
         p = _field(p, 2, 4)
         p[0] = 1 if payload_oob else 0
@@ -172,8 +204,10 @@ def encode_reply(call_id, payload, sizes, payload_oob):
             PyBuffer_Release(&pb)
 
 
-cdef object _read_descs(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end):
-    """(sizes, position after the list), or None (not all INLINE descriptors: the general path decides)."""
+cdef object _read_descs(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end, object data):
+    """(sizes, position after the list) for a list of INLINE descriptors; any other field or kind is left to
+    the pure-Python reader, from the list's start (so both implementations agree by construction)."""
+    cdef Py_ssize_t start = pos
     cdef unsigned char etype, t
     cdef int32_t count, kind
     cdef int64_t size
@@ -204,7 +238,7 @@ cdef object _read_descs(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end):
             if t == 10 and d[pos + 1] == 0 and d[pos + 2] == 1:
                 pos += 3
                 if pos + 8 > end:
-                    raise _bad("truncated size")
+                    raise _bad("truncated i64")
                 size = _rd64(d + pos)
                 have_size = True
                 pos += 8
@@ -215,9 +249,9 @@ cdef object _read_descs(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end):
                 kind = _rd32(d + pos)
                 pos += 4
                 if kind != 0:
-                    return None
+                    return _py_read_descs(data, start, end)
             else:
-                return None
+                return _py_read_descs(data, start, end)
         if not have_size or size < 0:
             raise _bad("buffer descriptor without a valid size")
         sizes.append(size)
@@ -258,7 +292,7 @@ cdef object _decode_call(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end,
                 payload = PyBytes_FromStringAndSize(<const char*>(d + p), n)
                 p += n
             if p + 4 <= end and d[p] == 15:
-                got = _read_descs(d, p + 3, end) if d[p + 2] == 5 and d[p + 1] == 0 else None
+                got = _read_descs(d, p + 3, end, data) if d[p + 2] == 5 and d[p + 1] == 0 else None
                 if got is None:
                     return _decode_call_slow(data, pos, end)
                 sizes, p = got
@@ -280,6 +314,7 @@ cdef object _decode_call(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end,
                     msg.payload = payload
                     msg.payload_oob = oob
                     msg.node_id = node_id
+                    msg.buffers = _externals(sizes) if sizes else None
                     return msg, sizes
     return _decode_call_slow(data, pos, end)
 
@@ -298,7 +333,7 @@ cdef object _decode_reply(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end
             payload = PyBytes_FromStringAndSize(<const char*>(d + pos + REPLY_HEAD), n)
             sizes = []
             if p + 4 <= end and d[p] == 15:
-                got = _read_descs(d, p + 3, end) if d[p + 2] == 3 and d[p + 1] == 0 else None
+                got = _read_descs(d, p + 3, end, data) if d[p + 2] == 3 and d[p + 1] == 0 else None
                 if got is None:
                     return _decode_reply_slow(data, pos, end)
                 sizes, p = got
@@ -307,6 +342,7 @@ cdef object _decode_reply(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end
                 msg.call_id = _rd64(d + pos + 3)
                 msg.payload = payload
                 msg.payload_oob = d[p + 3] != 0
+                msg.buffers = _externals(sizes) if sizes else None
                 return msg, sizes
     return _decode_reply_slow(data, pos, end)
 
@@ -335,5 +371,16 @@ def decode_reply(data, Py_ssize_t pos, Py_ssize_t end):
     try:
         _bounds(&pb, pos, end)
         return _decode_reply(<const unsigned char*>pb.buf, pos, end, data)
+    finally:
+        PyBuffer_Release(&pb)
+
+
+def buffer_address(buf):
+    """The address of the first byte of a contiguous buffer (0 when it is empty): what a shared-memory lookup
+    keys on. The pure-Python fallback (disto.serialization.shm) builds a numpy array to ask, ~3 us."""
+    cdef Py_buffer pb
+    PyObject_GetBuffer(buf, &pb, PyBUF_SIMPLE)
+    try:
+        return <size_t>pb.buf if pb.len else 0
     finally:
         PyBuffer_Release(&pb)

@@ -129,11 +129,8 @@ class Connection:
                 return [_pack_header(len(body), WIRE_VERSION, _CALL, 0, 0) + body]
             return [self._checked_frame(Kind.CALL, body, 0)]
         views, sizes, total, descs = oob_views(buffers)
-        if descs is None:
-            body = encode_call(call_id, actor_id, method, payload, sizes, payload_oob, node_id, traceparent)
-        else:
-            body = encode(T.Call(call_id=call_id, actor_id=actor_id, method=method, payload=payload,
-                                 buffers=descs, payload_oob=payload_oob, node_id=node_id, traceparent=traceparent))
+        body = encode_call(call_id, actor_id, method, payload, sizes if descs is None else descs, payload_oob,
+                           node_id, traceparent)
         return [self._checked_frame(Kind.CALL, body, total), *views]
 
     def send_reply(self, call_id: int, payload: Buffer | None, buffers: Sequence[Buffer] = (),
@@ -147,10 +144,7 @@ class Connection:
                 return [_pack_header(len(body), WIRE_VERSION, kind, 0, 0) + body]
             return [self._checked_frame(kind, body, 0)]
         views, sizes, total, descs = oob_views(buffers)
-        if descs is None:
-            body = encode_reply(call_id, payload, sizes, payload_oob)
-        else:
-            body = encode(T.Reply(call_id=call_id, payload=payload, buffers=descs, payload_oob=payload_oob))
+        body = encode_reply(call_id, payload, sizes if descs is None else descs, payload_oob)
         return [self._checked_frame(kind, body, total), *views]
 
     def _checked_frame(self, kind: int, body: bytes, oob_len: int) -> bytes:

@@ -1,7 +1,8 @@
 """Hand-written Thrift binary codec for the two hot messages, CALL and REPLY.
 
 The bytes are the Thrift binary protocol encoding of the IDL's ``Call`` and ``Reply`` structs, as thriftpy2
-writes them (tests check both directions against thriftpy2). It exists because a call's round trip is dominated
+writes them (tests check both directions against thriftpy2). Buffer descriptors of every kind are handled: an
+inline one is its size (an int), one that lives elsewhere (shared memory, CUDA IPC) a ``T.BufferDesc``. It exists because a call's round trip is dominated
 by per-message Python overhead: building a thriftpy2 struct and running the bounded validator plus the cython
 decoder costs ~5 µs a message here, this path ~1 µs. The decoders are bounded like the validator (every length is
 checked against the bytes present); input they do not recognise (unknown fields, other field types) makes them
@@ -13,6 +14,10 @@ import struct
 from typing import Any
 
 from ..errors import RemoteProtocolError
+from .messages import T
+
+_Desc = T.BufferDesc
+EXTERNAL = (1, 2, 3)  # BufferKind SHM, SHM_SHARED, CUDA_IPC: buffers that do not follow the body
 
 _q = struct.Struct("!q")
 _i = struct.Struct("!i")
@@ -21,6 +26,8 @@ _REPLY_HEAD = struct.Struct("!bhq")       # call_id
 _BIN = struct.Struct("!bhi")              # field header + length of a string/binary
 _LIST = struct.Struct("!bhbi")            # field header + element type + count
 _DESC = struct.Struct("!bhqbhib")         # BufferDesc {1: size, 2: kind=INLINE} STOP
+_FIELD_I64 = struct.Struct("!bhq")
+_FIELD_I32 = struct.Struct("!bhi")
 _OOB_TRUE = b"\x02\x00\x06\x01"
 _OOB_FALSE = b"\x02\x00\x06\x00"
 _REPLY_OOB_TRUE = b"\x02\x00\x04\x01"
@@ -51,13 +58,33 @@ def _b(s: str) -> bytes:
     return b
 
 
-def _descs(parts: list, fid: int, sizes: list[int]) -> None:
+def _descs(parts: list, fid: int, sizes: list[Any]) -> None:
     parts.append(_LIST.pack(15, fid, 12, len(sizes)))
     for n in sizes:
-        parts.append(_DESC.pack(10, 1, n, 8, 2, 0, 0))
+        if type(n) is int:
+            parts.append(_DESC.pack(10, 1, n, 8, 2, 0, 0))
+        else:
+            _desc(parts, n)
 
 
-def encode_call(call_id: int, actor_id: int, method: str, payload: Any, sizes: list[int], payload_oob: bool,
+def _desc(parts: list, d: Any) -> None:
+    """A whole BufferDesc (any kind): its set fields in id order, as thriftpy2 writes them."""
+    parts.append(_FIELD_I64.pack(10, 1, d.size))
+    if d.kind is not None:
+        parts.append(_FIELD_I32.pack(8, 2, d.kind))
+    if d.segment is not None:
+        seg = d.segment.encode()
+        parts.append(_BIN.pack(11, 3, len(seg)))
+        parts.append(seg)
+    if d.offset is not None:
+        parts.append(_FIELD_I64.pack(10, 4, d.offset))
+    if d.handle is not None:
+        parts.append(_BIN.pack(11, 5, len(d.handle)))
+        parts.append(d.handle)
+    parts.append(b"\x00")
+
+
+def encode_call(call_id: int, actor_id: int, method: str, payload: Any, sizes: list[Any], payload_oob: bool,
                 node_id: str | None, traceparent: str | None = None) -> bytes:
     m = _b(method)
     parts: list = [_CALL_HEAD.pack(10, 1, call_id, 10, 2, actor_id, 11, 3, len(m)), m]
@@ -79,7 +106,7 @@ def encode_call(call_id: int, actor_id: int, method: str, payload: Any, sizes: l
     return b"".join(parts)
 
 
-def encode_reply(call_id: int, payload: Any, sizes: list[int], payload_oob: bool) -> bytes:
+def encode_reply(call_id: int, payload: Any, sizes: list[Any], payload_oob: bool) -> bytes:
     parts: list = [_REPLY_HEAD.pack(10, 1, call_id)]
     if payload is not None:
         parts.append(_BIN.pack(11, 2, len(payload)))
@@ -95,7 +122,9 @@ def _bad(why: str) -> RemoteProtocolError:
     return RemoteProtocolError(why)
 
 
-def _read_descs(data: Any, pos: int, end: int) -> tuple[list[int], int] | None:
+def _read_descs(data: Any, pos: int, end: int) -> tuple[list[Any], int] | None:
+    """The buffer list at ``pos``: (per buffer its size if inline, else its ``T.BufferDesc``; the position after
+    it), or None for what the generic path should judge (another element type, field or kind)."""
     if pos + 5 > end:
         raise _bad("truncated list header")
     etype = data[pos]
@@ -105,9 +134,9 @@ def _read_descs(data: Any, pos: int, end: int) -> tuple[list[int], int] | None:
         return None
     if count < 0 or count > end - pos:  # a BufferDesc takes at least one byte
         raise _bad(f"bad buffer list count {count}")
-    sizes = []
+    sizes: list[Any] = []
     for _ in range(count):
-        size = None
+        size = kind = segment = offset = handle = None
         while True:
             if pos >= end:
                 raise _bad("truncated buffer descriptor")
@@ -119,24 +148,56 @@ def _read_descs(data: Any, pos: int, end: int) -> tuple[list[int], int] | None:
                 raise _bad("truncated field header")
             fid = (data[pos + 1] << 8) | data[pos + 2]
             pos += 3
-            if t == 10 and fid == 1:
+            if t == 10 and (fid == 1 or fid == 4):
                 if pos + 8 > end:
-                    raise _bad("truncated size")
-                (size,) = _q.unpack_from(data, pos)
+                    raise _bad("truncated i64")
+                (v,) = _q.unpack_from(data, pos)
                 pos += 8
+                if fid == 1:
+                    size = v
+                else:
+                    offset = v
             elif t == 8 and fid == 2:
                 if pos + 4 > end:
                     raise _bad("truncated kind")
                 (kind,) = _i.unpack_from(data, pos)
                 pos += 4
-                if kind != 0:
-                    return None  # not INLINE: the generic path says what is wrong
+            elif t == 11 and (fid == 3 or fid == 5):
+                if pos + 4 > end:
+                    raise _bad("truncated length")
+                (n,) = _i.unpack_from(data, pos)
+                pos += 4
+                if n < 0 or n > end - pos:
+                    raise _bad(f"descriptor string length {n} out of bounds")
+                raw = bytes(data[pos:pos + n])
+                pos += n
+                if fid == 5:
+                    handle = raw
+                else:
+                    try:
+                        segment = raw.decode()
+                    except UnicodeDecodeError:
+                        raise _bad("segment name is not UTF-8") from None
             else:
                 return None
         if size is None or size < 0:
             raise _bad("buffer descriptor without a valid size")
-        sizes.append(size)
+        if kind is None or kind == 0:
+            sizes.append(size)
+        elif kind in EXTERNAL:
+            sizes.append(_Desc(size=size, kind=kind, segment=segment, offset=offset, handle=handle))
+        else:
+            return None  # an unknown kind: the generic path says what is wrong
     return sizes, pos
+
+
+def _externals(sizes: list[Any]) -> list[Any] | None:
+    """What a message's ``buffers`` holds: its descriptors when some live elsewhere (the receiver maps those),
+    else None (every buffer follows the body)."""
+    for n in sizes:
+        if type(n) is not int:
+            return sizes
+    return None
 
 
 _hdr = struct.Struct("!bh")
@@ -191,7 +252,7 @@ def decode_call(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]] | No
                     msg.actor_id = actor_id
                     msg.method = method
                     msg.payload = payload
-                    msg.buffers = None
+                    msg.buffers = _externals(sizes)
                     msg.payload_oob = oob
                     msg.node_id = node_id
                     msg.traceparent = None
@@ -275,7 +336,7 @@ def _decode_call_slow(data: Any, pos: int, end: int) -> tuple[CallMsg, list[int]
     msg.actor_id = v["actor_id"]
     msg.method = v["method"]
     msg.payload = v.get("payload")
-    msg.buffers = None
+    msg.buffers = _externals(sizes)
     msg.payload_oob = v.get("payload_oob", False)
     msg.node_id = v.get("node_id")
     msg.traceparent = v.get("traceparent")
@@ -299,7 +360,7 @@ def decode_reply(data: Any, pos: int, end: int) -> tuple[ReplyMsg, list[int]] | 
                 msg = ReplyMsg()
                 msg.call_id = call_id
                 msg.payload = payload
-                msg.buffers = None
+                msg.buffers = _externals(sizes)
                 msg.payload_oob = data[p + 3] != 0
                 return msg, sizes
     return _decode_reply_slow(data, pos, end)
@@ -318,6 +379,6 @@ def _decode_reply_slow(data: Any, pos: int, end: int) -> tuple[ReplyMsg, list[in
     msg = ReplyMsg()
     msg.call_id = v["call_id"]
     msg.payload = v.get("payload")
-    msg.buffers = None
+    msg.buffers = _externals(sizes)
     msg.payload_oob = v.get("payload_oob", False)
     return msg, sizes
