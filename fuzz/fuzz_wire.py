@@ -7,8 +7,9 @@ Targets, chosen by the first input byte:
   0  a listener before the handshake: bytes from a stranger (nothing may reach the application: no event)
   1  an authenticated connection: frames after the handshake (any split of the input into reads)
   2  each message body through the bounded validator and the Thrift decoder
-  3  the hand-written CALL/REPLY codec: the pure-Python one, and the compiled one (disto.wire._speedups, when
-     built), which must give the same message, None, or the same error on every input (a difference is a crash)
+  3  the hand-written CALL/REPLY codec and frame decoder: the pure-Python one, and the compiled one
+     (disto.wire._speedups, when built), which must give the same message, None, or the same error on every input
+     (a difference is a crash)
   4  a request frame of the search service (header parser, then the bounded decoder)
   5  the search link (sans-IO ends): requests as a shard's session reads them after the secret (frames, the cached
      repeat, the views' checks: a segment name that is not a search segment's is refused before anything is
@@ -56,6 +57,18 @@ def _outcome(impl: object, name: str, data: bytes) -> object:
     msg, sizes = got
     slots = fastcodec.CallMsg.__slots__ if name == "decode_call" else fastcodec.ReplyMsg.__slots__
     return [getattr(msg, k) for k in slots], sizes
+
+
+def _frame_outcome(impl: object, rx: bytes) -> object:
+    try:
+        got = impl.decode_frame(rx, 0, len(rx), 1 << 16)  # type: ignore[attr-defined]
+    except RemoteProtocolError as e:
+        return str(e)
+    if got is None:
+        return None
+    ev, end = got
+    slots = fastcodec.CallMsg.__slots__ if type(ev).__name__ == "Call" else fastcodec.ReplyMsg.__slots__
+    return type(ev).__name__, [getattr(ev.body, k) for k in slots], end
 
 
 def _fuzz_link(rest: bytes) -> None:
@@ -132,6 +145,10 @@ def one_input(data: bytes) -> None:
                 compiled = _outcome(_speedups, name, rest)
                 if compiled != pure:
                     raise AssertionError(f"{name}: compiled {compiled!r} != pure {pure!r}")
+        if codec.IMPLEMENTATION == "compiled":  # the input as a receive buffer holding a frame
+            pure, compiled = _frame_outcome(fastcodec, rest), _frame_outcome(_speedups, rest)
+            if compiled != pure:
+                raise AssertionError(f"decode_frame: compiled {compiled!r} != pure {pure!r}")
     elif target == 5:
         if _link is not None:
             _fuzz_link(rest)

@@ -475,6 +475,51 @@ def test_compiled_codec_agrees_with_the_pure_one_on_any_bytes(data: bytes) -> No
         assert _outcome(_speedups, name, data) == _outcome(fastcodec, name, data), name
 
 
+def _frame_outcome(impl, rx: bytes, start: int, max_body: int) -> object:
+    try:
+        got = impl.decode_frame(rx, start, len(rx), max_body)
+    except RemoteProtocolError as e:
+        return ("error", str(e))
+    if got is None:
+        return None
+    ev, end = got
+    keys = fastcodec.CallMsg.__slots__ if type(ev).__name__ == "Call" else fastcodec.ReplyMsg.__slots__
+    return type(ev).__name__, {k: getattr(ev.body, k) for k in keys}, ev.buffers, end
+
+
+@pytest.mark.skipif(_speedups is None, reason="the compiled codec is not built")
+@settings(max_examples=1000, deadline=None)
+@given(body=_mutated_bodies(), kind=st.sampled_from([Kind.CALL, Kind.REPLY, Kind.STREAM_ITEM, Kind.FAILURE]),
+       version=st.sampled_from([1, 1, 1, 2]), flags=st.sampled_from([0, 0, 0, 1, 0x100]),
+       oob=st.sampled_from([0, 0, 0, 5]), lie=st.sampled_from([0, 0, 0, -1, 1, 1 << 31]),
+       before=st.binary(max_size=5), after=st.binary(max_size=5), max_body=st.sampled_from([16 << 20, 8]))
+def test_compiled_frame_decoder_agrees_with_the_pure_one(body, kind, version, flags, oob, lie, before, after,
+                                                        max_body) -> None:
+    # whole frames (a header that may lie about the body's length, carry flags, another version, oob bytes)
+    # inside a receive buffer: the same event and end, or the same refusal to take it
+    n = max(0, min(len(body) + lie, 2**32 - 1))
+    rx = before + HEADER.pack(n, version, kind, flags, oob) + body + after
+    for start in (0, len(before)):
+        assert _frame_outcome(_speedups, rx, start, max_body) == _frame_outcome(fastcodec, rx, start, max_body)
+
+
+@pytest.mark.parametrize("impl", CODECS)
+def test_decode_frame_takes_whole_plain_calls_and_replies_only(impl) -> None:
+    call = fastcodec.encode_call(5, 16, "add", b"p", [], False, None)
+    rx = HEADER.pack(len(call), 1, Kind.CALL, 0, 0) + call
+    ev, end = impl.decode_frame(rx + b"next", 0, len(rx) + 4, 1 << 20)
+    assert type(ev).__name__ == "Call" and (ev.body.call_id, ev.body.method, ev.buffers, end) == (5, "add", [], len(rx))
+    assert impl.decode_frame(rx, 0, len(rx) - 1, 1 << 20) is None  # not all of it has arrived
+    assert impl.decode_frame(rx, 0, len(rx), len(call) - 1) is None  # too big: the general path refuses it
+    with_buffers = fastcodec.encode_reply(6, b"r", [4], False)
+    rx = HEADER.pack(len(with_buffers), 1, Kind.REPLY, 0, 4) + with_buffers + b"abcd"
+    assert impl.decode_frame(rx, 0, len(rx), 1 << 20) is None  # buffers follow: the general path reads them
+    item = fastcodec.encode_reply(7, b"i", [], False)
+    rx = HEADER.pack(len(item), 1, Kind.STREAM_ITEM, 0, 0) + item
+    ev, _ = impl.decode_frame(rx, 0, len(rx), 1 << 20)
+    assert type(ev).__name__ == "StreamItem" and ev.body.call_id == 7
+
+
 @pytest.mark.parametrize("impl", CODECS)
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))

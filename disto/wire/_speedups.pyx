@@ -13,7 +13,9 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from .events import Call, Reply, StreamItem
 from .fastcodec import _bad, _decode_call_slow, _decode_reply_slow, _externals
+from .messages import WIRE_VERSION, Kind
 from .fastcodec import _descs as _py_descs
 from .fastcodec import _read_descs as _py_read_descs
 cdef dict _str_cache = {}
@@ -382,5 +384,48 @@ def buffer_address(buf):
     PyObject_GetBuffer(buf, &pb, PyBUF_SIMPLE)
     try:
         return <size_t>pb.buf if pb.len else 0
+    finally:
+        PyBuffer_Release(&pb)
+
+
+cdef int _CALL = Kind.CALL
+cdef int _REPLY = Kind.REPLY
+cdef int _ITEM = Kind.STREAM_ITEM
+cdef int _VERSION = WIRE_VERSION
+
+
+def decode_frame(rx, Py_ssize_t start, Py_ssize_t rend, Py_ssize_t max_body):
+    """The frame at ``rx[start:rend]`` as an event, if it is a whole CALL, REPLY or STREAM_ITEM that carries no
+    buffers and that the fast decoders take: (the event, where the frame ends). None otherwise: too few bytes, or
+    for the connection's general path (which checks the header and says what is wrong)."""
+    cdef Py_buffer pb
+    cdef const unsigned char* d
+    cdef uint64_t body_len, oob_len
+    cdef Py_ssize_t begin, end
+    cdef int kind
+    cdef object got
+    PyObject_GetBuffer(rx, &pb, PyBUF_SIMPLE)
+    try:
+        _bounds(&pb, start, rend)
+        if rend - start < 16:
+            return None
+        d = <const unsigned char*>pb.buf + start
+        body_len = <uint32_t>_rd32(d)
+        oob_len = <uint64_t>_rd64(d + 8)
+        kind = d[5]
+        if (oob_len or d[4] != _VERSION or d[6] or d[7] or <Py_ssize_t>body_len > max_body
+                or <Py_ssize_t>body_len > rend - start - 16):
+            return None
+        begin = start + 16
+        end = begin + <Py_ssize_t>body_len
+        if kind == _CALL:
+            got = _decode_call(<const unsigned char*>pb.buf, begin, end, rx)
+            if got is not None and not (<tuple>got)[1]:
+                return Call((<tuple>got)[0], []), end
+        elif kind == _REPLY or kind == _ITEM:
+            got = _decode_reply(<const unsigned char*>pb.buf, begin, end, rx)
+            if got is not None and not (<tuple>got)[1]:
+                return (Reply if kind == _REPLY else StreamItem)((<tuple>got)[0], []), end
+        return None
     finally:
         PyBuffer_Release(&pb)

@@ -21,8 +21,8 @@ import enum
 from typing import Any, Callable, Sequence, Union
 
 from ..errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
-from .events import CLOSED, EVENT_OF_KIND, NEED_DATA, Call, Event, Identity, Message, Ready, Reply, StreamItem
-from .codec import decode_call, decode_reply, encode_call, encode_reply
+from .events import CLOSED, EVENT_OF_KIND, NEED_DATA, Event, Identity, Message, Ready
+from .codec import decode_call, decode_frame, decode_reply, encode_call, encode_reply
 from .framing import (DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_BODY, HEADER, HEADER_SIZE,
                       inline_sizes, oob_views)
 from .handshake import Handshake
@@ -213,24 +213,14 @@ class Connection:
                 start = self._rstart
                 if self._rend - start < HEADER_SIZE:
                     return NEED_DATA
-                rx = self._rx
-                body_len, version, kind, flags, oob_len = _unpack_header(rx, start)
-                begin = start + HEADER_SIZE
-                end = begin + body_len
-                if (not oob_len and end <= self._rend and version == WIRE_VERSION and not flags
-                        and body_len <= self._max_body):
-                    if kind == _CALL:
-                        got = decode_call(rx, begin, end)
-                    elif kind == _REPLY or kind == _ITEM:
-                        got = decode_reply(rx, begin, end)
+                got = decode_frame(self._rx, start, self._rend, self._max_body)
+                if got is not None:
+                    ev, end = got
+                    if end == self._rend:
+                        self._rstart = self._rend = 0
                     else:
-                        got = None
-                    if got is not None and not got[1]:
-                        if end == self._rend:
-                            self._rstart = self._rend = 0
-                        else:
-                            self._rstart = end
-                        return (Call if kind == _CALL else Reply if kind == _REPLY else StreamItem)(got[0], [])
+                        self._rstart = end
+                    return ev
             return self._next_event()
         except (RemoteProtocolError, AuthenticationError):
             self.close()

@@ -14,7 +14,8 @@ import struct
 from typing import Any
 
 from ..errors import RemoteProtocolError
-from .messages import T
+from .events import Call, Reply, StreamItem
+from .messages import WIRE_VERSION, Kind, T
 
 _Desc = T.BufferDesc
 EXTERNAL = (1, 2, 3)  # BufferKind SHM, SHM_SHARED, CUDA_IPC: buffers that do not follow the body
@@ -382,3 +383,29 @@ def _decode_reply_slow(data: Any, pos: int, end: int) -> tuple[ReplyMsg, list[in
     msg.buffers = _externals(sizes)
     msg.payload_oob = v.get("payload_oob", False)
     return msg, sizes
+
+
+_FRAME_HEADER = struct.Struct("!IBBHQ")  # body_len, version, kind, flags, oob_len (framing.HEADER)
+_CALL, _REPLY, _ITEM = Kind.CALL, Kind.REPLY, Kind.STREAM_ITEM
+
+
+def decode_frame(rx: Any, start: int, rend: int, max_body: int) -> tuple[Any, int] | None:
+    """The frame at ``rx[start:rend]`` as an event, if it is a whole CALL, REPLY or STREAM_ITEM that carries no
+    buffers and that the fast decoders take: (the event, where the frame ends). None otherwise: too few bytes, or
+    for the connection's general path (which checks the header and says what is wrong)."""
+    if rend - start < 16:
+        return None
+    body_len, version, kind, flags, oob_len = _FRAME_HEADER.unpack_from(rx, start)
+    begin = start + 16
+    end = begin + body_len
+    if oob_len or end > rend or version != WIRE_VERSION or flags or body_len > max_body:
+        return None
+    if kind == _CALL:
+        got = decode_call(rx, begin, end)
+        if got is not None and not got[1]:
+            return Call(got[0], []), end
+    elif kind == _REPLY or kind == _ITEM:
+        got = decode_reply(rx, begin, end)
+        if got is not None and not got[1]:
+            return (Reply if kind == _REPLY else StreamItem)(got[0], []), end
+    return None
