@@ -48,7 +48,12 @@ def run_core(tree: str, args: list[str], cpus: str | None) -> dict:
             cmd = ["taskset", "-c", cpus, *cmd]
         # cwd too: `python -m disto node start` (the node processes) puts the working directory first on sys.path
         subprocess.run(cmd, env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
-        return json.load(open(out.name))["median"]
+        result = json.load(open(out.name))
+        medians = dict(result["median"], codec=result.get("codec", "python"))
+        for row in result.get("pinned", []):  # the pinned rows (same core, cross core), by their name
+            medians["pinned " + row["workload"]] = row["disto"]
+            medians["pinned floor " + row["workload"]] = row["raw"]
+        return medians
 
 
 def main() -> None:
@@ -74,15 +79,23 @@ def main() -> None:
         finally:
             if before.startswith(tmp):
                 subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", before], capture_output=True)
-    print(f"\ndisto A/B  {time.strftime('%Y-%m-%d %H:%M')}  before={a.before}  after={a.after}  "
-          f"rounds={a.rounds} (medians; ratio = after/before, range of per-round ratios)")
-    print(f"{'workload':<36} {'before':>12} {'after':>12} {'ratio':>8}  range")
-    for key, name, _higher_better in ROWS:
+    print(f"\ndisto A/B  {time.strftime('%Y-%m-%d %H:%M')}  before={a.before} ({runs['before'][0]['codec']} codec)  "
+          f"after={a.after} ({runs['after'][0]['codec']} codec)  rounds={a.rounds} (medians; ratio = after/before, "
+          f"range of per-round ratios)")
+    print(f"{'workload':<44} {'before':>12} {'after':>12} {'ratio':>8}  range")
+    pinned = [k for k in runs["after"][0] if k.startswith("pinned ") and not k.startswith("pinned floor ")
+              and all(k in m for m in runs["before"])]
+    for key, name, _higher_better in ROWS + [(k, k, True) for k in pinned]:
         b = [m[key] for m in runs["before"]]
         f = [m[key] for m in runs["after"]]
         ratios = [y / x for x, y in zip(b, f)]
-        print(f"{name:<36} {statistics.median(b):>12,.1f} {statistics.median(f):>12,.1f} "
+        print(f"{name:<44} {statistics.median(b):>12,.1f} {statistics.median(f):>12,.1f} "
               f"{statistics.median(f) / statistics.median(b):>7.3f}x  {min(ratios):.3f}-{max(ratios):.3f}")
+    for key in pinned:  # each pinned row against its echo floor, measured in the same run
+        floor = "pinned floor " + key.removeprefix("pinned ")
+        for label in ("before", "after"):
+            ratios = [m[key] / m[floor] for m in runs[label]]
+            print(f"{key.removeprefix('pinned ') + ' / echo, ' + label:<58} {statistics.median(ratios):>7.2f}x")
     print(f"load average: {os.getloadavg()}")
     if a.json:
         with open(a.json, "w") as fh:

@@ -89,6 +89,15 @@ async def pipelined(ref: disto.ActorRef, n: int, inflight: int) -> float:
     return time.perf_counter() - t0
 
 
+def codec_in_use() -> str:
+    """Which CALL/REPLY codec this process (and the nodes it starts) runs: compiled or python."""
+    try:
+        from disto.wire import codec
+    except ImportError:  # an older disto (bench/ab.py): pure Python only
+        return "python"
+    return codec.IMPLEMENTATION
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -275,7 +284,8 @@ async def main(args: argparse.Namespace) -> dict:
         ("stream items/s (async generator)", med["raw_w2"], med["stream"], med["stream"] / med["raw_w2"]),
     ]
     print(f"\ndisto core benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  "
-          f"{os.cpu_count()} cores  python {platform.python_version()}  repeats={repeat} (medians)")
+          f"{os.cpu_count()} cores  python {platform.python_version()}  repeats={repeat} (medians)  "
+          f"codec: {codec_in_use()}")
     print(f"{'workload':<40} {'raw uvloop echo':>16} {'disto':>12} {'disto/raw':>10}")
     for name, floor, ours, ratio in rows:
         f = "-" if floor != floor else f"{floor:,.1f}"
@@ -295,7 +305,7 @@ async def main(args: argparse.Namespace) -> dict:
               f"({med['group_call'] / med['group_gather']:.2f}x)")
     print(f"load average: {os.getloadavg()}")
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(), "cores": os.cpu_count(),
-            "repeat": repeat, "raw": res, "median": med,
+            "repeat": repeat, "codec": codec_in_use(), "raw": res, "median": med,
             "pinned": [{"workload": n, "raw": f, "disto": o} for n, f, o in pinned]}
 
 

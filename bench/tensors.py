@@ -94,7 +94,9 @@ async def main(args: argparse.Namespace) -> dict:
     finally:
         server.kill()
         server.wait()
+    from disto.wire import codec
     print(f"\nW4 tensor to an actor in another process, which returns its sum  {time.strftime('%Y-%m-%d %H:%M')}  "
+          f"codec: {codec.IMPLEMENTATION}  "
           f"{platform.node()}  {os.cpu_count()} cores  (medians; GB/s = size / time per call)")
     print(f"{'size':>7} | {'memcpy':>19} | {'raw socket':>19} | {'disto shm (value)':>19} | "
           f"{'disto shared (ref)':>19} | {'shared, not read':>19} | {'disto tcp':>19} | tcp/raw")
