@@ -106,6 +106,20 @@ cdef inline bint _all_inline(object sizes):
     return True
 
 
+cdef inline Py_ssize_t _descs_len(Py_ssize_t count, bytes other):
+    if other is not None:
+        return PyBytes_GET_SIZE(other)
+    return 8 + DESC * count if count else 0
+
+
+cdef inline unsigned char* _put_descs(unsigned char* p, unsigned char fid, object sizes, Py_ssize_t count,
+                                      bytes other) except NULL:
+    if other is not None:
+        memcpy(p, PyBytes_AS_STRING(other), PyBytes_GET_SIZE(other))
+        return p + PyBytes_GET_SIZE(other)
+    return _descs(p, fid, sizes, count) if count else p
+
+
 cdef bytes _other_descs(unsigned char fid, object sizes):
     """A list holding descriptors of other kinds, written by the pure-Python helper (not the hot path)."""
     cdef list parts = []
@@ -133,10 +147,7 @@ def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node
         total = CALL_HEAD + PyBytes_GET_SIZE(m) + 4 + 1
         if have_payload:
             total += 7 + pb.len
-        if other is not None:
-            total += PyBytes_GET_SIZE(other)
-        elif count:
-            total += 8 + DESC * count
+        total += _descs_len(count, other)
         if n is not None:
             total += 7 + PyBytes_GET_SIZE(n)
         if t is not None:
@@ -148,11 +159,7 @@ def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node
         p = _bin(p, 3, <const unsigned char*>PyBytes_AS_STRING(m), PyBytes_GET_SIZE(m))
         if have_payload:
             p = _bin(p, 4, <const unsigned char*>pb.buf, pb.len)
-        if other is not None:
-            memcpy(p, PyBytes_AS_STRING(other), PyBytes_GET_SIZE(other))
-            p += PyBytes_GET_SIZE(other)
-        elif count:
-            p = _descs(p, 5, sizes, count)
+        p = _put_descs(p, 5, sizes, count, other)
         p = _field(p, 2, 6)
         p[0] = 1 if payload_oob else 0
         p += 1
@@ -183,20 +190,13 @@ def encode_reply(call_id, payload, sizes, payload_oob):
     try:
         if have_payload:
             total += 7 + pb.len
-        if other is not None:
-            total += PyBytes_GET_SIZE(other)
-        elif count:
-            total += 8 + DESC * count
+        total += _descs_len(count, other)
         out = PyBytes_FromStringAndSize(NULL, total)
         p = <unsigned char*>PyBytes_AS_STRING(out)
         p = _wr64(_field(p, 10, 1), cid)
         if have_payload:
             p = _bin(p, 2, <const unsigned char*>pb.buf, pb.len)
-        if other is not None:
-            memcpy(p, PyBytes_AS_STRING(other), PyBytes_GET_SIZE(other))
-            p += PyBytes_GET_SIZE(other)
-        elif count:
-            p = _descs(p, 3, sizes, count)
+        p = _put_descs(p, 3, sizes, count, other)
         p = _field(p, 2, 4)
         p[0] = 1 if payload_oob else 0
         p[1] = 0

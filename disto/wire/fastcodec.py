@@ -123,6 +123,17 @@ def _bad(why: str) -> RemoteProtocolError:
     return RemoteProtocolError(why)
 
 
+def _read_binary(data: Any, pos: int, end: int) -> tuple[bytes, int]:
+    """A length-prefixed string or binary at ``pos``: (its bytes, the position after it), bounded by ``end``."""
+    if pos + 4 > end:
+        raise _bad("truncated length")
+    (n,) = _i.unpack_from(data, pos)
+    pos += 4
+    if n < 0 or n > end - pos:
+        raise _bad(f"string length {n} out of bounds")
+    return bytes(data[pos:pos + n]), pos + n
+
+
 def _read_descs(data: Any, pos: int, end: int) -> tuple[list[Any], int] | None:
     """The buffer list at ``pos``: (per buffer its size if inline, else its ``T.BufferDesc``; the position after
     it), or None for what the generic path should judge (another element type, field or kind)."""
@@ -164,14 +175,7 @@ def _read_descs(data: Any, pos: int, end: int) -> tuple[list[Any], int] | None:
                 (kind,) = _i.unpack_from(data, pos)
                 pos += 4
             elif t == 11 and (fid == 3 or fid == 5):
-                if pos + 4 > end:
-                    raise _bad("truncated length")
-                (n,) = _i.unpack_from(data, pos)
-                pos += 4
-                if n < 0 or n > end - pos:
-                    raise _bad(f"descriptor string length {n} out of bounds")
-                raw = bytes(data[pos:pos + n])
-                pos += n
+                raw, pos = _read_binary(data, pos, end)
                 if fid == 5:
                     handle = raw
                 else:
@@ -305,14 +309,7 @@ def _read_fields(data: Any, pos: int, end: int, table: dict[int, tuple[int, str,
                 return None
             sizes, pos = got
         else:
-            if pos + 4 > end:
-                raise _bad("truncated length")
-            (n,) = _i.unpack_from(data, pos)
-            pos += 4
-            if n < 0 or n > end - pos:
-                raise _bad(f"string length {n} out of bounds")
-            raw = bytes(data[pos:pos + n])
-            pos += n
+            raw, pos = _read_binary(data, pos, end)
             if how == "str":
                 try:
                     values[name] = raw.decode()
