@@ -28,7 +28,6 @@ from .framing import (DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_BODY, H
 from .handshake import Handshake
 from .messages import STRUCT_OF_KIND, WIRE_VERSION, Kind, T, decode, encode
 
-_unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
 DEFAULT_LARGE = 64 << 10  # out-of-band buffers at least this big are read straight into their own memory
 _RX_INITIAL = 256 << 10
