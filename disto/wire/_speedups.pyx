@@ -1,11 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The compiled CALL/REPLY codec: the same functions, bytes and errors as :mod:`disto.wire.fastcodec`, in C.
+"""The compiled CALL/REPLY codec and frame decoder: the same functions, bytes and errors as
+:mod:`disto.wire.fastcodec`, in C, plus ``buffer_address`` for the serialization layer.
 
 ``pip install -e .`` builds it with the machine's C compiler (Cython); :mod:`disto.wire.codec` picks it when it
 is importable and ``DISTO_PURE_PYTHON`` is not set. Only the canonical layout (fields in id order, as both
 implementations write them) is decoded here; anything else goes to the pure-Python general loop, which stays the
 one place that judges unusual input. Every read is bounded by ``end``; tests check both implementations give the
-same results and raise the same errors on the same bytes, and the fuzz target runs this one.
+same results and raise the same errors on the same bytes, and the fuzz target compares them on every input.
+Buffer descriptors of other kinds than INLINE (shared memory, CUDA IPC) are read and written by the pure-Python
+helpers.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -15,14 +18,16 @@ from libc.string cimport memcpy
 
 from .events import Call, Reply, StreamItem
 from .fastcodec import _bad, _decode_call_slow, _decode_reply_slow, _externals
-from .messages import WIRE_VERSION, Kind
 from .fastcodec import _descs as _py_descs
 from .fastcodec import _read_descs as _py_read_descs
+from .messages import WIRE_VERSION, Kind
+
 cdef dict _str_cache = {}
 
-DEF CALL_HEAD = 29   # i64 call_id, i64 actor_id, string header of method (3 + 8 + 3 + 8 + 3 + 4)
-DEF REPLY_HEAD = 18  # i64 call_id, binary header of payload
-DEF DESC = 19        # BufferDesc {1: i64 size, 2: i32 kind = INLINE} STOP
+cdef enum:
+    CALL_HEAD = 29   # i64 call_id, i64 actor_id, string header of method (3 + 8 + 3 + 8 + 3 + 4)
+    REPLY_HEAD = 18  # i64 call_id, binary header of payload
+    DESC = 19        # BufferDesc {1: i64 size, 2: i32 kind = INLINE} STOP
 
 
 cdef class CallMsg:
