@@ -14,8 +14,9 @@ if os.environ.get("DISTO_PURE_PYTHON", "").strip().lower() in ("", "0", "false",
         print("disto: Cython is not installed; installing the pure-Python codec only")
     else:
         ext_modules = cythonize(
-            [Extension("disto.wire._speedups", ["disto/wire/_speedups.pyx"], optional=True,
-                       extra_compile_args=["-O2"])],
+            [Extension("disto.wire._speedups", ["disto/wire/_speedups.pyx"], extra_compile_args=["-O2"])],
             compiler_directives={"language_level": "3"}, quiet=True)
+        for ext in ext_modules:
+            ext.optional = True  # a failed compile warns and installs the rest (cythonize drops this flag)
 
 setup(ext_modules=ext_modules)
