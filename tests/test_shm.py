@@ -48,6 +48,24 @@ def disto_segments() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith(PREFIX)}
 
 
+def test_buffer_address_is_the_first_byte_of_the_buffer() -> None:
+    # the key of every shared-memory lookup: the compiled one (when built) and numpy's must agree on every buffer
+    from disto.serialization import shm
+    from disto.wire.codec import compiled_buffer_address
+
+    arr = np.arange(64, dtype=np.uint8)
+    t = torch.arange(16, dtype=torch.float32)
+    cases = [bytearray(b"abc"), memoryview(arr)[5:], arr, t.numpy(), memoryview(t.numpy()).cast("B")[8:], b"xyz",
+             memoryview(b"readonly bytes"), b"", bytearray()]
+    for buf in cases:
+        want = shm._numpy_buffer_address(buf)
+        assert shm.buffer_address(buf) == want
+        if compiled_buffer_address is not None:
+            assert compiled_buffer_address(buf) == want
+    assert shm.buffer_address(memoryview(arr)[5:]) == arr.ctypes.data + 5
+    assert shm.buffer_address(b"") == 0
+
+
 def test_exporter_reuses_released_segments_and_cleans_up() -> None:
     before = disto_segments()
     ex, im = ShmExporter(), ShmImporter()
