@@ -15,14 +15,17 @@ import asyncio
 import functools
 import logging
 import time
+import types
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ActorDeadError, RemoteError, format_remote_traceback
-from .base import AGEN, GEN, GEN_LOOP, THREAD, How
+from .base import AGEN, ASYNC, GEN, GEN_LOOP, LOOP, THREAD, How
 from .threads import ActorThread
 
-_STREAMS = frozenset({AGEN, GEN, GEN_LOOP})
+_CoroutineType = types.CoroutineType
+# results that cannot be coroutines: asyncio.iscoroutine on them costs an ABC check per call
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict})
 _perf_counter = time.perf_counter
 inline_actor: str | None = None  # the actor whose method runs inline on the loop right now (its label)
 _DONE = object()
@@ -115,7 +118,7 @@ class Mailbox:
         if how is THREAD:
             self._to_thread(item)
             return
-        if how in _STREAMS:
+        if how is not LOOP and how is not ASYNC:  # (identity: hashing an enum member runs Python code)
             self._start_stream(item, how)
             return
         fn = getattr(self.instance, item.method)
@@ -131,7 +134,7 @@ class Mailbox:
                 raise
             return
         inline_actor = None
-        if asyncio.iscoroutine(result):
+        if type(result) is _CoroutineType or (type(result) not in _PLAIN and asyncio.iscoroutine(result)):
             self._as_task(item, result)
             return
         self.running -= 1

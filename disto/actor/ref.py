@@ -44,7 +44,10 @@ class MethodRef:
 
     def __call__(self, *args: Any, **kwargs: Any) -> "Future[Any]":
         ref = self._ref
-        return ref._resolve_node().call(ref, self._name, args, kwargs)
+        node = ref._node
+        if node is None or node.closed:
+            node = ref._resolve_node()
+        return node.call(ref, self._name, args, kwargs)
 
     def tell(self, *args: Any, **kwargs: Any) -> "Future[None]":
         """One-way call: no reply, errors are only logged on the actor's node. The returned future completes

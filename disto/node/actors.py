@@ -11,7 +11,7 @@ from ..actor import (FIRST_USER_ACTOR_ID, ActorRef, ActorThread, Mailbox, check_
 from ..actor import context
 from ..errors import ActorDeadError, ActorNotFoundError, ClosedError, DistoError
 from .config import Here
-from .metrics import CANCELLED, ERROR, OK, ActorStats, NodeMetrics
+from .metrics import CANCELLED, ERROR, ActorStats, NodeMetrics
 from .replies import Replies
 from .streams import StreamSinks
 
@@ -70,10 +70,7 @@ class ActorTable:
         else:  # count each call as it is answered: outcome and latency since it arrived
             observe = stats.observe
             clock = time.perf_counter
-
-            def on_reply(item: Any, value: Any) -> None:
-                observe(item.method, clock() - item.t0, OK)
-                reply(item, value)
+            on_reply = stats.counting(reply)
 
             def on_fail(item: Any, exc: BaseException, tb: str) -> None:
                 observe(item.method, clock() - item.t0,

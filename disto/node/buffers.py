@@ -46,7 +46,7 @@ class BufferRouter:
         self._loop = loop
         self._loop_thread = 0  # the loop's thread, once the node runs (set_loop_thread)
         self._leases: dict[Channel, dict[str, int]] = {}  # blocks lent to each peer: segment -> count
-        self._releases: dict[Channel, list[str]] = {}     # the peer's blocks we no longer use, to tell it
+        self.releases: dict[Channel, list[str]] = {}     # the peer's blocks we no longer use, to tell it
         self._last_collect = 0.0
 
     def set_loop_thread(self, ident: int) -> None:
@@ -145,23 +145,23 @@ class BufferRouter:
     def _release_now(self, ch: Channel, name: str) -> None:
         if ch.closed:
             return
-        names = self._releases.get(ch)
+        names = self.releases.get(ch)
         if names is None:
-            names = self._releases[ch] = []
+            names = self.releases[ch] = []
             asyncio.get_running_loop().call_soon(self._flush_releases, ch)
         names.append(name)
 
     def _flush_releases(self, ch: Channel) -> None:
-        names = self._releases.pop(ch, None)
+        names = self.releases.pop(ch, None)
         if names and ch.can_send():
             ch.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n) for n in names]))
 
     def take_releases(self, ch: Channel) -> list:
         """The RELEASE frame for what we dropped of this peer's memory since the last one, if anything: to go
         out in the same write as a reply or call being written now (one wake-up of the peer, not two)."""
-        if not self._releases:
+        if not self.releases:
             return []
-        names = self._releases.pop(ch, None)
+        names = self.releases.pop(ch, None)
         if not names:
             return []
         return ch.conn.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n)
@@ -184,7 +184,7 @@ class BufferRouter:
 
     def peer_lost(self, ch: Channel) -> None:
         """The peer can no longer release what it held: take it all back."""
-        self._releases.pop(ch, None)
+        self.releases.pop(ch, None)
         for name, count in self._leases.pop(ch, {}).items():
             for _ in range(count):
                 self.exporter.release(name)

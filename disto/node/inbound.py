@@ -3,6 +3,7 @@ call skips the wire and passes its arguments as they are)."""
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any
 
 from ..actor import ActorRef, CallItem
@@ -18,6 +19,7 @@ from .config import Here
 from .replies import Replies
 
 log = logging.getLogger("disto.node")
+_pickle_loads = pickle.loads
 
 
 def failed(fut: Future, exc: BaseException, oneway: bool) -> Future:
@@ -47,7 +49,13 @@ class InboundCalls:
                 self._replies.send_failure(ch, body.call_id, kind, err, "", err.actor, body.method)
             return
         try:
-            args, kwargs = self._buffers.value_of(ch, body, ev.buffers)
+            if body.payload_oob or body.buffers is not None or ev.buffers:
+                args, kwargs = self._buffers.value_of(ch, body, ev.buffers)
+            else:  # the common case, inline and without buffers: no value_of frames (it words errors)
+                try:
+                    args, kwargs = _pickle_loads(body.payload or b"")
+                except Exception:
+                    args, kwargs = self._buffers.value_of(ch, body, ev.buffers)
             if type(args) is not tuple or type(kwargs) is not dict:
                 raise SerializationError("call arguments must be (tuple, dict)")
         except (SerializationError, ValueError, TypeError) as e:

@@ -97,7 +97,7 @@ class Node:
         self._inbound = InboundCalls(here, self._actors, self._replies, self.buffers, self)
         self._liveness = Liveness(cfg, self._peers)
         self._outbound = OutboundCalls(here, self._peers, self.buffers, self._inbound.call_local,
-                                       self._liveness.is_lost, cfg.max_inflight, cfg.max_frame,
+                                       self._liveness.monitor.lost, cfg.max_inflight, cfg.max_frame,
                                        cfg.stream_window)
         self._membership: Membership | None = None
         self._dedicated = DedicatedProcesses(here, self._token, cfg, lambda: self.seed or self.address)

@@ -14,7 +14,7 @@ import pickle
 import threading
 import weakref
 from collections import deque
-from typing import Callable
+from typing import Callable, Container
 
 from ..actor import FIRST_USER_ACTOR_ID, ActorRef
 from ..errors import (ActorDeadError, AuthenticationError, ClosedError, DistoError, LocalProtocolError, NodeLostError,
@@ -22,26 +22,22 @@ from ..errors import (ActorDeadError, AuthenticationError, ClosedError, DistoErr
 from ..futures import Future
 from ..streams import Stream
 from ..transport import Channel
-from ..wire import Failure, Kind, Reply, StreamEnd, StreamItem, T
+from ..wire import Failure, Kind, Reply, State, StreamEnd, StreamItem, T
 from . import tracing
-from .buffers import BufferRouter, scalar_payload, too_large
+from .buffers import INLINE_PAYLOAD_MAX, BufferRouter, scalar_payload, too_large
 from .config import Here, transfer_mode
 from .failures import exception_from
 from .inbound import failed
 from .peers import Peers
 
 _pickle_dumps = pickle.dumps
+_pickle_loads = pickle.loads
+_NO_BUFFERS: tuple = ()
+_READY = State.READY
 _get_ident = threading.get_ident
 _SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
 
 LocalCall = Callable[[ActorRef, str, tuple, dict, Future, bool], None]
-
-
-def _scalars(args: tuple) -> bool:
-    for a in args:
-        if type(a) not in _SCALAR_TYPES:
-            return False
-    return True
 
 
 def _settle(src: asyncio.Future, dst: concurrent.futures.Future) -> None:
@@ -72,13 +68,13 @@ class CallTable:
 
 class OutboundCalls:
     def __init__(self, here: Here, peers: Peers, buffers: BufferRouter, local: LocalCall,
-                 is_lost: Callable[[str], bool], max_inflight: int, max_frame: int, stream_window: int) -> None:
+                 lost: Container[str], max_inflight: int, max_frame: int, stream_window: int) -> None:
         self.stream_window = stream_window
         self._here = here
         self._peers = peers
         self._buffers = buffers
         self._local = local
-        self._is_lost = is_lost
+        self._lost = lost  # addresses of nodes declared lost (the liveness monitor's, kept current there)
         self.max_inflight = max_inflight
         self.max_frame = max_frame
         self.tables: dict[Channel, CallTable] = {}
@@ -95,11 +91,13 @@ class OutboundCalls:
             return fut
         if here.closing:
             return failed(fut, ClosedError("this node is stopped"), oneway)
-        if ref.actor_id >= FIRST_USER_ACTOR_ID and self._is_lost(ref.node_address):
+        if ref.actor_id >= FIRST_USER_ACTOR_ID and self._lost and ref.node_address in self._lost:
             return failed(fut, ActorDeadError(
                 f"the node of {ref._describe()} ({ref.node_address}) was declared lost and has not joined again",
                 actor=ref._describe(), node=ref.node_address), oneway)
-        ch = self._peers.channel_to(ref.node_address)
+        ch = self._peers.by_address.get(ref.node_address)
+        if ch is None or ch.closed:
+            ch = self._peers.channel_to(ref.node_address)
         table = self.tables.get(ch)
         if table is None:
             table = self.tables[ch] = CallTable()
@@ -133,10 +131,17 @@ class OutboundCalls:
 
     def _send(self, ch: Channel, table: CallTable, call: tuple, fut: Future, oneway: bool) -> None:
         ref, method, args, kwargs, mode, traceparent = call
+        stream = None
         try:
-            if not kwargs and _scalars(args):
-                stream, bufs, oob = scalar_payload(_pickle_dumps((args, kwargs), 5))
+            for a in args:  # (_scalars, inlined)
+                if type(a) not in _SCALAR_TYPES:
+                    break
             else:
+                if not kwargs:
+                    stream = _pickle_dumps((args, kwargs), 5)
+                    stream, bufs, oob = (stream, _NO_BUFFERS, False) if len(stream) <= INLINE_PAYLOAD_MAX \
+                        else scalar_payload(stream)
+            if stream is None:
                 stream, bufs, oob = self._buffers.serialize(ch, (args, kwargs), mode)
         except SerializationError as e:
             failed(fut, e, oneway)
@@ -144,7 +149,8 @@ class OutboundCalls:
         cid = 0 if oneway else table.next_id
         try:
             frames = ch.conn.send_call(cid, ref.actor_id, method, None if oob else stream, bufs, oob,
-                                       ref.node_id or None, traceparent) if ch.can_send() else None
+                                       ref.node_id or None, traceparent) \
+                if not ch.closed and ch.conn.state is _READY else None  # (ch.can_send(), inlined)
         except LocalProtocolError as e:  # larger than a frame may be: this call fails, the connection is fine
             failed(fut, too_large(e, self.max_frame), oneway)
             return
@@ -158,8 +164,9 @@ class OutboundCalls:
         fut._on_cancel = ch.send_cancel  # its pending entry stays until the peer answers: the window counts it
         fut._cancel_arg = cid
         if frames is not None:
-            release = self._buffers.take_releases(ch)  # what we dropped of this peer's memory: in the same write
-            ch.write(release + frames if release else frames)
+            if self._buffers.releases:  # what we dropped of this peer's memory: in the same write
+                frames = self._buffers.take_releases(ch) + frames
+            ch.write(frames)
 
     def drain(self, ch: Channel) -> None:
         """Send queued calls while the window has room."""
@@ -195,7 +202,14 @@ class OutboundCalls:
         if fut is None or fut.done():
             return
         try:
-            fut.set_result(self._buffers.value_of(ch, body, ev.buffers))
+            if body.payload_oob or body.buffers is not None or ev.buffers:
+                value = self._buffers.value_of(ch, body, ev.buffers)
+            else:  # the common case, inline and without buffers: no value_of frames (it words errors)
+                try:
+                    value = _pickle_loads(body.payload or b"")
+                except Exception:
+                    value = self._buffers.value_of(ch, body, ev.buffers)
+            fut.set_result(value)
         except SerializationError as e:
             fut.set_exception(SerializationError(f"{e} (unpickling a reply from {ch.peer_name()} on node "
                                                  f"{self._here.address})"))

@@ -10,9 +10,9 @@ from typing import Any, Callable
 from ..actor import CallItem
 from ..errors import LocalProtocolError, SerializationError
 from ..transport import Channel
-from ..wire import FailureKind, Kind
+from ..wire import FailureKind, Kind, State
 from . import tracing
-from .buffers import BufferRouter, scalar_payload, too_large
+from .buffers import INLINE_PAYLOAD_MAX, BufferRouter, scalar_payload, too_large
 from .config import Here
 from .failures import failure_body, failure_kind, local_exception
 
@@ -20,6 +20,7 @@ log = logging.getLogger("disto.node")
 
 SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
 _pickle_dumps = pickle.dumps
+_READY = State.READY
 
 
 class Replies:
@@ -41,11 +42,13 @@ class Replies:
             return
         ch.call_finished()
         item.args = item.kwargs = None  # type: ignore[assignment] - what they held in shared memory goes back now
-        if item.call_id == 0 or not ch.can_send():
+        if item.call_id == 0 or ch.closed or ch.conn.state is not _READY:  # (Channel.can_send, inlined)
             return
         try:
             if type(value) in SCALAR_TYPES:
-                stream, bufs, oob = scalar_payload(_pickle_dumps(value, 5))
+                stream = _pickle_dumps(value, 5)
+                stream, bufs, oob = (stream, (), False) if len(stream) <= INLINE_PAYLOAD_MAX \
+                    else scalar_payload(stream)
             else:
                 stream, bufs, oob = self._buffers.serialize(ch, value, None)
             frames = ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob)
@@ -53,8 +56,9 @@ class Replies:
             err = e if isinstance(e, SerializationError) else too_large(e, self._max_frame)
             self.send_failure(ch, item.call_id, FailureKind.SERIALIZATION, err, "", None, item.method)
             return
-        release = self._buffers.take_releases(ch)
-        ch.write(release + frames if release else frames)  # one write: the peer wakes once for both
+        if self._buffers.releases:  # (checked here: a call less per reply when there is nothing to release)
+            frames = self._buffers.take_releases(ch) + frames  # one write: the peer wakes once for both
+        ch.write(frames)
 
     def fail(self, item: CallItem, exc: BaseException, tb: str, label: str) -> None:
         if item.span is not None:

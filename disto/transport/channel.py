@@ -105,7 +105,11 @@ class Channel(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.last_heard = _monotonic()
         self.bytes_in += nbytes
-        self.conn.buffer_updated(nbytes)
+        conn = self.conn
+        if conn._direct is None:
+            conn._rend += nbytes  # (Connection.buffer_updated, inlined: this runs for every read)
+        else:
+            conn.buffer_updated(nbytes)
         self._process()
 
     def _process(self) -> None:
@@ -126,6 +130,8 @@ class Channel(asyncio.BufferedProtocol):
                     self._on_ready()
                     continue
                 on_event(self, ev)
+                if conn._rend == conn._rstart:
+                    break  # nothing left to parse (what next_event would say, without the call)
                 if len(batch) >= FLUSH_EVERY:
                     # hand the peer the first replies while we work on the rest: both sides then work in
                     # parallel instead of in turns
@@ -233,7 +239,13 @@ class Channel(asyncio.BufferedProtocol):
         elif self._flush_scheduled:
             self._wq.extend(frames)
         else:
-            self._write_now(frames)
+            transport = self.transport
+            if len(frames) == 1 and transport is not None and type(frames[0]) is bytes \
+                    and not transport.is_closing():
+                self.bytes_out += len(frames[0])  # (_write_now, inlined for the common case: one small frame)
+                transport.write(frames[0])
+            else:
+                self._write_now(frames)
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 

@@ -399,6 +399,17 @@ cdef int _ITEM = Kind.STREAM_ITEM
 cdef int _VERSION = WIRE_VERSION
 
 
+cdef object _new = object.__new__
+
+
+cdef inline object _event(object cls, object body):
+    # the event without running Message.__init__ (a Python frame per message)
+    cdef object ev = _new(cls)
+    ev.body = body
+    ev.buffers = []
+    return ev
+
+
 def decode_frame(rx, Py_ssize_t start, Py_ssize_t rend, Py_ssize_t max_body):
     """The frame at ``rx[start:rend]`` as an event, if it is a whole CALL, REPLY or STREAM_ITEM that carries no
     buffers and that the fast decoders take: (the event, where the frame ends). None otherwise: too few bytes, or
@@ -426,11 +437,11 @@ def decode_frame(rx, Py_ssize_t start, Py_ssize_t rend, Py_ssize_t max_body):
         if kind == _CALL:
             got = _decode_call(<const unsigned char*>pb.buf, begin, end, rx)
             if got is not None and not (<tuple>got)[1]:
-                return Call((<tuple>got)[0], []), end
+                return _event(Call, (<tuple>got)[0]), end
         elif kind == _REPLY or kind == _ITEM:
             got = _decode_reply(<const unsigned char*>pb.buf, begin, end, rx)
             if got is not None and not (<tuple>got)[1]:
-                return (Reply if kind == _REPLY else StreamItem)((<tuple>got)[0], []), end
+                return _event(Reply if kind == _REPLY else StreamItem, (<tuple>got)[0]), end
         return None
     finally:
         PyBuffer_Release(&pb)
