@@ -75,7 +75,9 @@ class ActorRef:
     ``node_id``, ``node_address``).
     """
 
-    __slots__ = ("node_id", "node_address", "actor_id", "actor_class", "actor_name", "_node")
+    # __dict__ holds the MethodRefs made so far: ``ref.ping`` then finds one there, where otherwise Python 3.11
+    # would build and discard an AttributeError (its message formatted) before calling __getattr__, every call
+    __slots__ = ("node_id", "node_address", "actor_id", "actor_class", "actor_name", "_node", "__dict__")
 
     def __init__(self, node_id: str, node_address: str, actor_id: int, actor_class: str = "",
                  actor_name: str | None = None, node: "Node | None" = None) -> None:
@@ -95,7 +97,8 @@ class ActorRef:
     def __getattr__(self, name: str) -> MethodRef:
         if name.startswith("_"):
             raise AttributeError(name)
-        return MethodRef(self, name)
+        method = self.__dict__[name] = MethodRef(self, name)
+        return method
 
     def __getitem__(self, name: str) -> MethodRef:
         return MethodRef(self, name)
