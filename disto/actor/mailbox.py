@@ -246,7 +246,8 @@ class Mailbox:
         """On the loop: a sync call came back from the actor's thread (the run's slot is free after its last)."""
         self.running_items.discard(item)
         self._run_left -= 1
-        if ok and asyncio.iscoroutine(value) and not item.abandoned:  # a sync method that returned a coroutine
+        if ok and (type(value) is _CoroutineType or (type(value) not in _PLAIN and asyncio.iscoroutine(value))) \
+                and not item.abandoned:  # a sync method that returned a coroutine
             self.running += 1  # the task takes a slot of its own; the run's is released below as usual
             self._as_task(item, value)
         elif not item.abandoned:

@@ -83,6 +83,7 @@ class Connection:
         self._alloc = alloc or _default_alloc
         # receive state
         self._rx = bytearray(_RX_INITIAL)
+        self._rx_view = memoryview(self._rx)  # kept: get_buffer slices it for every read (the size never changes)
         self._rstart = 0
         self._rend = 0
         self._hdr: tuple[int, int, int, int, int] | None = None
@@ -165,7 +166,7 @@ class Connection:
             return self._direct[self._direct_filled:]
         if len(self._rx) - self._rend < _RX_MIN_FREE:
             self._make_room(_RX_MIN_FREE)
-        return memoryview(self._rx)[self._rend:]
+        return self._rx_view[self._rend:]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._direct is not None:
@@ -196,6 +197,7 @@ class Connection:
             new = bytearray(max(len(self._rx) * 2, used + need))
             new[:used] = self._rx[self._rstart:self._rend]
             self._rx = new
+            self._rx_view = memoryview(new)
         self._rstart, self._rend = 0, used
 
     def _finish_direct(self) -> None:
