@@ -521,6 +521,33 @@ def test_decode_frame_takes_whole_plain_calls_and_replies_only(impl) -> None:
 
 
 @pytest.mark.parametrize("impl", CODECS)
+@pytest.mark.parametrize("kind", [Kind.CALL, Kind.REPLY])
+def test_decode_frame_takes_shared_memory_descriptors_as_the_general_path_does(impl, kind) -> None:
+    # descriptors of memory the receiver maps (no bytes after the body): the frame decoder hands them over in the
+    # event's buffers, in order, as the connection's general path does (which it once had to decode again)
+    descs = [T.BufferDesc(size=4096, kind=T.BufferKind.SHM, segment="disto-v-1", offset=0),
+             T.BufferDesc(size=64, kind=T.BufferKind.SHM_SHARED, segment="/proc/1/fd/3", offset=128)]
+    body = (fastcodec.encode_call(9, 16, "add", b"p", descs, False, "n1") if kind == Kind.CALL
+            else fastcodec.encode_reply(9, b"r", descs, False))
+    rx = HEADER.pack(len(body), 1, kind, 0, 0) + body
+    ev, end = impl.decode_frame(rx, 0, len(rx), 1 << 20)
+    assert end == len(rx) and ev.body.call_id == 9
+    assert [(d.kind, d.segment, d.offset, d.size) for d in ev.buffers] == [
+        (T.BufferKind.SHM, "disto-v-1", 0, 4096), (T.BufferKind.SHM_SHARED, "/proc/1/fd/3", 128, 64)]
+    a, b = make_pair()
+    handshake(a, b)
+    b.receive_data(rx)
+    general = b._next_event()  # the general path alone
+    assert [(d.kind, d.segment, d.offset, d.size) for d in general.buffers] == \
+        [(d.kind, d.segment, d.offset, d.size) for d in ev.buffers]
+    # a descriptor of inline bytes among them: those bytes follow the body, so the general path reads them
+    mixed = (fastcodec.encode_call(9, 16, "add", b"p", [descs[0], 0], False, "n1") if kind == Kind.CALL
+             else fastcodec.encode_reply(9, b"r", [descs[0], 0], False))
+    rx = HEADER.pack(len(mixed), 1, kind, 0, 0) + mixed
+    assert impl.decode_frame(rx, 0, len(rx), 1 << 20) is None
+
+
+@pytest.mark.parametrize("impl", CODECS)
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_fast_decoders_only_raise_protocol_errors(impl, blob: bytes) -> None:

@@ -68,7 +68,7 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     if t is np.ndarray:
         return not obj.dtype.hasobject
     if t in _FAST_TENSORS:
-        return obj.device.type == "cpu" and _strided(obj)
+        return obj.is_cpu and _strided(obj)
     if depth > 3:
         return False
     if t is tuple or t is list:  # (loops, not all() over a generator: this runs on every call made)
@@ -112,15 +112,12 @@ def _fast_reduce(t: Any) -> Any:
 
 
 def _strided(t: Any) -> bool:
-    import torch
-
-    return t.layout == torch.strided and not t.is_quantized and not t.is_nested
+    return t.layout is sys.modules["torch"].strided and not t.is_quantized and not t.is_nested
 
 
 def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad: bool, param: bool,
                     device: str | None = None) -> Any:
-    import torch
-
+    torch = sys.modules["torch"]  # (imported: unpickling the dtype before this call imported it)
     view = memoryview(buf)
     if view.readonly:  # only in-band bytes are read-only; tensors must be writable
         view = memoryview(bytearray(view))
@@ -156,8 +153,7 @@ def _to_local_device(t: Any, device: str) -> Any:
 
 
 def _reduce_tensor(t: Any, pickler: "_Pickler") -> Any:
-    import torch
-
+    torch = sys.modules["torch"]  # (imported: a tensor exists; an import statement here costs microseconds)
     if t.layout != torch.strided or t.is_quantized or t.device.type == "meta" or t.is_nested:
         return NotImplemented  # torch's own reduction
     cls = type(t)
@@ -171,11 +167,10 @@ def _reduce_tensor(t: Any, pickler: "_Pickler") -> Any:
 def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
     """A strided tensor (CPU, or CUDA going to another host through host memory) as its bytes, out of band.
     ``shared``: on the same host, where to note a buffer already in torch shared memory (sent by reference)."""
-    import torch
-
+    torch = sys.modules["torch"]  # (imported: a tensor exists; an import statement here costs microseconds)
     device = None
-    data = t.detach()
-    if data.device.type != "cpu":
+    data = t.detach() if t.requires_grad else t  # (only a tensor that records gradients needs detaching)
+    if not data.is_cpu:
         device = str(t.device)
         data = data.cpu()
     if data.is_conj() or data.is_neg():

@@ -402,17 +402,26 @@ cdef int _VERSION = WIRE_VERSION
 cdef object _new = object.__new__
 
 
-cdef inline object _event(object cls, object body):
+cdef inline bint _external_only(object sizes):
+    # no buffer whose bytes follow the body: none at all, or only shared-memory / CUDA IPC descriptors (which
+    # the event carries as they are, as the connection's general path would)
+    for n in sizes:
+        if type(n) is int:
+            return False
+    return True
+
+
+cdef inline object _event(object cls, object body, object sizes):
     # the event without running Message.__init__ (a Python frame per message)
     cdef object ev = _new(cls)
     ev.body = body
-    ev.buffers = []
+    ev.buffers = list(sizes)
     return ev
 
 
 def decode_frame(rx, Py_ssize_t start, Py_ssize_t rend, Py_ssize_t max_body):
-    """The frame at ``rx[start:rend]`` as an event, if it is a whole CALL, REPLY or STREAM_ITEM that carries no
-    buffers and that the fast decoders take: (the event, where the frame ends). None otherwise: too few bytes, or
+    """The frame at ``rx[start:rend]`` as an event, if it is a whole CALL, REPLY or STREAM_ITEM with no
+    buffer bytes after its body (no buffers, or shared-memory / CUDA IPC ones only) that the fast decoders take: (the event, where the frame ends). None otherwise: too few bytes, or
     for the connection's general path (which checks the header and says what is wrong)."""
     cdef Py_buffer pb
     cdef const unsigned char* d
@@ -436,12 +445,12 @@ def decode_frame(rx, Py_ssize_t start, Py_ssize_t rend, Py_ssize_t max_body):
         end = begin + <Py_ssize_t>body_len
         if kind == _CALL:
             got = _decode_call(<const unsigned char*>pb.buf, begin, end, rx)
-            if got is not None and not (<tuple>got)[1]:
-                return _event(Call, (<tuple>got)[0]), end
+            if got is not None and _external_only((<tuple>got)[1]):
+                return _event(Call, (<tuple>got)[0], (<tuple>got)[1]), end
         elif kind == _REPLY or kind == _ITEM:
             got = _decode_reply(<const unsigned char*>pb.buf, begin, end, rx)
-            if got is not None and not (<tuple>got)[1]:
-                return _event(Reply if kind == _REPLY else StreamItem, (<tuple>got)[0]), end
+            if got is not None and _external_only((<tuple>got)[1]):
+                return _event(Reply if kind == _REPLY else StreamItem, (<tuple>got)[0], (<tuple>got)[1]), end
         return None
     finally:
         PyBuffer_Release(&pb)

@@ -388,8 +388,8 @@ _CALL, _REPLY, _ITEM = Kind.CALL, Kind.REPLY, Kind.STREAM_ITEM
 
 
 def decode_frame(rx: Any, start: int, rend: int, max_body: int) -> tuple[Any, int] | None:
-    """The frame at ``rx[start:rend]`` as an event, if it is a whole CALL, REPLY or STREAM_ITEM that carries no
-    buffers and that the fast decoders take: (the event, where the frame ends). None otherwise: too few bytes, or
+    """The frame at ``rx[start:rend]`` as an event, if it is a whole CALL, REPLY or STREAM_ITEM with no
+    buffer bytes after its body (no buffers, or shared-memory / CUDA IPC ones only) that the fast decoders take: (the event, where the frame ends). None otherwise: too few bytes, or
     for the connection's general path (which checks the header and says what is wrong)."""
     if rend - start < 16:
         return None
@@ -400,10 +400,19 @@ def decode_frame(rx: Any, start: int, rend: int, max_body: int) -> tuple[Any, in
         return None
     if kind == _CALL:
         got = decode_call(rx, begin, end)
-        if got is not None and not got[1]:
-            return Call(got[0], []), end
+        if got is not None and _external_only(got[1]):
+            return Call(got[0], list(got[1])), end
     elif kind == _REPLY or kind == _ITEM:
         got = decode_reply(rx, begin, end)
-        if got is not None and not got[1]:
-            return (Reply if kind == _REPLY else StreamItem)(got[0], []), end
+        if got is not None and _external_only(got[1]):
+            return (Reply if kind == _REPLY else StreamItem)(got[0], list(got[1])), end
     return None
+
+
+def _external_only(sizes: Any) -> bool:
+    """No buffer whose bytes follow the body: none at all, or only shared-memory / CUDA IPC descriptors (which
+    the event carries as they are, as the connection's general path would)."""
+    for n in sizes:
+        if type(n) is int:
+            return False
+    return True
