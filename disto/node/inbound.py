@@ -69,6 +69,9 @@ class InboundCalls:
             return
         ch.call_received()
         item = CallItem(ch, body.call_id, body.method, args, kwargs, None)
+        # only the item holds the arguments now: the mailbox drops them before the reply is written, so that
+        # shared memory they mapped goes back (a RELEASE) in the same write as the reply, not in one of its own
+        del args, kwargs
         if body.traceparent is not None and tracing.ENABLED:
             item.span, token = tracing.incoming(body.traceparent, cell.mailbox.label, body.method)
             try:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence, Union
 from ..errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
 from .events import CLOSED, EVENT_OF_KIND, NEED_DATA, Event, Identity, Message, Ready
 from .codec import decode_call, decode_frame, decode_reply, encode_call, encode_reply
+from .fastcodec import decode_release
 from .framing import (DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_BODY, HEADER, HEADER_SIZE,
                       inline_sizes, oob_views)
 from .handshake import Handshake
@@ -53,6 +54,7 @@ def _default_alloc(n: int) -> memoryview:
 _CALL = Kind.CALL
 _REPLY = Kind.REPLY
 _ITEM = Kind.STREAM_ITEM  # framed like a REPLY (the same fields)
+_RELEASE = Kind.RELEASE
 _APP_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.FAILURE, Kind.CANCEL, Kind.HEARTBEAT, Kind.GOODBYE,
                         Kind.RELEASE, Kind.MODULES, Kind.STREAM_ITEM, Kind.STREAM_END, Kind.STREAM_CREDIT})
 _KINDS_WITH_BUFFERS = frozenset({Kind.CALL, Kind.REPLY, Kind.STREAM_ITEM})
@@ -272,6 +274,10 @@ class Connection:
                 got = (decode_call if kind == Kind.CALL else decode_reply)(rx, start, end)
                 if got is not None:
                     body, sizes = got
+            elif kind == _RELEASE:  # one per reply that gave shared memory back: not through thriftpy2
+                body = decode_release(rx, start, end)
+                if body is not None:
+                    sizes = []
             if sizes is None:
                 body = decode(kind, bytes(rx[start:end]))
                 sizes = inline_sizes(body) if kind in _KINDS_WITH_BUFFERS else []
