@@ -67,7 +67,9 @@ class InboundCalls:
             else:
                 log.warning("dropping one-way call with bad arguments from %s: %s", ch.peer_name(), e)
             return
-        ch.call_received()
+        ch.queued += 1  # (ch.call_received(), inlined)
+        if ch.queued >= ch.max_queued:
+            ch.full()
         item = CallItem(ch, body.call_id, body.method, args, kwargs, None)
         # only the item holds the arguments now: the mailbox drops them before the reply is written, so that
         # shared memory they mapped goes back (a RELEASE) in the same write as the reply, not in one of its own

@@ -104,7 +104,9 @@ class Node:
         self._preloads = Preloads()
         self.preload_at_start: tuple[str, ...] = ()  # libraries to import in the background once started
         self.call = self._outbound.call  # type: ignore[method-assign]  # the hot path: skip a frame
-        self._handlers: dict[type, Callable[[Channel, Any], None]] = {
+        # what its channels call for each event they receive, with context.current set to this node (ChannelOwner)
+        self.event_context = (context.current, self)
+        self.handlers: dict[type, Callable[[Channel, Any], None]] = {
             Call: self._inbound.on_call, Reply: self._outbound.on_reply, Failure: self._outbound.on_failure,
             Cancel: self._inbound.on_cancel, Release: self.buffers.on_release, Heartbeat: _ignore,
             Goodbye: self._peers.on_goodbye, Modules: self._modules.on_modules,
@@ -241,13 +243,6 @@ class Node:
         self._peers.on_ready(ch)
         self._liveness.add(ch)
         self._outbound.drain(ch)
-
-    def on_event(self, ch: Channel, ev: Message) -> None:
-        token = context.current.set(self)
-        try:
-            self._handlers[type(ev)](ch, ev)
-        finally:
-            context.current.reset(token)
 
     def on_writable(self, ch: Channel) -> None:
         self._outbound.drain(ch)

@@ -40,7 +40,9 @@ class Replies:
             if fut is not None and not fut.done():
                 fut.set_result(value)
             return
-        ch.call_finished()
+        ch.queued -= 1  # (ch.call_finished(), inlined)
+        if ch.reading_paused:
+            ch.drained()
         item.args = item.kwargs = None  # type: ignore[assignment] - what they held in shared memory goes back now
         if item.call_id == 0 or ch.closed or ch.conn.state is not _READY:  # (Channel.can_send, inlined)
             return

@@ -12,12 +12,13 @@ and shared-memory leases with its buffer router, keyed by channel.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from ..errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
-from ..wire import CLOSED, NEED_DATA, Connection, Kind, Message, Ready, State, T
+from ..wire import CLOSED, NEED_DATA, Connection, Kind, Ready, State, T
 
 log = logging.getLogger("disto.transport")
 
@@ -53,8 +54,12 @@ auth_failures = AuthFailureLog()
 
 
 class ChannelOwner(Protocol):
+    # the handler of each event type, and a context variable set to a value while they run (set once per batch
+    # of received frames, not per event: this is the per-message path)
+    handlers: Mapping[type, Callable[["Channel", Any], None]]
+    event_context: tuple[contextvars.ContextVar[Any], Any]
+
     def on_ready(self, ch: "Channel") -> None: ...
-    def on_event(self, ch: "Channel", ev: Message) -> None: ...
     def on_lost(self, ch: "Channel", exc: BaseException | None) -> None: ...
     def on_writable(self, ch: "Channel") -> None: ...
 
@@ -76,7 +81,7 @@ class Channel(asyncio.BufferedProtocol):
         # callee side: calls received and not finished; past max_queued we stop reading (TCP backpressure)
         self.queued = 0
         self.max_queued = max_queued
-        self._reading_paused = False
+        self.reading_paused = False
         self._processing = False
         # writing
         self._batch: list[Any] | None = None
@@ -117,11 +122,13 @@ class Channel(asyncio.BufferedProtocol):
         if self._processing:
             return  # re-entered from a reply sent inline; the outer loop carries on
         conn = self.conn
-        on_event = self.owner.on_event
+        handlers = self.owner.handlers
+        var, value = self.owner.event_context
         self._processing = True
         self._batch = batch = []
+        token = var.set(value)
         try:
-            while not self._reading_paused and not self.closed:
+            while not self.reading_paused and not self.closed:
                 ev = conn.next_event()
                 if ev is NEED_DATA or ev is CLOSED:
                     break
@@ -129,7 +136,7 @@ class Channel(asyncio.BufferedProtocol):
                     batch.extend(conn.data_to_send())
                     self._on_ready()
                     continue
-                on_event(self, ev)
+                handlers[type(ev)](self, ev)
                 if conn._rend == conn._rstart:
                     break  # nothing left to parse (what next_event would say, without the call)
                 if len(batch) >= FLUSH_EVERY:
@@ -153,6 +160,7 @@ class Channel(asyncio.BufferedProtocol):
             return
         finally:
             self._processing = False
+            var.reset(token)
         self._batch = None
         if batch:
             self._write_now(batch)
@@ -267,24 +275,36 @@ class Channel(asyncio.BufferedProtocol):
             self.transport.writelines(frames)
 
     # ----------------------------------------------------------------- callee-side flow control
+    # (the node's hot path inlines the counting: ``queued += 1``, then full() at the bound; ``queued -= 1``, then
+    # drained() while reading is paused)
     def call_received(self) -> None:
         self.queued += 1
-        if self.queued >= self.max_queued and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
+        if self.queued >= self.max_queued:
+            self.full()
+
+    def full(self) -> None:
+        """As many calls are queued as we take: stop reading (TCP backpressure on the caller)."""
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def call_finished(self) -> None:
         self.queued -= 1
-        if self._reading_paused and self.queued <= self.max_queued // 2 and not self.closed:
-            self._reading_paused = False
+        if self.reading_paused:
+            self.drained()
+
+    def drained(self) -> None:
+        """A queued call finished while reading is paused: read again once half the bound is free."""
+        if self.reading_paused and self.queued <= self.max_queued // 2 and not self.closed:
+            self.reading_paused = False
             # frames already received come first; then the socket (unless they filled the bound again)
             self.loop.call_soon(self._resume)
 
     def _resume(self) -> None:
-        if self.closed or self._reading_paused:
+        if self.closed or self.reading_paused:
             return
         self._process()
-        if not self._reading_paused and self.transport is not None and not self.closed:
+        if not self.reading_paused and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
     # ----------------------------------------------------------------- closing
