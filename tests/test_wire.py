@@ -366,6 +366,34 @@ def test_fast_reply_codec_matches_thriftpy2(impl, call_id, payload, sizes, oob) 
 
 
 @pytest.mark.parametrize("impl", CODECS)
+@settings(max_examples=200, deadline=None)
+@given(call_id=_i64, actor_id=_i64, method=st.text(max_size=40), payload=st.none() | st.binary(max_size=200),
+       oob=st.booleans(), node_id=st.none() | st.text(max_size=20), traceparent=st.none() | st.text(max_size=60),
+       kind=st.sampled_from([Kind.REPLY, Kind.STREAM_ITEM]), max_body=st.integers(0, 400))
+def test_whole_frames_are_the_header_and_the_body(impl, call_id, actor_id, method, payload, oob, node_id,
+                                                  traceparent, kind, max_body) -> None:
+    # call_frame / reply_frame: what the connection sends for a message without buffers, in one allocation;
+    # None when the body is over max_body (the connection then raises its error)
+    body = fastcodec.encode_call(call_id, actor_id, method, payload, (), oob, node_id, traceparent)
+    frame = impl.call_frame(call_id, actor_id, method, payload, oob, node_id, traceparent, max_body)
+    assert frame == (HEADER.pack(len(body), 1, Kind.CALL, 0, 0) + body if len(body) <= max_body else None)
+    body = fastcodec.encode_reply(call_id, payload, (), oob)
+    frame = impl.reply_frame(call_id, payload, oob, kind, max_body)
+    assert frame == (HEADER.pack(len(body), 1, kind, 0, 0) + body if len(body) <= max_body else None)
+
+
+def test_a_call_over_max_body_is_a_local_error_on_either_codec() -> None:
+    a, b = make_pair(max_body=64)
+    handshake(a, b)
+    (frame,) = a.send_call(1, 16, "m", b"x" * 10, ())
+    assert b"m" in bytes(frame)
+    with pytest.raises(LocalProtocolError, match="exceeds max_body"):
+        a.send_call(1, 16, "m", b"x" * 100, ())
+    with pytest.raises(LocalProtocolError, match="exceeds max_body"):
+        a.send_reply(1, b"x" * 100)
+
+
+@pytest.mark.parametrize("impl", CODECS)
 def test_fast_decoders_defer_unknown_layouts_to_the_generic_path(impl) -> None:
     # a buffer kind this side does not know: not for the fast path, the generic one says what is wrong
     odd = encode(T.Call(call_id=1, actor_id=2, method="m", buffers=[T.BufferDesc(size=4, kind=7)]))

@@ -23,6 +23,10 @@ from .fastcodec import _read_descs as _py_read_descs
 from .messages import WIRE_VERSION, Kind
 
 cdef dict _str_cache = {}
+cdef int _CALL = Kind.CALL
+cdef int _REPLY = Kind.REPLY
+cdef int _ITEM = Kind.STREAM_ITEM
+cdef int _VERSION = WIRE_VERSION
 
 cdef enum:
     CALL_HEAD = 29   # i64 call_id, i64 actor_id, string header of method (3 + 8 + 3 + 8 + 3 + 4)
@@ -132,7 +136,30 @@ cdef bytes _other_descs(unsigned char fid, object sizes):
     return b"".join(parts)
 
 
+cdef inline unsigned char* _header(unsigned char* p, Py_ssize_t body_len, unsigned char kind) noexcept:
+    # framing.HEADER (!IBBHQ): body length, version, kind, no flags, no out-of-band bytes
+    p = _wr32(p, <int32_t>body_len)
+    p[0] = _VERSION
+    p[1] = kind
+    p[2] = 0
+    p[3] = 0
+    return _wr64(p + 4, 0)
+
+
 def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node_id, traceparent=None):
+    return _call(call_id, actor_id, method, payload, sizes, payload_oob, node_id, traceparent, -1)
+
+
+def call_frame(call_id, actor_id, str method, payload, payload_oob, node_id, traceparent, Py_ssize_t max_body):
+    """A whole CALL frame (header and body, in one allocation) for a call without buffers; None if its body
+    would exceed ``max_body`` (the connection then says so)."""
+    return _call(call_id, actor_id, method, payload, (), payload_oob, node_id, traceparent, max_body)
+
+
+cdef object _call(call_id, actor_id, str method, payload, sizes, payload_oob, node_id, traceparent,
+                  Py_ssize_t framed):
+    # framed < 0: the body alone; else the header and the body, or None if the body is over ``framed`` bytes
+    cdef Py_ssize_t head = 16 if framed >= 0 else 0
     cdef int64_t cid = call_id, aid = actor_id
     cdef bytes m = _b(method)
     cdef bytes n = _b(node_id) if node_id is not None else None
@@ -157,8 +184,12 @@ def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node
             total += 7 + PyBytes_GET_SIZE(n)
         if t is not None:
             total += 7 + PyBytes_GET_SIZE(t)
-        out = PyBytes_FromStringAndSize(NULL, total)
+        if head and total > framed:
+            return None
+        out = PyBytes_FromStringAndSize(NULL, head + total)
         p = <unsigned char*>PyBytes_AS_STRING(out)
+        if head:
+            p = _header(p, total, _CALL)
         p = _wr64(_field(p, 10, 1), cid)
         p = _wr64(_field(p, 10, 2), aid)
         p = _bin(p, 3, <const unsigned char*>PyBytes_AS_STRING(m), PyBytes_GET_SIZE(m))
@@ -180,6 +211,17 @@ def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node
 
 
 def encode_reply(call_id, payload, sizes, payload_oob):
+    return _reply(call_id, payload, sizes, payload_oob, 0, -1)
+
+
+def reply_frame(call_id, payload, payload_oob, int kind, Py_ssize_t max_body):
+    """A whole REPLY (or STREAM_ITEM: ``kind``) frame for a value without buffers; None if its body would
+    exceed ``max_body``."""
+    return _reply(call_id, payload, (), payload_oob, kind, max_body)
+
+
+cdef object _reply(call_id, payload, sizes, payload_oob, int kind, Py_ssize_t framed):
+    cdef Py_ssize_t head = 16 if framed >= 0 else 0
     cdef int64_t cid = call_id
     cdef Py_buffer pb
     cdef bint have_payload = payload is not None
@@ -196,8 +238,12 @@ def encode_reply(call_id, payload, sizes, payload_oob):
         if have_payload:
             total += 7 + pb.len
         total += _descs_len(count, other)
-        out = PyBytes_FromStringAndSize(NULL, total)
+        if head and total > framed:
+            return None
+        out = PyBytes_FromStringAndSize(NULL, head + total)
         p = <unsigned char*>PyBytes_AS_STRING(out)
+        if head:
+            p = _header(p, total, <unsigned char>kind)
         p = _wr64(_field(p, 10, 1), cid)
         if have_payload:
             p = _bin(p, 2, <const unsigned char*>pb.buf, pb.len)
@@ -393,10 +439,6 @@ def buffer_address(buf):
         PyBuffer_Release(&pb)
 
 
-cdef int _CALL = Kind.CALL
-cdef int _REPLY = Kind.REPLY
-cdef int _ITEM = Kind.STREAM_ITEM
-cdef int _VERSION = WIRE_VERSION
 
 
 cdef object _new = object.__new__

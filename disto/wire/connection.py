@@ -22,14 +22,13 @@ from typing import Any, Callable, Sequence, Union
 
 from ..errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
 from .events import CLOSED, EVENT_OF_KIND, NEED_DATA, Event, Identity, Message, Ready
-from .codec import decode_call, decode_frame, decode_reply, encode_call, encode_reply
+from .codec import call_frame, decode_call, decode_frame, decode_reply, encode_call, encode_reply, reply_frame
 from .fastcodec import decode_release
 from .framing import (DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_BODY, HEADER, HEADER_SIZE,
                       inline_sizes, oob_views)
 from .handshake import Handshake
 from .messages import STRUCT_OF_KIND, WIRE_VERSION, Kind, T, decode, encode
 
-_pack_header = HEADER.pack
 DEFAULT_LARGE = 64 << 10  # out-of-band buffers at least this big are read straight into their own memory
 _RX_INITIAL = 256 << 10
 _RX_MIN_FREE = 64 << 10
@@ -126,10 +125,11 @@ class Connection:
         if self.state is not State.READY:
             raise LocalProtocolError(f"cannot send CALL in state {self.state.value}")
         if not buffers:
+            frame = call_frame(call_id, actor_id, method, payload, payload_oob, node_id, traceparent, self._max_body)
+            if frame is not None:
+                return [frame]  # (header and body in one allocation)
             body = encode_call(call_id, actor_id, method, payload, (), payload_oob, node_id, traceparent)
-            if len(body) <= self._max_body:
-                return [_pack_header(len(body), WIRE_VERSION, _CALL, 0, 0) + body]
-            return [self._checked_frame(Kind.CALL, body, 0)]
+            return [self._checked_frame(Kind.CALL, body, 0)]  # over max_body: says so
         views, sizes, total, descs = oob_views(buffers)
         body = encode_call(call_id, actor_id, method, payload, sizes if descs is None else descs, payload_oob,
                            node_id, traceparent)
@@ -141,10 +141,10 @@ class Connection:
         if self.state is not State.READY:
             raise LocalProtocolError(f"cannot send REPLY in state {self.state.value}")
         if not buffers:
-            body = encode_reply(call_id, payload, (), payload_oob)
-            if len(body) <= self._max_body:
-                return [_pack_header(len(body), WIRE_VERSION, kind, 0, 0) + body]
-            return [self._checked_frame(kind, body, 0)]
+            frame = reply_frame(call_id, payload, payload_oob, kind, self._max_body)
+            if frame is not None:
+                return [frame]
+            return [self._checked_frame(kind, encode_reply(call_id, payload, (), payload_oob), 0)]
         views, sizes, total, descs = oob_views(buffers)
         body = encode_reply(call_id, payload, sizes if descs is None else descs, payload_oob)
         return [self._checked_frame(kind, body, total), *views]

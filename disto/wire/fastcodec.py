@@ -28,6 +28,7 @@ _REPLY_HEAD = struct.Struct("!bhq")       # call_id
 _BIN = struct.Struct("!bhi")              # field header + length of a string/binary
 _LIST = struct.Struct("!bhbi")            # field header + element type + count
 _DESC = struct.Struct("!bhqbhib")         # BufferDesc {1: size, 2: kind=INLINE} STOP
+_FRAME_HEADER = struct.Struct("!IBBHQ")   # body_len, version, kind, flags, oob_len (framing.HEADER)
 _FIELD_I64 = struct.Struct("!bhq")
 _FIELD_I32 = struct.Struct("!bhi")
 _OOB_TRUE = b"\x02\x00\x06\x01"
@@ -118,6 +119,25 @@ def encode_reply(call_id: int, payload: Any, sizes: list[Any], payload_oob: bool
     parts.append(_REPLY_OOB_TRUE if payload_oob else _REPLY_OOB_FALSE)
     parts.append(b"\x00")
     return b"".join(parts)
+
+
+def call_frame(call_id: int, actor_id: int, method: str, payload: Any, payload_oob: bool, node_id: str | None,
+               traceparent: str | None, max_body: int) -> bytes | None:
+    """A whole CALL frame (header and body) for a call without buffers; None if its body would exceed
+    ``max_body`` (the connection then says so)."""
+    body = encode_call(call_id, actor_id, method, payload, (), payload_oob, node_id, traceparent)
+    if len(body) > max_body:
+        return None
+    return _FRAME_HEADER.pack(len(body), WIRE_VERSION, Kind.CALL, 0, 0) + body
+
+
+def reply_frame(call_id: int, payload: Any, payload_oob: bool, kind: int, max_body: int) -> bytes | None:
+    """A whole REPLY (or STREAM_ITEM: ``kind``) frame for a value without buffers; None if its body would exceed
+    ``max_body``."""
+    body = encode_reply(call_id, payload, (), payload_oob)
+    if len(body) > max_body:
+        return None
+    return _FRAME_HEADER.pack(len(body), WIRE_VERSION, kind, 0, 0) + body
 
 
 def _bad(why: str) -> RemoteProtocolError:
@@ -403,7 +423,6 @@ def decode_release(data: Any, pos: int, end: int) -> Any | None:
     return T.Release(buffers=descs)
 
 
-_FRAME_HEADER = struct.Struct("!IBBHQ")  # body_len, version, kind, flags, oob_len (framing.HEADER)
 _CALL, _REPLY, _ITEM = Kind.CALL, Kind.REPLY, Kind.STREAM_ITEM
 
 
