@@ -82,7 +82,8 @@ class Connection:
         self._max_frame = max_frame
         self._large = large
         self._alloc = alloc or _default_alloc
-        # receive state
+        # receive state (the channel's per-read fast path reads _rstart, _rend and _direct, and adds to _rend as
+        # buffer_updated would: see transport/channel.py)
         self._rx = bytearray(_RX_INITIAL)
         self._rx_view = memoryview(self._rx)  # kept: get_buffer slices it for every read (the size never changes)
         self._rstart = 0
