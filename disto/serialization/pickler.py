@@ -117,7 +117,11 @@ def _strided(t: Any) -> bool:
 
 def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad: bool, param: bool,
                     device: str | None = None) -> Any:
-    torch = sys.modules["torch"]  # (imported: unpickling the dtype before this call imported it)
+    torch = sys.modules["torch"]  # (imported: the sender's _reduce_strided pickled a reference to this function)
+    if type(dtype) is str:  # its name ("float32"): cheaper to pickle and unpickle than the dtype object
+        name, dtype = dtype, getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise SerializationError(f"not a torch dtype: {name!r}")
     view = memoryview(buf)
     if view.readonly:  # only in-band bytes are read-only; tensors must be writable
         view = memoryview(bytearray(view))
@@ -164,6 +168,9 @@ def _reduce_tensor(t: Any, pickler: "_Pickler") -> Any:
     return _reduce_strided(t, pickler.shared if pickler.same_host else None)
 
 
+_DTYPE_NAMES: dict[Any, str] = {}  # torch dtype -> its name in the torch module ("float32")
+
+
 def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
     """A strided tensor (CPU, or CUDA going to another host through host memory) as its bytes, out of band.
     ``shared``: on the same host, where to note a buffer already in torch shared memory (sent by reference)."""
@@ -184,7 +191,11 @@ def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
     if shared is not None and data.numel() * data.element_size() >= OOB_MIN and data.untyped_storage().is_shared():
         note_torch_shared(shared, data)
     raw = data.view(torch.uint8).numpy() if data.numel() else np.empty(0, dtype=np.uint8)
-    args = (pickle.PickleBuffer(raw), t.dtype, tuple(t.shape), t.requires_grad, type(t) is torch.nn.Parameter)
+    dtype = t.dtype
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    args = (pickle.PickleBuffer(raw), name, tuple(t.shape), t.requires_grad, type(t) is torch.nn.Parameter)
     return (_rebuild_tensor, args + (device,) if device else args)
 
 

@@ -19,10 +19,11 @@ from libc.string cimport memcpy
 from .events import Call, Reply, StreamItem
 from .fastcodec import _bad, _decode_call_slow, _decode_reply_slow, _externals
 from .fastcodec import _descs as _py_descs
-from .fastcodec import _read_descs as _py_read_descs
-from .messages import WIRE_VERSION, Kind
+from .fastcodec import EXTERNAL as _EXTERNAL
+from .messages import WIRE_VERSION, Kind, T
 
 cdef dict _str_cache = {}
+cdef object _Desc = T.BufferDesc
 cdef int _CALL = Kind.CALL
 cdef int _REPLY = Kind.REPLY
 cdef int _ITEM = Kind.STREAM_ITEM
@@ -258,15 +259,17 @@ cdef object _reply(call_id, payload, sizes, payload_oob, int kind, Py_ssize_t fr
 
 
 cdef object _read_descs(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end, object data):
-    """(sizes, position after the list) for a list of INLINE descriptors; any other field or kind is left to
-    the pure-Python reader, from the list's start (so both implementations agree by construction)."""
-    cdef Py_ssize_t start = pos
+    """(per buffer its size if INLINE, else its ``T.BufferDesc``; the position after the list), or None for the
+    generic path: :func:`fastcodec._read_descs` step by step, the same checks in the same order and the same
+    errors (the tests hold the two to each other on every single-byte change of bodies with descriptors)."""
     cdef unsigned char etype, t
-    cdef int32_t count, kind
-    cdef int64_t size
-    cdef bint have_size
+    cdef int32_t count, kind, n
+    cdef int64_t size, offset
+    cdef bint have_size, have_kind, have_offset
+    cdef int fid
     cdef Py_ssize_t i
     cdef list sizes
+    cdef object segment, handle
     if pos + 5 > end:
         raise _bad("truncated list header")
     etype = d[pos]
@@ -278,7 +281,10 @@ cdef object _read_descs(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end, 
         raise _bad(f"bad buffer list count {count}")
     sizes = []
     for i in range(count):
-        have_size = False
+        have_size = have_kind = have_offset = False
+        size = offset = 0
+        kind = 0
+        segment = handle = None
         while True:
             if pos >= end:
                 raise _bad("truncated buffer descriptor")
@@ -288,26 +294,47 @@ cdef object _read_descs(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end, 
                 break
             if pos + 3 > end:
                 raise _bad("truncated field header")
-            if t == 10 and d[pos + 1] == 0 and d[pos + 2] == 1:
-                pos += 3
+            fid = (d[pos + 1] << 8) | d[pos + 2]
+            pos += 3
+            if t == 10 and (fid == 1 or fid == 4):
                 if pos + 8 > end:
                     raise _bad("truncated i64")
-                size = _rd64(d + pos)
-                have_size = True
+                if fid == 1:
+                    size = _rd64(d + pos)
+                    have_size = True
+                else:
+                    offset = _rd64(d + pos)
+                    have_offset = True
                 pos += 8
-            elif t == 8 and d[pos + 1] == 0 and d[pos + 2] == 2:
-                pos += 3
+            elif t == 8 and fid == 2:
                 if pos + 4 > end:
                     raise _bad("truncated kind")
                 kind = _rd32(d + pos)
+                have_kind = True
                 pos += 4
-                if kind != 0:
-                    return _py_read_descs(data, start, end)
+            elif t == 11 and (fid == 3 or fid == 5):
+                if pos + 4 > end:
+                    raise _bad("truncated length")
+                n = _rd32(d + pos)
+                pos += 4
+                if n < 0 or n > end - pos:
+                    raise _bad(f"string length {n} out of bounds")
+                if fid == 5:
+                    handle = PyBytes_FromStringAndSize(<const char*>(d + pos), n)
+                else:
+                    segment = _utf8(d + pos, n, "segment name")
+                pos += n
             else:
-                return _py_read_descs(data, start, end)
+                return None
         if not have_size or size < 0:
             raise _bad("buffer descriptor without a valid size")
-        sizes.append(size)
+        if not have_kind or kind == 0:
+            sizes.append(size)
+        elif kind in _EXTERNAL:  # SHM, SHM_SHARED, CUDA_IPC
+            sizes.append(_Desc(size=size, kind=kind, segment=segment, offset=offset if have_offset else None,
+                               handle=handle))
+        else:
+            return None  # an unknown kind: the generic path says what is wrong
     return sizes, pos
 
 
