@@ -7,8 +7,8 @@ is importable and ``DISTO_PURE_PYTHON`` is not set. Only the canonical layout (f
 implementations write them) is decoded here; anything else goes to the pure-Python general loop, which stays the
 one place that judges unusual input. Every read is bounded by ``end``; tests check both implementations give the
 same results and raise the same errors on the same bytes, and the fuzz target compares them on every input.
-Buffer descriptors of other kinds than INLINE (shared memory, CUDA IPC) are read and written by the pure-Python
-helpers.
+Buffer descriptors of other kinds than INLINE (shared memory, CUDA IPC) are read here, with the pure reader's
+checks and errors, and written by the pure-Python helper.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
