@@ -64,7 +64,7 @@ async def main(args: argparse.Namespace) -> dict:
                 dst = np.empty(size, dtype=np.uint8)
                 src = t.numpy().view(np.uint8)
                 times: dict[str, list[float]] = {k: [] for k in ("memcpy", "raw", "shm", "shared", "shared0", "tcp",
-                                                                 "empty", "sum")}
+                                                                 "empty", "sum", "ref_extra")}
                 iters = 3 if size >= 256 * MB else 5
                 for _ in range(repeat):
                     for _ in range(iters):
@@ -88,6 +88,14 @@ async def main(args: argparse.Namespace) -> dict:
                                 total = await method(value)
                                 times[name].append(time.perf_counter() - t0)
                                 assert total == n
+                    # the by-reference call's own cost: an empty call and the call with the shared tensor back to
+                    # back, the difference of each pair (a difference of two medians is mostly this VM's noise)
+                    for _ in range(100 if size <= 16 * MB else iters):
+                        t0 = time.perf_counter()
+                        await s.ping()
+                        t1 = time.perf_counter()
+                        await s.count(shared)
+                        times["ref_extra"].append((time.perf_counter() - t1) - (t1 - t0))
                 med = {k: statistics.median(v) for k, v in times.items()}
                 rows.append((size, med))
                 del shared
@@ -108,12 +116,14 @@ async def main(args: argparse.Namespace) -> dict:
               + f" | {med['raw'] / med['tcp']:.2f}x")
     print("\nagainst the ideal (an empty call + one memcpy + the actor's sum, measured in the same run):")
     print(f"{'size':>7} | {'empty call':>10} | {'ideal':>9} | {'shm value':>9} | {'value/ideal':>11} | "
-          f"{'by ref':>9} | {'ref - empty':>11}")
+          f"{'by ref':>9} | {'ref - empty':>11} | {'paired':>8}")
     for size, med in rows:
         ideal = med["empty"] + med["memcpy"] + med["sum"]
         print(f"{size // MB:>5}MB | {med['empty'] * 1e3:>8.3f}ms | {ideal * 1e3:>7.3f}ms | {med['shm'] * 1e3:>7.3f}ms | "
               f"{med['shm'] / ideal:>10.2f}x | {med['shared0'] * 1e3:>7.3f}ms | "
-              f"{(med['shared0'] - med['empty']) * 1e6:>8.0f} µs")
+              f"{(med['shared0'] - med['empty']) * 1e6:>8.0f} µs | {med['ref_extra'] * 1e6:>5.0f} µs")
+    print("(paired: the median over pairs of an empty call and a by-reference call made back to back, of their "
+          "difference)")
     print(f"load average: {os.getloadavg()}")
     return {"rows": [{"size": s, **m} for s, m in rows]}
 
