@@ -215,3 +215,15 @@ def test_a_tensor_travels_with_its_dtype_by_name_and_an_unknown_name_is_refused(
     assert loads(stream, bufs)[0][0].dtype == torch.int16
     with pytest.raises(SerializationError, match="not a torch dtype: 'load'"):
         _rebuild_tensor(bytearray(8), "load", (2,), False, False)
+
+
+def test_a_tensor_unpickles_in_a_process_that_has_not_imported_torch() -> None:
+    import subprocess
+    import sys
+
+    stream, bufs = dumps(torch.arange(3, dtype=torch.int16))
+    assert not bufs
+    code = ("import sys; from disto.serialization import loads; assert 'torch' not in sys.modules; "
+            "t = loads(sys.stdin.buffer.read()); print(t.dtype, t.tolist())")
+    out = subprocess.run([sys.executable, "-c", code], input=stream, capture_output=True, check=True)
+    assert out.stdout.decode().split() == ["torch.int16", "[0,", "1,", "2]"]

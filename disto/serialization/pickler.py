@@ -117,7 +117,8 @@ def _strided(t: Any) -> bool:
 
 def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad: bool, param: bool,
                     device: str | None = None) -> Any:
-    torch = sys.modules["torch"]  # (imported: the sender's _reduce_strided pickled a reference to this function)
+    import torch  # (the receiver may not have imported it yet: the dtype comes by name)
+
     if type(dtype) is str:  # its name ("float32"): cheaper to pickle and unpickle than the dtype object
         name, dtype = dtype, getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
