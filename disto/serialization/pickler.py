@@ -158,7 +158,7 @@ def _to_local_device(t: Any, device: str) -> Any:
 
 
 def _reduce_tensor(t: Any, pickler: "_Pickler") -> Any:
-    torch = sys.modules["torch"]  # (imported: a tensor exists; an import statement here costs microseconds)
+    torch = sys.modules["torch"]  # (imported: a tensor exists)
     if t.layout != torch.strided or t.is_quantized or t.device.type == "meta" or t.is_nested:
         return NotImplemented  # torch's own reduction
     cls = type(t)
@@ -175,7 +175,7 @@ _DTYPE_NAMES: dict[Any, str] = {}  # torch dtype -> its name in the torch module
 def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
     """A strided tensor (CPU, or CUDA going to another host through host memory) as its bytes, out of band.
     ``shared``: on the same host, where to note a buffer already in torch shared memory (sent by reference)."""
-    torch = sys.modules["torch"]  # (imported: a tensor exists; an import statement here costs microseconds)
+    torch = sys.modules["torch"]  # (imported: a tensor exists)
     device = None
     data = t.detach() if t.requires_grad else t  # (only a tensor that records gradients needs detaching)
     if not data.is_cpu:
