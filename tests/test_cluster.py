@@ -604,3 +604,49 @@ async def test_names_survive_a_restart_of_the_seed() -> None:
         for p in procs:
             p.terminate()
             p.wait(10)
+
+
+def test_nodes_thread_share_rule(monkeypatch) -> None:
+    from disto.cluster.local import node_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert node_threads(3, None, {}) == 4  # 16 CPUs for 3 nodes and the driver
+    assert node_threads(1, None, {}) == 8
+    assert node_threads(40, None, {}) == 1  # at least one each
+    assert node_threads(3, 6, {}) == 6  # asked for
+    assert node_threads(3, None, {"OMP_NUM_THREADS": "2"}) is None  # the user's env= wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert node_threads(3, None, {}) is None  # and so does this process's environment, inherited
+    assert node_threads(3, 2, {}) == 2  # unless asked for explicitly
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="threads_per_node"):
+            node_threads(3, bad, {})
+    with pytest.raises(ValueError, match="give one"):
+        node_threads(3, 2, {"MKL_NUM_THREADS": "4"})
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.async_timeout(60)
+async def test_local_cluster_nodes_size_their_thread_pools(monkeypatch) -> None:
+    import torch  # noqa: F401 - preloaded by the nodes: its pool is sized from their environment
+
+    class Threads(disto.Actor):
+        def threads(self) -> tuple[int, str | None, str | None]:
+            import torch
+
+            return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"), os.environ.get("MKL_NUM_THREADS")
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    async with disto.LocalCluster(nodes=1, env=ENV, threads_per_node=3) as cluster:
+        t = await cluster.nodes[0].spawn(Threads)
+        cores = len(os.sched_getaffinity(0))
+        assert await t.threads() == (min(3, cores), "3", "3")  # (torch takes at most one per core)
+    share = str(max(1, cores // 3))
+    async with disto.LocalCluster(nodes=2, env=ENV) as cluster:
+        for node in cluster.nodes:
+            t = await node.spawn(Threads)
+            assert await t.threads() == (int(share), share, share)
+    async with disto.LocalCluster(nodes=1, env={**ENV, "OMP_NUM_THREADS": "2"}) as cluster:
+        t = await cluster.nodes[0].spawn(Threads)
+        assert (await t.threads())[1:] == ("2", None)  # the user's setting is left alone

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from typing import Any
 
@@ -17,6 +18,29 @@ from .token import new_token
 log = logging.getLogger("disto.cluster")
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def node_threads(nodes: int, threads: int | None, env: dict[str, str]) -> int | None:
+    """The intra-op threads a LocalCluster gives each node process, or None to leave its environment alone (the
+    user set ``OMP_NUM_THREADS``). ``threads``: what the user asked for, checked here."""
+    if threads is not None:
+        if type(threads) is not int or threads < 1:
+            raise ValueError(f"threads_per_node must be an int >= 1, got {threads!r}")
+        given = [v for v in THREAD_VARS if v in env]
+        if given:
+            raise ValueError(f"threads_per_node={threads} and env={{{given[0]!r}: ...}} both set the nodes' threads: "
+                             "give one")
+        return threads
+    if "OMP_NUM_THREADS" in env or "OMP_NUM_THREADS" in os.environ:
+        return None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // (nodes + 1))  # the nodes and this driver share the host
+
+
 class LocalCluster:
     """``async with disto.LocalCluster(nodes=2) as cluster``: start ``nodes`` node processes on this host with a
     fresh random token (node 0 is the seed), join them from this process, and tear them all down on exit.
@@ -29,13 +53,20 @@ class LocalCluster:
     ``resources``: what the nodes offer to placement (``spawn(..., resources=)``), one dict for every node or a
     list with one per node (``[{"gpu": 2}, {"ps": 1}]``), on top of what each detects (cpu, gpu, memory).
     ``gpus_per_node=k``: one node per ``k`` of the GPUs this process sees, each seeing exactly its own
-    (``CUDA_VISIBLE_DEVICES``) and advertising them; ``nodes`` then defaults to as many as there are."""
+    (``CUDA_VISIBLE_DEVICES``) and advertising them; ``nodes`` then defaults to as many as there are.
+
+    ``threads_per_node``: the intra-op threads of each node process (OpenMP and MKL: torch, numpy, Faiss), set
+    through ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` in its environment. By default, unless this process's
+    environment or ``env`` sets ``OMP_NUM_THREADS`` already, the CPUs this process may use are split between the
+    nodes and this driver (at least one each): every process on one host sizing its thread pool to all the cores
+    oversubscribes them, and OpenMP threads that spin-wait then stall the others (torchrun sets 1 for the same
+    reason). An actor can still call ``torch.set_num_threads``."""
 
     def __init__(self, nodes: int | None = None, *, host: str = "127.0.0.1", token: str | None = None,
                  startup_timeout: float = 30.0, config: NodeConfig | None = None,
                  env: dict[str, str] | None = None, python: str | None = None, dashboard: str | None = None,
                  log_to_driver: bool = True, resources: dict[str, float] | list[dict[str, float]] | None = None,
-                 gpus_per_node: int | None = None) -> None:
+                 gpus_per_node: int | None = None, threads_per_node: int | None = None) -> None:
         self.gpu_sets = self._gpu_sets(nodes, gpus_per_node)
         if nodes is None:
             nodes = len(self.gpu_sets) if self.gpu_sets else 2
@@ -59,6 +90,7 @@ class LocalCluster:
         self.startup_timeout = startup_timeout
         self.config = config
         self.env = env or {}
+        self.threads_per_node = node_threads(nodes, threads_per_node, self.env)
         self.python = python or sys.executable
         self.procs: list[asyncio.subprocess.Process] = []
         self.cluster: Cluster | None = None
@@ -84,6 +116,8 @@ class LocalCluster:
         if self.resources[index]:
             extra += ["--resources", ",".join(f"{k}={v!r}" for k, v in self.resources[index].items())]
         env = dict(self.env)
+        if self.threads_per_node is not None:
+            env.update(dict.fromkeys(THREAD_VARS, str(self.threads_per_node)))
         if self.gpu_sets:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_sets[index])
         if preload:
