@@ -20,6 +20,20 @@ from ..errors import format_remote_traceback
 
 Done = Callable[[bool, Any, str], None]  # (ok, value or exception, traceback text), called on the loop
 Job = tuple[Callable[..., Any], tuple, dict, Done]
+Deferred = list[tuple[Callable[..., Any], tuple]]
+
+_posting = threading.local()  # .deferred: while an actor thread drops a call's arguments, what they asked the loop
+
+
+def defer_to_loop(fn: Callable[..., Any], *args: Any) -> bool:
+    """From a finalizer: if this thread is an actor thread dropping a finished call's arguments, run ``fn(*args)``
+    on the loop just before that call's outcome is delivered (one wake-up of the loop for both, and the reply
+    written after it) and return True; else False (the caller wakes the loop itself)."""
+    deferred = getattr(_posting, "deferred", None)
+    if deferred is None:
+        return False
+    deferred.append((fn, args))
+    return True
 
 
 class ActorThread:
@@ -28,7 +42,7 @@ class ActorThread:
         self._loop = loop
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._outcomes: collections.deque[tuple[Done, bool, Any, str]] = collections.deque()
+        self._outcomes: collections.deque[tuple[Done, bool, Any, str, Deferred | None]] = collections.deque()
         self._flush_scheduled = False
         self._lock = threading.Lock()
 
@@ -65,7 +79,8 @@ class ActorThread:
                 return
             ctx, todo, skip = batch
             del batch
-            for i, (fn, args, kwargs, done) in enumerate(todo):
+            for i in range(len(todo)):  # (not enumerate: its reused result tuple would keep the job alive)
+                fn, args, kwargs, done = todo[i]
                 if skip is not None and skip(i):
                     value, ok, tb = None, False, ""  # not run; done() still hears of it (the batch's end)
                     if not self._post(done, ok, value, tb):
@@ -76,17 +91,22 @@ class ActorThread:
                 except BaseException as e:  # noqa: BLE001 - every error goes back to the caller
                     value, ok, tb = e, False, format_remote_traceback(e)
                 # the arguments go before the outcome is posted: what they held in shared memory is given back
-                # (a RELEASE) in the same write as the reply, not in one of its own after it
+                # (a RELEASE) with the outcome, so in the same write as the reply, not in one of its own after it
                 todo[i] = None  # type: ignore[call-overload]
-                del fn, args, kwargs
-                if not self._post(done, ok, value, tb):
+                _posting.deferred = deferred = []
+                try:
+                    del fn, args, kwargs
+                finally:
+                    _posting.deferred = None
+                if not self._post(done, ok, value, tb, deferred or None):
                     return
-                del done, value
+                del done, value, deferred
 
-    def _post(self, done: Done, ok: bool, value: Any, tb: str) -> bool:
-        """Hand an outcome to the loop; one wake-up for however many pile up before it runs."""
+    def _post(self, done: Done, ok: bool, value: Any, tb: str, deferred: Deferred | None = None) -> bool:
+        """Hand an outcome to the loop (after what ``deferred`` asks of it); one wake-up for however many pile up
+        before it runs."""
         with self._lock:
-            self._outcomes.append((done, ok, value, tb))
+            self._outcomes.append((done, ok, value, tb, deferred))
             if self._flush_scheduled:
                 return True
             self._flush_scheduled = True
@@ -100,5 +120,8 @@ class ActorThread:
         with self._lock:
             self._flush_scheduled = False
             outcomes, self._outcomes = self._outcomes, collections.deque()
-        for done, ok, value, tb in outcomes:
+        for done, ok, value, tb, deferred in outcomes:
+            if deferred is not None:
+                for fn, args in deferred:
+                    fn(*args)
             done(ok, value, tb)

@@ -9,6 +9,7 @@ import threading
 import sys
 from typing import Any, Callable
 
+from ..actor.threads import defer_to_loop
 from ..errors import LocalProtocolError, SerializationError
 from ..serialization import Route, ShmExporter, ShmImporter, buffer_address, dumps, dumps_for, loads, route
 from ..serialization import pickler
@@ -137,6 +138,8 @@ class BufferRouter:
         if threading.get_ident() == self._loop_thread:
             self._release_now(ch, name)  # on the loop already: no wake-up through the loop's pipe
             return
+        if defer_to_loop(self._release_now, ch, name):
+            return  # an actor thread dropping a call's arguments: goes with the call's outcome
         try:
             loop.call_soon_threadsafe(self._release_now, ch, name)
         except RuntimeError:
@@ -148,7 +151,9 @@ class BufferRouter:
         names = self.releases.get(ch)
         if names is None:
             names = self.releases[ch] = []
-            asyncio.get_running_loop().call_soon(self._flush_releases, ch)
+            loop = self._loop()  # (the node's loop: this runs on it; get_running_loop() makes a getpid call)
+            if loop is not None:
+                loop.call_soon(self._flush_releases, ch)
         names.append(name)
 
     def _flush_releases(self, ch: Channel) -> None:
