@@ -53,7 +53,9 @@ async def main(n):
         return
     import torch
     x = {"tiny-tensor": lambda: torch.ones(1), "tensor-1mb": lambda: torch.ones(1 << 18),
-         "ndarray-1mb": lambda: torch.ones(1 << 18).numpy()}[payload]()
+         "ndarray-1mb": lambda: torch.ones(1 << 18).numpy(),
+         "shared-1mb": lambda: torch.frombuffer(a.buffers.exporter.allocate_shared(1 << 20)[0],
+                                                dtype=torch.float32)}[payload]()
     for i in range(n):
         await ref.ping(x)
     await b.stop(); await a.stop()
@@ -88,9 +90,11 @@ def main() -> None:
     ap.add_argument("--method", choices=("loop", "async", "sync"), default="loop",
                     help="the actor's ping: @on_loop (the call path alone, default), async, or a plain sync method "
                          "(on its actor's thread: the count then includes the hand-over)")
-    ap.add_argument("--payload", choices=("int", "tiny-tensor", "tensor-1mb", "ndarray-1mb"), default="int",
-                    help="what each call carries there and back: an int (default), a 1-element tensor, or 1 MB "
-                         "as a tensor or a numpy array (through shared memory: both nodes are on this host)")
+    ap.add_argument("--payload", choices=("int", "tiny-tensor", "tensor-1mb", "ndarray-1mb", "shared-1mb"),
+                    default="int",
+                    help="what each call carries there and back: an int (default), a 1-element tensor, 1 MB "
+                         "as a tensor or a numpy array (through shared memory: both nodes are on this host), or "
+                         "1 MB of memory that is shared already (what disto.shared_tensor makes: by reference)")
     a = ap.parse_args()
     n1, n2 = a.calls
     if n2 - n1 < 5000:
