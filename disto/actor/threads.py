@@ -22,15 +22,16 @@ Done = Callable[[bool, Any, str], None]  # (ok, value or exception, traceback te
 Job = tuple[Callable[..., Any], tuple, dict, Done]
 Deferred = list[tuple[Callable[..., Any], tuple]]
 
-_posting = threading.local()  # .deferred: while an actor thread drops a call's arguments, what they asked the loop
+# while an actor thread drops a call's arguments: .deferred, what they asked of .loop, its loop
+_posting = threading.local()
 
 
-def defer_to_loop(fn: Callable[..., Any], *args: Any) -> bool:
-    """From a finalizer: if this thread is an actor thread dropping a finished call's arguments, run ``fn(*args)``
-    on the loop just before that call's outcome is delivered (one wake-up of the loop for both, and the reply
-    written after it) and return True; else False (the caller wakes the loop itself)."""
+def defer_to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:
+    """From a finalizer: if this thread is an actor thread of ``loop`` dropping a finished call's arguments, run
+    ``fn(*args)`` on the loop just before that call's outcome is delivered (one wake-up of the loop for both, and
+    the reply written after it) and return True; else False (the caller wakes the loop itself)."""
     deferred = getattr(_posting, "deferred", None)
-    if deferred is None:
+    if deferred is None or _posting.loop is not loop:
         return False
     deferred.append((fn, args))
     return True
@@ -79,6 +80,7 @@ class ActorThread:
                 return
             ctx, todo, skip = batch
             del batch
+            _posting.loop = self._loop
             for i in range(len(todo)):  # (not enumerate: its reused result tuple would keep the job alive)
                 fn, args, kwargs, done = todo[i]
                 if skip is not None and skip(i):

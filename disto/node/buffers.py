@@ -138,7 +138,7 @@ class BufferRouter:
         if threading.get_ident() == self._loop_thread:
             self._release_now(ch, name)  # on the loop already: no wake-up through the loop's pipe
             return
-        if defer_to_loop(self._release_now, ch, name):
+        if defer_to_loop(loop, self._release_now, ch, name):
             return  # an actor thread dropping a call's arguments: goes with the call's outcome
         try:
             loop.call_soon_threadsafe(self._release_now, ch, name)
