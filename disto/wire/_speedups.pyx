@@ -7,8 +7,8 @@ is importable and ``DISTO_PURE_PYTHON`` is not set. Only the canonical layout (f
 implementations write them) is decoded here; anything else goes to the pure-Python general loop, which stays the
 one place that judges unusual input. Every read is bounded by ``end``; tests check both implementations give the
 same results and raise the same errors on the same bytes, and the fuzz target compares them on every input.
-Buffer descriptors of other kinds than INLINE (shared memory, CUDA IPC) are read here, with the pure reader's
-checks and errors, and written by the pure-Python helper.
+Buffer descriptors of other kinds than INLINE (shared memory, CUDA IPC) are read and written here, with the pure
+reader's checks and errors; unusual ones are written by the pure-Python helper.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -109,13 +109,6 @@ cdef unsigned char* _descs(unsigned char* p, unsigned char fid, object sizes, Py
     return p
 
 
-cdef inline bint _all_inline(object sizes):
-    for n in sizes:
-        if type(n) is not int:
-            return False
-    return True
-
-
 cdef inline Py_ssize_t _descs_len(Py_ssize_t count, bytes other):
     if other is not None:
         return PyBytes_GET_SIZE(other)
@@ -130,11 +123,98 @@ cdef inline unsigned char* _put_descs(unsigned char* p, unsigned char fid, objec
     return _descs(p, fid, sizes, count) if count else p
 
 
-cdef bytes _other_descs(unsigned char fid, object sizes):
-    """A list holding descriptors of other kinds, written by the pure-Python helper (not the hot path)."""
+cdef inline bint _i64(object v):
+    return type(v) is int and -0x8000000000000000 <= v <= 0x7fffffffffffffff
+
+
+cdef inline bint _i32(object v):
+    return type(v) is int and -0x80000000 <= v <= 0x7fffffff
+
+
+cdef inline bint _all_inline(object sizes):
+    # (a size out of range goes to _other_descs too, which leaves it to the pure helper: the same error)
+    for n in sizes:
+        if not _i64(n):
+            return False
+    return True
+
+
+cdef bytes _py_other_descs(unsigned char fid, object sizes):
     cdef list parts = []
     _py_descs(parts, fid, sizes)
     return b"".join(parts)
+
+
+cdef bytes _other_descs(unsigned char fid, object sizes):
+    """A list holding descriptors of other kinds too (shared memory, CUDA IPC: ``T.BufferDesc`` objects), each
+    with its set fields in id order, as the pure helper writes them; anything unusual (a field of another type, a
+    number out of range) is left to that helper, which then says what is wrong the way it always has."""
+    cdef list segs = []
+    cdef Py_ssize_t total = 8, count = 0, i = 0
+    cdef object n, seg, handle
+    cdef bytes out, b
+    cdef unsigned char* p
+    for n in sizes:
+        count += 1
+        if type(n) is int:
+            if not _i64(n):
+                return _py_other_descs(fid, sizes)
+            total += DESC
+            segs.append(None)
+            continue
+        if not _i64(n.size):
+            return _py_other_descs(fid, sizes)
+        total += 12  # size (3 + 8) and STOP
+        if n.kind is not None:
+            if not _i32(n.kind):
+                return _py_other_descs(fid, sizes)
+            total += 7
+        seg = n.segment
+        if seg is not None:
+            if type(seg) is not str:
+                return _py_other_descs(fid, sizes)
+            seg = (<str>seg).encode()
+            total += 7 + PyBytes_GET_SIZE(seg)
+        segs.append(seg)
+        if n.offset is not None:
+            if not _i64(n.offset):
+                return _py_other_descs(fid, sizes)
+            total += 11
+        handle = n.handle
+        if handle is not None:
+            if type(handle) is not bytes:
+                return _py_other_descs(fid, sizes)
+            total += 7 + PyBytes_GET_SIZE(handle)
+    out = PyBytes_FromStringAndSize(NULL, total)
+    p = <unsigned char*>PyBytes_AS_STRING(out)
+    p = _field(p, 15, fid)
+    p[0] = 12
+    p = _wr32(p + 1, <int32_t>count)
+    for n in sizes:
+        p = _field(p, 10, 1)
+        if type(n) is int:
+            p = _wr64(p, <int64_t>n)
+            p = _field(p, 8, 2)
+            p = _wr32(p, 0)
+        else:
+            p = _wr64(p, <int64_t>n.size)
+            if n.kind is not None:
+                p = _field(p, 8, 2)
+                p = _wr32(p, <int32_t>n.kind)
+            seg = segs[i]
+            if seg is not None:
+                b = <bytes>seg
+                p = _bin(p, 3, <const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+            if n.offset is not None:
+                p = _field(p, 10, 4)
+                p = _wr64(p, <int64_t>n.offset)
+            if n.handle is not None:
+                b = <bytes>n.handle
+                p = _bin(p, 5, <const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+        p[0] = 0
+        p += 1
+        i += 1
+    return out
 
 
 cdef inline unsigned char* _header(unsigned char* p, Py_ssize_t body_len, unsigned char kind) noexcept:
