@@ -301,3 +301,18 @@ async def test_views_that_share_storage_arrive_with_their_values(mode: str) -> N
     assert back[3] is back[0]  # pickle's memo: one object in, one object out
     # a view travels as its own data (a small view of a big tensor does not drag the whole storage along)
     assert back[1].untyped_storage().nbytes() == 49_000 * 4
+
+
+def test_finding_the_shared_segment_that_holds_a_view() -> None:
+    from disto.serialization.shm import _find
+
+    mem = np.zeros(1000, dtype=np.uint8)
+    base = mem.ctypes.data
+    ranges = [(base, base + 100, "a"), (base + 100, base + 300, "b"), (base + 500, base + 1000, "c")]
+    assert _find(ranges, memoryview(mem[0:100])) == ("a", 0, 100)
+    assert _find(ranges, memoryview(mem[100:101])) == ("b", 0, 1)  # starts exactly where b starts
+    assert _find(ranges, memoryview(mem[150:300])) == ("b", 50, 150)
+    assert _find(ranges, memoryview(mem[990:1000])) == ("c", 490, 10)
+    assert _find(ranges, memoryview(mem[90:110])) is None  # across two segments
+    assert _find(ranges, memoryview(mem[300:400])) is None  # between them
+    assert _find([], memoryview(mem)) is None

@@ -35,12 +35,15 @@ def _numpy_buffer_address(buf: Any) -> int:
 buffer_address: Callable[[Any], int] = compiled_buffer_address or _numpy_buffer_address
 
 
+_INF = float("inf")
+
+
 def _find(ranges: list[tuple[int, int, str]], view: memoryview) -> tuple[str, int, int] | None:
     """(name, offset, size) of the range (sorted by start address) that holds all of ``view``, if any."""
     if not ranges:
         return None
     addr = buffer_address(view)
-    i = bisect.bisect_right(ranges, addr, key=lambda r: r[0]) - 1
+    i = bisect.bisect_right(ranges, (addr, _INF)) - 1  # the last range starting at or before addr (no key function)
     if i >= 0:
         start, end, name = ranges[i]
         if start <= addr and addr + view.nbytes <= end:
