@@ -650,3 +650,6 @@ async def test_local_cluster_nodes_size_their_thread_pools(monkeypatch) -> None:
     async with disto.LocalCluster(nodes=1, env={**ENV, "OMP_NUM_THREADS": "2"}) as cluster:
         t = await cluster.nodes[0].spawn(Threads)
         assert (await t.threads())[1:] == ("2", None)  # the user's setting is left alone
+    async with disto.LocalCluster(nodes=2, env={**ENV, "MKL_NUM_THREADS": "7"}) as cluster:
+        t = await cluster.nodes[0].spawn(Threads)
+        assert (await t.threads())[1:] == (share, "7")  # OpenMP's share set, the user's MKL setting kept

@@ -91,6 +91,9 @@ class LocalCluster:
         self.config = config
         self.env = env or {}
         self.threads_per_node = node_threads(nodes, threads_per_node, self.env)
+        # asked for: both variables; by default only those the user has not set (an MKL_NUM_THREADS of theirs stays)
+        self._thread_vars = THREAD_VARS if threads_per_node is not None else tuple(
+            v for v in THREAD_VARS if v not in self.env and v not in os.environ)
         self.python = python or sys.executable
         self.procs: list[asyncio.subprocess.Process] = []
         self.cluster: Cluster | None = None
@@ -117,7 +120,7 @@ class LocalCluster:
             extra += ["--resources", ",".join(f"{k}={v!r}" for k, v in self.resources[index].items())]
         env = dict(self.env)
         if self.threads_per_node is not None:
-            env.update(dict.fromkeys(THREAD_VARS, str(self.threads_per_node)))
+            env.update(dict.fromkeys(self._thread_vars, str(self.threads_per_node)))
         if self.gpu_sets:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_sets[index])
         if preload:
