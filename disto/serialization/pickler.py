@@ -23,6 +23,7 @@ import cloudpickle
 import numpy as np
 
 from ..errors import SerializationError
+from ..memory.blocks import COMPILED as BLOCKS_COMPILED, block
 from .modules import shippable
 
 PROTOCOL = 5
@@ -115,14 +116,22 @@ def _strided(t: Any) -> bool:
     return t.layout is sys.modules["torch"].strided and not t.is_quantized and not t.is_nested
 
 
+_DTYPES: dict[str, Any] = {}  # a dtype's name ("float32") -> the torch dtype, as received
+
+
 def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad: bool, param: bool,
                     device: str | None = None) -> Any:
-    import torch  # (the receiver may not have imported it yet: the dtype comes by name)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        import torch  # (the receiver may not have imported it yet: the dtype comes by name)
 
     if type(dtype) is str:  # its name ("float32"): cheaper to pickle and unpickle than the dtype object
-        name, dtype = dtype, getattr(torch, dtype, None)
-        if not isinstance(dtype, torch.dtype):
-            raise SerializationError(f"not a torch dtype: {name!r}")
+        name, dtype = dtype, _DTYPES.get(dtype)
+        if dtype is None:
+            dtype = getattr(torch, name, None)
+            if not isinstance(dtype, torch.dtype):
+                raise SerializationError(f"not a torch dtype: {name!r}")
+            _DTYPES[name] = dtype
     view = memoryview(buf)
     if view.readonly:  # only in-band bytes are read-only; tensors must be writable
         view = memoryview(bytearray(view))
@@ -191,7 +200,10 @@ def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
     # (the storage's own is_shared is C; Tensor.is_shared goes through Python and a TypedStorage: ~3 us)
     if shared is not None and data.numel() * data.element_size() >= OOB_MIN and data.untyped_storage().is_shared():
         note_torch_shared(shared, data)
-    raw = data.view(torch.uint8).numpy() if data.numel() else np.empty(0, dtype=np.uint8)
+    if BLOCKS_COMPILED:  # the tensor's bytes as a buffer that keeps it alive (~0.1 us; a numpy view: ~4 us)
+        raw = block(data, data.data_ptr(), data.nbytes)
+    else:
+        raw = data.view(torch.uint8).numpy() if data.numel() else np.empty(0, dtype=np.uint8)
     dtype = t.dtype
     name = _DTYPE_NAMES.get(dtype)
     if name is None:

@@ -8,19 +8,20 @@ is already shared (a ``shared`` segment from :func:`disto.shared_tensor`) is sen
 see the same memory.
 
 Receiver side, :class:`ShmImporter`: maps segments once and keeps the mappings; each received buffer is a
-:class:`_Lease` whose finalizer fires when the last array or tensor built on it is gone, which sends RELEASE.
+:mod:`~disto.memory.blocks` block whose callback fires when the last array or tensor built on it is gone, which
+sends RELEASE.
 """
 from __future__ import annotations
 
 import bisect
 import threading
-import weakref
 from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import SerializationError
 from ..wire.codec import compiled_buffer_address
+from ..memory.blocks import block
 from ..memory.segments import SHM_DIR, Segment, SegmentPool, is_segment_name
 
 VALUE_PURPOSE = "buf"
@@ -121,17 +122,6 @@ class ShmExporter:
             self._ranges.clear()
 
 
-class _Lease:
-    """Exposes one received block to numpy; its finalizer tells the sender the block is free again."""
-
-    __slots__ = ("__array_interface__", "_segment", "__weakref__")
-
-    def __init__(self, segment: Segment, offset: int, size: int) -> None:
-        self._segment = segment
-        self.__array_interface__ = {"data": (segment.addr + offset, False), "shape": (size,), "typestr": "|u1",
-                                    "version": 3}
-
-
 class ShmImporter:
     """The receiving side: maps segments (once each) and turns descriptors into writable memory."""
 
@@ -171,11 +161,7 @@ class ShmImporter:
             raise SerializationError(f"descriptor out of bounds for segment {name}")
         if shared and not known:
             bisect.insort(self._shared, (seg.addr, seg.addr + seg.size, name), key=lambda r: r[0])
-        lease = _Lease(seg, offset, size)
-        arr = np.asarray(lease)
-        if on_release is not None:
-            weakref.finalize(lease, on_release)
-        return memoryview(arr)
+        return memoryview(block(seg, seg.addr + offset, size, on_release))
 
     def find_shared(self, view: memoryview) -> tuple[str, int, int] | None:
         """(segment, offset, size) if ``view`` lies in memory we received by reference."""
