@@ -97,3 +97,43 @@ def test_the_pure_python_fallback_pickles_a_tensor_the_same_way(monkeypatch) -> 
     slow = dumps_for(t, same_host=True)
     assert fast[0] == slow[0] and bytes(fast[1][0]) == bytes(slow[1][0])
     assert pickle.PickleBuffer(fast[1][0]).raw().nbytes == 4000
+
+
+def test_a_small_tensor_goes_in_band_and_comes_back_writable() -> None:
+    t = torch.arange(10, dtype=torch.float32)
+    stream, bufs, _ = dumps_for(((t,), {}), same_host=True)
+    assert bufs == [] and t.numpy().tobytes() in stream
+    back = loads(stream)[0][0]
+    back += 1  # writable: no copy-on-read warning, no error
+    assert torch.equal(back, t + 1) and torch.equal(t, torch.arange(10, dtype=torch.float32))
+
+
+def test_the_reused_pickler_keeps_nothing_alive_and_serves_threads_apart() -> None:
+    import threading
+
+    t = torch.randn(1 << 12)
+    gone = weakref.ref(t)
+    stream, bufs, _ = dumps_for({"x": t}, same_host=True)
+    assert loads(stream, bufs)["x"].data_ptr() == t.data_ptr()
+    del t, bufs
+    gc.collect()
+    assert gone() is None  # not held by the pickler's memo or its buffer list
+
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(200):
+                x = torch.full((300 + k,), float(i))
+                s, b, _ = dumps_for((k, x), same_host=False)
+                kk, y = loads(s, b)
+                assert kk == k and torch.equal(x, y)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []

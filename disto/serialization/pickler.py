@@ -93,7 +93,46 @@ def _plain(obj: Any, depth: int = 0) -> bool:
 # with a dispatch table (no Python hook per object, no cloudpickle); everything else takes the full pickler
 _FAST_TENSORS: frozenset[type] = frozenset()
 _FAST_TABLE: dict[type, Any] = {}  # the default reductions, and the tensors'
-_dump_state = threading.local()  # the dump under way on this thread: where shared buffers are noted (or None)
+
+
+class _FastDump(threading.local):
+    """This thread's C pickler for plain values, reused from dump to dump (making one costs ~2 us), and the state
+    of the dump under way: where out-of-band buffers go, and where shared buffers are noted (or None)."""
+
+    def __init__(self) -> None:
+        self.file = io.BytesIO()
+        self.pickler = pickle.Pickler(self.file, PROTOCOL, buffer_callback=self.keep)
+        self.tensors = False  # the tensors' dispatch table is set
+        self.busy = False
+        self.buffers: list[memoryview] = []
+        self.shared: dict[int, tuple[str, int]] | None = None
+
+    def keep(self, pb: pickle.PickleBuffer) -> bool:
+        raw = pb.raw()
+        if raw.nbytes < OOB_MIN:
+            return True  # in band
+        self.buffers.append(raw)
+        return False
+
+    def dump(self, obj: Any, same_host: bool) -> tuple[bytes, list[memoryview], dict[int, tuple[str, int]]]:
+        p, f = self.pickler, self.file
+        if _FAST_TENSORS and not self.tensors:  # CPU tensors among the values: reduced through the table
+            p.dispatch_table = _FAST_TABLE  # type: ignore[misc]
+            self.tensors = True
+        buffers: list[memoryview] = []
+        shared: dict[int, tuple[str, int]] = {}
+        self.buffers, self.shared, self.busy = buffers, shared if same_host else None, True
+        try:
+            p.dump(obj)
+            return f.getvalue(), buffers, shared
+        finally:  # (the memo holds the values pickled: they must not stay alive here)
+            f.seek(0)
+            f.truncate()
+            p.clear_memo()
+            self.buffers, self.shared, self.busy = [], None, False
+
+
+_dump_state = _FastDump()
 
 
 def _note_torch() -> None:
@@ -109,7 +148,8 @@ def _note_torch() -> None:
 
 
 def _fast_reduce(t: Any) -> Any:
-    return _reduce_strided(t, _dump_state.shared)
+    state = _dump_state
+    return _reduce_strided(t, state.shared if state.busy else None)
 
 
 def _strided(t: Any) -> bool:
@@ -194,21 +234,28 @@ def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
         data = data.resolve_conj().resolve_neg()
     if not data.is_contiguous():
         data = data.contiguous()
-    if data.dim() != 1:
+    shape = t.shape
+    if len(shape) != 1:
         data = data.reshape(-1)
-    # (a buffer that stays in band cannot go by reference: no need to ask torch, which takes microseconds)
-    # (the storage's own is_shared is C; Tensor.is_shared goes through Python and a TypedStorage: ~3 us)
-    if shared is not None and data.numel() * data.element_size() >= OOB_MIN and data.untyped_storage().is_shared():
-        note_torch_shared(shared, data)
-    if BLOCKS_COMPILED:  # the tensor's bytes as a buffer that keeps it alive (~0.1 us; a numpy view: ~4 us)
-        raw = block(data, data.data_ptr(), data.nbytes)
+    nbytes = data.nbytes
+    if nbytes < OOB_MIN:  # in band anyway: a bytearray pickles from C (no PickleBuffer, no buffer callback)
+        if BLOCKS_COMPILED:
+            payload: Any = bytearray(block(data, data.data_ptr(), nbytes))
+        else:
+            payload = bytearray(data.view(torch.uint8).numpy()) if nbytes else bytearray()
     else:
-        raw = data.view(torch.uint8).numpy() if data.numel() else np.empty(0, dtype=np.uint8)
+        # (the storage's own is_shared is C; Tensor.is_shared goes through Python and a TypedStorage: ~3 us)
+        if shared is not None and data.untyped_storage().is_shared():
+            note_torch_shared(shared, data)
+        if BLOCKS_COMPILED:  # the tensor's bytes as a buffer that keeps it alive (~0.1 us; a numpy view: ~4 us)
+            payload = pickle.PickleBuffer(block(data, data.data_ptr(), nbytes))
+        else:
+            payload = pickle.PickleBuffer(data.view(torch.uint8).numpy())
     dtype = t.dtype
     name = _DTYPE_NAMES.get(dtype)
     if name is None:
         name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
-    args = (pickle.PickleBuffer(raw), name, tuple(t.shape), t.requires_grad, type(t) is torch.nn.Parameter)
+    args = (payload, name, tuple(shape), t.requires_grad, type(t) is torch.nn.Parameter)
     return (_rebuild_tensor, args + (device,) if device else args)
 
 
@@ -314,6 +361,12 @@ def dumps_for(obj: Any, same_host: bool, modules: set[str] | None = None
     """Like :func:`dumps`, for a destination on this host (``same_host``) or not. On the same host CUDA tensors
     become CUDA IPC handles, and the third result maps the address of each buffer that already lives in torch
     shared memory to how the receiver can map it. Elsewhere CUDA tensors travel through host memory."""
+    if not _FAST_TENSORS and "torch" in sys.modules:
+        _note_torch()
+    if _plain(obj):  # scalars, bytes, arrays, CPU tensors, small containers of them: the C pickler alone
+        state = _dump_state
+        if not state.busy:
+            return state.dump(obj, same_host)
     buffers: list[memoryview] = []
 
     def keep(pb: pickle.PickleBuffer) -> bool:
@@ -324,16 +377,6 @@ def dumps_for(obj: Any, same_host: bool, modules: set[str] | None = None
         return False
 
     f = io.BytesIO()
-    if not _FAST_TENSORS and "torch" in sys.modules:
-        _note_torch()
-    if _plain(obj):
-        p = pickle.Pickler(f, PROTOCOL, buffer_callback=keep)
-        shared: dict[int, tuple[str, int]] = {}
-        if _FAST_TENSORS:  # CPU tensors among the values: reduced from C, through the table built once
-            p.dispatch_table = _FAST_TABLE  # type: ignore[misc]
-            _dump_state.shared = shared if same_host else None
-        p.dump(obj)
-        return f.getvalue(), buffers, shared
     pickler = _Pickler(f, protocol=PROTOCOL, buffer_callback=keep, same_host=same_host, modules=modules)
     try:
         pickler.dump(obj)
