@@ -75,15 +75,15 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     if t is tuple or t is list:  # (loops, not all() over a generator: this runs on every call made)
         if len(obj) > 64:
             return False
-        for x in obj:
-            if not _plain(x, depth + 1):
+        for x in obj:  # (scalars checked here: a recursive call per element costs more than the test)
+            if type(x) not in _SCALARS and not _plain(x, depth + 1):
                 return False
         return True
     if t is dict:
         if len(obj) > 64:
             return False
         for k, v in obj.items():
-            if type(k) is not str or not _plain(v, depth + 1):
+            if type(k) is not str or (type(v) not in _SCALARS and not _plain(v, depth + 1)):
                 return False
         return True
     return False
