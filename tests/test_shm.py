@@ -11,7 +11,7 @@ import torch
 import disto
 from disto.memory import janitor
 from disto.memory.segments import PREFIX
-from disto.serialization import Route, ShmExporter, ShmImporter, route
+from disto.serialization import Route, ShmExporter, ShmImporter, route, route_on_host
 from helpers import MB, eventually, nodes, spawn
 
 
@@ -37,6 +37,9 @@ from helpers import MB, eventually, nodes, spawn
 ])
 def test_placement_table(facts: dict, mode: str, expected: Route) -> None:
     assert route(mode=mode, shm_min=1 << 16, **facts) is expected
+    if facts["same_host"] and not facts["same_process"] and not facts["is_cuda"]:
+        # the per-buffer hot path's own entry (a CPU buffer to another process on this host) agrees
+        assert route_on_host(facts["already_shared"], facts["size"], mode, 1 << 16) is expected
 
 
 def test_placement_rejects_unknown_mode() -> None:
@@ -304,15 +307,19 @@ async def test_views_that_share_storage_arrive_with_their_values(mode: str) -> N
 
 
 def test_finding_the_shared_segment_that_holds_a_view() -> None:
-    from disto.serialization.shm import _find
+    from disto.serialization.shm import _find, buffer_address
 
     mem = np.zeros(1000, dtype=np.uint8)
     base = mem.ctypes.data
     ranges = [(base, base + 100, "a"), (base + 100, base + 300, "b"), (base + 500, base + 1000, "c")]
-    assert _find(ranges, memoryview(mem[0:100])) == ("a", 0, 100)
-    assert _find(ranges, memoryview(mem[100:101])) == ("b", 0, 1)  # starts exactly where b starts
-    assert _find(ranges, memoryview(mem[150:300])) == ("b", 50, 150)
-    assert _find(ranges, memoryview(mem[990:1000])) == ("c", 490, 10)
-    assert _find(ranges, memoryview(mem[90:110])) is None  # across two segments
-    assert _find(ranges, memoryview(mem[300:400])) is None  # between them
-    assert _find([], memoryview(mem)) is None
+
+    def find(r: list, view: memoryview) -> tuple | None:
+        return _find(r, buffer_address(view), view.nbytes)
+
+    assert find(ranges, memoryview(mem[0:100])) == ("a", 0, 100)
+    assert find(ranges, memoryview(mem[100:101])) == ("b", 0, 1)  # starts exactly where b starts
+    assert find(ranges, memoryview(mem[150:300])) == ("b", 50, 150)
+    assert find(ranges, memoryview(mem[990:1000])) == ("c", 490, 10)
+    assert find(ranges, memoryview(mem[90:110])) is None  # across two segments
+    assert find(ranges, memoryview(mem[300:400])) is None  # between them
+    assert find([], memoryview(mem)) is None

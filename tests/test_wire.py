@@ -603,6 +603,35 @@ def test_decode_frame_takes_shared_memory_descriptors_as_the_general_path_does(i
     assert impl.decode_frame(rx, 0, len(rx), 1 << 20) is None
 
 
+@pytest.mark.parametrize("impl", CODECS)
+@pytest.mark.parametrize("kind", [Kind.CALL, Kind.REPLY])
+def test_frames_of_shared_memory_descriptors_are_built_whole(impl, kind) -> None:
+    # descriptors only (nothing follows the body): one frame, header and body in one allocation, the same bytes
+    # as the general path's, which the receiver reads back with the descriptors in order
+    descs = [T.BufferDesc(size=4096, kind=T.BufferKind.SHM, segment="disto-v-1", offset=0),
+             T.BufferDesc(size=64, kind=T.BufferKind.SHM_SHARED, segment="/proc/1/fd/3", offset=128)]
+    if kind == Kind.CALL:
+        frame = impl.call_frame(9, 16, "add", b"p", False, "n1", None, 1 << 20, descs)
+        body = fastcodec.encode_call(9, 16, "add", b"p", descs, False, "n1")
+        assert impl.call_frame(9, 16, "add", b"p", False, "n1", None, len(body) - 1, descs) is None
+    else:
+        frame = impl.reply_frame(9, b"r", False, Kind.REPLY, 1 << 20, descs)
+        body = fastcodec.encode_reply(9, b"r", descs, False)
+        assert impl.reply_frame(9, b"r", False, Kind.REPLY, len(body) - 1, descs) is None
+    assert frame == HEADER.pack(len(body), 1, kind, 0, 0) + body
+    a, b = make_pair()
+    handshake(a, b)
+    out = (a.send_call(9, 16, "add", b"p", descs, False, "n1") if kind == Kind.CALL
+           else a.send_reply(9, b"r", descs, False))
+    assert out == [frame]
+    (ev,) = feed(b, out)
+    assert [(d.kind, d.segment, d.offset, d.size) for d in ev.buffers] == [
+        (T.BufferKind.SHM, "disto-v-1", 0, 4096), (T.BufferKind.SHM_SHARED, "/proc/1/fd/3", 128, 64)]
+    # a descriptor of another kind among them still goes through the general path, which refuses it
+    with pytest.raises(LocalProtocolError):
+        a.send_call(10, 16, "add", b"p", [descs[0], T.BufferDesc(size=4, kind=T.BufferKind.INLINE)], False, "n1")
+
+
 @st.composite
 def _release_bodies(draw: st.DrawFn) -> bytes:
     """A RELEASE body as thriftpy2 writes it, sometimes with a few bytes changed."""

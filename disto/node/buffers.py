@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 from ..actor.threads import defer_to_loop
 from ..errors import LocalProtocolError, SerializationError
-from ..serialization import Route, ShmExporter, ShmImporter, buffer_address, dumps, dumps_for, loads, route
+from ..serialization import (Route, ShmExporter, ShmImporter, buffer_address, dumps, dumps_for, loads,
+                             route_on_host)
 from ..serialization import pickler
 from ..transport import Channel
 from ..wire import BufferKind, Kind, Release, T
@@ -19,6 +20,7 @@ from ..wire import BufferKind, Kind, Release, T
 INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not through a Thrift field
 CUDA_COLLECT_EVERY = 1.0      # seconds between torch.cuda.ipc_collect() calls once CUDA IPC was used
 _DESC = T.BufferDesc
+_SHM_SHARED = BufferKind.SHM_SHARED
 
 
 def scalar_payload(stream: bytes) -> tuple[bytes, list, bool]:
@@ -82,17 +84,17 @@ class BufferRouter:
         out: list[Any] = []
         for v in bufs:
             n = v.nbytes
-            ref = shared.get(buffer_address(v)) if shared else None
+            addr = buffer_address(v)
+            ref = shared.get(addr) if shared else None
             if ref is None:
-                ref = self.exporter.find_shared(v) or self.importer.find_shared(v)
-            r = route(same_process=False, same_host=True, is_cuda=False, already_shared=ref is not None, size=n,
-                      mode=mode, shm_min=self.shm_min)
-            if r is Route.SHM or r is Route.SHM_SHARED:
-                ch.shm_bytes_out += n
+                ref = self.exporter.find_shared(v, addr) or self.importer.find_shared(v, addr)
+            r = route_on_host(ref is not None, n, mode, self.shm_min)
             if r is Route.SHM_SHARED:
                 assert ref is not None
-                out.append(_DESC(size=n, kind=BufferKind.SHM_SHARED, segment=ref[0], offset=ref[1]))
+                ch.shm_bytes_out += n
+                out.append(_DESC(size=n, kind=_SHM_SHARED, segment=ref[0], offset=ref[1]))
             elif r is Route.SHM:
+                ch.shm_bytes_out += n
                 name, offset, _ = self.exporter.export_copy(v)
                 leases = self._leases.setdefault(ch, {})
                 leases[name] = leases.get(name, 0) + 1

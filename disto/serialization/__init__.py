@@ -2,8 +2,8 @@
 and same-host export and import of buffers through shared memory. No asyncio or sockets; torch only when a
 tensor is seen."""
 from .pickler import DEVICE_MAP, dumps, dumps_for, loads
-from .placement import Route, route
+from .placement import Route, route, route_on_host
 from .shm import ShmExporter, ShmImporter, buffer_address
 
-__all__ = ["DEVICE_MAP", "dumps", "dumps_for", "loads", "Route", "route", "ShmExporter", "ShmImporter",
+__all__ = ["DEVICE_MAP", "dumps", "dumps_for", "loads", "Route", "route", "route_on_host", "ShmExporter", "ShmImporter",
            "buffer_address"]

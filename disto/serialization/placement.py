@@ -36,6 +36,14 @@ def route(*, same_process: bool, same_host: bool, is_cuda: bool, already_shared:
         return Route.CUDA_VIA_HOST if is_cuda else Route.INLINE
     if is_cuda:
         return Route.CUDA_IPC
+    return route_on_host(already_shared, size, mode, shm_min)
+
+
+def route_on_host(already_shared: bool, size: int, mode: str, shm_min: int) -> Route:
+    """:func:`route` for a CPU buffer going to another process on this host, ``mode`` already checked (the
+    per-buffer hot path: positional arguments, no check)."""
+    if mode == "tcp":
+        return Route.INLINE
     if already_shared:
         return Route.SHM_SHARED
     if mode == "shm" or size >= shm_min:

@@ -39,16 +39,15 @@ buffer_address: Callable[[Any], int] = compiled_buffer_address or _numpy_buffer_
 _INF = float("inf")
 
 
-def _find(ranges: list[tuple[int, int, str]], view: memoryview) -> tuple[str, int, int] | None:
-    """(name, offset, size) of the range (sorted by start address) that holds all of ``view``, if any."""
+def _find(ranges: list[tuple[int, int, str]], addr: int, size: int) -> tuple[str, int, int] | None:
+    """(name, offset, size) of the range (sorted by start address) that holds all of ``size`` bytes at ``addr``."""
     if not ranges:
         return None
-    addr = buffer_address(view)
     i = bisect.bisect_right(ranges, (addr, _INF)) - 1  # the last range starting at or before addr (no key function)
     if i >= 0:
         start, end, name = ranges[i]
-        if start <= addr and addr + view.nbytes <= end:
-            return name, addr - start, view.nbytes
+        if start <= addr and addr + size <= end:
+            return name, addr - start, size
     return None
 
 
@@ -99,9 +98,12 @@ class ShmExporter:
             bisect.insort(self._ranges, (seg.addr, seg.addr + seg.size, seg.name), key=lambda r: r[0])
         return np.frombuffer(seg.mm, dtype=np.uint8, count=nbytes), seg.name
 
-    def find_shared(self, view: memoryview) -> tuple[str, int, int] | None:
-        """(segment, offset, size) if ``view`` lies inside a shared segment of ours."""
-        return _find(self._ranges, view)
+    def find_shared(self, view: memoryview, addr: int | None = None) -> tuple[str, int, int] | None:
+        """(segment, offset, size) if ``view`` lies inside a shared segment of ours (``addr``: its address, if
+        the caller has it)."""
+        if not self._ranges:
+            return None
+        return _find(self._ranges, buffer_address(view) if addr is None else addr, view.nbytes)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -163,9 +165,11 @@ class ShmImporter:
             bisect.insort(self._shared, (seg.addr, seg.addr + seg.size, name), key=lambda r: r[0])
         return memoryview(block(seg, seg.addr + offset, size, on_release))
 
-    def find_shared(self, view: memoryview) -> tuple[str, int, int] | None:
+    def find_shared(self, view: memoryview, addr: int | None = None) -> tuple[str, int, int] | None:
         """(segment, offset, size) if ``view`` lies in memory we received by reference."""
-        return _find(self._shared, view)
+        if not self._shared:
+            return None
+        return _find(self._shared, buffer_address(view) if addr is None else addr, view.nbytes)
 
     def forget(self, name: str) -> None:
         self._maps.pop(name, None)

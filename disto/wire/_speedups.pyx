@@ -231,10 +231,12 @@ def encode_call(call_id, actor_id, str method, payload, sizes, payload_oob, node
     return _call(call_id, actor_id, method, payload, sizes, payload_oob, node_id, traceparent, -1)
 
 
-def call_frame(call_id, actor_id, str method, payload, payload_oob, node_id, traceparent, Py_ssize_t max_body):
-    """A whole CALL frame (header and body, in one allocation) for a call without buffers; None if its body
-    would exceed ``max_body`` (the connection then says so)."""
-    return _call(call_id, actor_id, method, payload, (), payload_oob, node_id, traceparent, max_body)
+def call_frame(call_id, actor_id, str method, payload, payload_oob, node_id, traceparent, Py_ssize_t max_body,
+               descs=()):
+    """A whole CALL frame (header and body, in one allocation) for a call without buffer bytes after its body:
+    no buffers, or ``descs``, descriptors of buffers that live elsewhere (shared memory, CUDA IPC); None if its
+    body would exceed ``max_body`` (the connection then says so)."""
+    return _call(call_id, actor_id, method, payload, descs, payload_oob, node_id, traceparent, max_body)
 
 
 cdef object _call(call_id, actor_id, str method, payload, sizes, payload_oob, node_id, traceparent,
@@ -295,10 +297,10 @@ def encode_reply(call_id, payload, sizes, payload_oob):
     return _reply(call_id, payload, sizes, payload_oob, 0, -1)
 
 
-def reply_frame(call_id, payload, payload_oob, int kind, Py_ssize_t max_body):
-    """A whole REPLY (or STREAM_ITEM: ``kind``) frame for a value without buffers; None if its body would
-    exceed ``max_body``."""
-    return _reply(call_id, payload, (), payload_oob, kind, max_body)
+def reply_frame(call_id, payload, payload_oob, int kind, Py_ssize_t max_body, descs=()):
+    """A whole REPLY (or STREAM_ITEM: ``kind``) frame for a value without buffer bytes after its body (no
+    buffers, or only the external ``descs``); None if its body would exceed ``max_body``."""
+    return _reply(call_id, payload, descs, payload_oob, kind, max_body)
 
 
 cdef object _reply(call_id, payload, sizes, payload_oob, int kind, Py_ssize_t framed):

@@ -24,8 +24,8 @@ from ..errors import AuthenticationError, LocalProtocolError, RemoteProtocolErro
 from .events import CLOSED, EVENT_OF_KIND, NEED_DATA, Event, Identity, Message, Ready
 from .codec import call_frame, decode_call, decode_frame, decode_reply, encode_call, encode_reply, reply_frame
 from .fastcodec import decode_release
-from .framing import (DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_BODY, HEADER, HEADER_SIZE,
-                      inline_sizes, oob_views)
+from .framing import (DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME, EXTERNAL_KINDS, HANDSHAKE_MAX_BODY, HEADER,
+                      HEADER_SIZE, inline_sizes, oob_views)
 from .handshake import Handshake
 from .messages import STRUCT_OF_KIND, WIRE_VERSION, Kind, T, decode, encode
 
@@ -57,6 +57,7 @@ _RELEASE = Kind.RELEASE
 _APP_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.FAILURE, Kind.CANCEL, Kind.HEARTBEAT, Kind.GOODBYE,
                         Kind.RELEASE, Kind.MODULES, Kind.STREAM_ITEM, Kind.STREAM_END, Kind.STREAM_CREDIT})
 _KINDS_WITH_BUFFERS = frozenset({Kind.CALL, Kind.REPLY, Kind.STREAM_ITEM})
+_DESC = T.BufferDesc
 
 
 class Connection:
@@ -131,6 +132,11 @@ class Connection:
                 return [frame]  # (header and body in one allocation)
             body = encode_call(call_id, actor_id, method, payload, (), payload_oob, node_id, traceparent)
             return [self._checked_frame(Kind.CALL, body, 0)]  # over max_body: says so
+        if _external_only(buffers):  # shared memory / CUDA IPC descriptors only: one frame, as above
+            frame = call_frame(call_id, actor_id, method, payload, payload_oob, node_id, traceparent,
+                               self._max_body, buffers)
+            if frame is not None:
+                return [frame]
         views, sizes, total, descs = oob_views(buffers)
         body = encode_call(call_id, actor_id, method, payload, sizes if descs is None else descs, payload_oob,
                            node_id, traceparent)
@@ -146,6 +152,10 @@ class Connection:
             if frame is not None:
                 return [frame]
             return [self._checked_frame(kind, encode_reply(call_id, payload, (), payload_oob), 0)]
+        if _external_only(buffers):
+            frame = reply_frame(call_id, payload, payload_oob, kind, self._max_body, buffers)
+            if frame is not None:
+                return [frame]
         views, sizes, total, descs = oob_views(buffers)
         body = encode_reply(call_id, payload, sizes if descs is None else descs, payload_oob)
         return [self._checked_frame(kind, body, total), *views]
@@ -341,6 +351,14 @@ class Connection:
             if self._rstart == self._rend:
                 self._rstart = self._rend = 0
         return True
+
+
+def _external_only(buffers: Sequence[Buffer]) -> bool:
+    """True if every buffer is a descriptor of memory that lives elsewhere (nothing follows the body)."""
+    for b in buffers:
+        if type(b) is not _DESC or b.kind not in EXTERNAL_KINDS:
+            return False
+    return True
 
 
 def check_header(hdr: tuple[int, int, int, int, int], handshake: Handshake | None, max_body: int,

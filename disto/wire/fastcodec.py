@@ -12,7 +12,7 @@ return None, and the caller falls back to the generic validate-then-decode path.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import RemoteProtocolError
 from .events import Call, Reply, StreamItem
@@ -122,19 +122,21 @@ def encode_reply(call_id: int, payload: Any, sizes: list[Any], payload_oob: bool
 
 
 def call_frame(call_id: int, actor_id: int, method: str, payload: Any, payload_oob: bool, node_id: str | None,
-               traceparent: str | None, max_body: int) -> bytes | None:
-    """A whole CALL frame (header and body) for a call without buffers; None if its body would exceed
-    ``max_body`` (the connection then says so)."""
-    body = encode_call(call_id, actor_id, method, payload, (), payload_oob, node_id, traceparent)
+               traceparent: str | None, max_body: int, descs: Sequence[Any] = ()) -> bytes | None:
+    """A whole CALL frame (header and body) for a call without buffer bytes after its body: no buffers, or
+    ``descs``, descriptors of buffers that live elsewhere (shared memory, CUDA IPC); None if its body would
+    exceed ``max_body`` (the connection then says so)."""
+    body = encode_call(call_id, actor_id, method, payload, descs, payload_oob, node_id, traceparent)
     if len(body) > max_body:
         return None
     return _FRAME_HEADER.pack(len(body), WIRE_VERSION, Kind.CALL, 0, 0) + body
 
 
-def reply_frame(call_id: int, payload: Any, payload_oob: bool, kind: int, max_body: int) -> bytes | None:
-    """A whole REPLY (or STREAM_ITEM: ``kind``) frame for a value without buffers; None if its body would exceed
-    ``max_body``."""
-    body = encode_reply(call_id, payload, (), payload_oob)
+def reply_frame(call_id: int, payload: Any, payload_oob: bool, kind: int, max_body: int,
+                descs: Sequence[Any] = ()) -> bytes | None:
+    """A whole REPLY (or STREAM_ITEM: ``kind``) frame for a value without buffer bytes after its body (no
+    buffers, or only the external ``descs``); None if its body would exceed ``max_body``."""
+    body = encode_reply(call_id, payload, descs, payload_oob)
     if len(body) > max_body:
         return None
     return _FRAME_HEADER.pack(len(body), WIRE_VERSION, kind, 0, 0) + body
