@@ -619,6 +619,11 @@ def test_frames_of_shared_memory_descriptors_are_built_whole(impl, kind) -> None
         body = fastcodec.encode_reply(9, b"r", descs, False)
         assert impl.reply_frame(9, b"r", False, Kind.REPLY, len(body) - 1, descs) is None
     assert frame == HEADER.pack(len(body), 1, kind, 0, 0) + body
+    # what a sender builds for each such buffer, and what a receiver gets back: plain T.BufferDesc objects
+    made = [impl.external_desc(d.size, d.kind, d.segment, d.offset) for d in descs]
+    assert made == descs and all(type(d) is T.BufferDesc and vars(d) == vars(e) for d, e in zip(made, descs))
+    got, _ = impl.decode_frame(frame, 0, len(frame), 1 << 20)
+    assert got.buffers == descs and all(type(d) is T.BufferDesc for d in got.buffers)
     a, b = make_pair()
     handshake(a, b)
     out = (a.send_call(9, 16, "add", b"p", descs, False, "n1") if kind == Kind.CALL

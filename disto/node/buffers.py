@@ -15,11 +15,12 @@ from ..serialization import (Route, ShmExporter, ShmImporter, buffer_address, du
                              route_on_host)
 from ..serialization import pickler
 from ..transport import Channel
-from ..wire import BufferKind, Kind, Release, T
+from ..wire import BufferKind, Kind, Release, T, external_desc
 
 INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not through a Thrift field
 CUDA_COLLECT_EVERY = 1.0      # seconds between torch.cuda.ipc_collect() calls once CUDA IPC was used
 _DESC = T.BufferDesc
+_SHM = BufferKind.SHM
 _SHM_SHARED = BufferKind.SHM_SHARED
 
 
@@ -92,13 +93,13 @@ class BufferRouter:
             if r is Route.SHM_SHARED:
                 assert ref is not None
                 ch.shm_bytes_out += n
-                out.append(_DESC(size=n, kind=_SHM_SHARED, segment=ref[0], offset=ref[1]))
+                out.append(external_desc(n, _SHM_SHARED, ref[0], ref[1]))
             elif r is Route.SHM:
                 ch.shm_bytes_out += n
                 name, offset, _ = self.exporter.export_copy(v)
                 leases = self._leases.setdefault(ch, {})
                 leases[name] = leases.get(name, 0) + 1
-                out.append(_DESC(size=n, kind=BufferKind.SHM, segment=name, offset=offset))
+                out.append(external_desc(n, _SHM, name, offset))
             else:
                 out.append(v)
         return out

@@ -75,11 +75,19 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     if t is tuple or t is list:  # (loops, not all() over a generator: this runs on every call made)
         if len(obj) > 64:
             return False
-        for x in obj:  # (scalars checked here: a recursive call per element costs more than the test)
-            if type(x) not in _SCALARS and not _plain(x, depth + 1):
+        for x in obj:  # (scalars and tensors checked here: a recursive call per element costs more than the test)
+            tx = type(x)
+            if tx in _SCALARS:
+                continue
+            if tx in _FAST_TENSORS:
+                if not (x.is_cpu and x.layout is _STRIDED and not x.is_quantized and not x.is_nested):
+                    return False
+            elif not _plain(x, depth + 1):
                 return False
         return True
     if t is dict:
+        if not obj:
+            return True  # (the kwargs of most calls)
         if len(obj) > 64:
             return False
         for k, v in obj.items():
@@ -93,6 +101,8 @@ def _plain(obj: Any, depth: int = 0) -> bool:
 # with a dispatch table (no Python hook per object, no cloudpickle); everything else takes the full pickler
 _FAST_TENSORS: frozenset[type] = frozenset()
 _FAST_TABLE: dict[type, Any] = {}  # the default reductions, and the tensors'
+_STRIDED: Any = None  # torch.strided
+_PARAMETER: Any = None  # torch.nn.Parameter
 
 
 class _FastDump(threading.local):
@@ -137,11 +147,12 @@ _dump_state = _FastDump()
 
 def _note_torch() -> None:
     """Recognise tensors from now on (called when torch is seen in sys.modules)."""
-    global _FAST_TENSORS
+    global _FAST_TENSORS, _STRIDED, _PARAMETER
     torch = sys.modules.get("torch")
     tensor = getattr(torch, "Tensor", None)
     parameter = getattr(getattr(torch, "nn", None), "Parameter", None)
     if tensor is not None and parameter is not None:
+        _STRIDED, _PARAMETER = torch.strided, parameter  # type: ignore[union-attr]
         _FAST_TENSORS = frozenset({tensor, parameter})
         _FAST_TABLE.update(_COPYREG)
         _FAST_TABLE.update(dict.fromkeys(_FAST_TENSORS, _fast_reduce))
@@ -153,7 +164,7 @@ def _fast_reduce(t: Any) -> Any:
 
 
 def _strided(t: Any) -> bool:
-    return t.layout is sys.modules["torch"].strided and not t.is_quantized and not t.is_nested
+    return t.layout is _STRIDED and not t.is_quantized and not t.is_nested
 
 
 _DTYPES: dict[str, Any] = {}  # a dtype's name ("float32") -> the torch dtype, as received
@@ -224,9 +235,9 @@ _DTYPE_NAMES: dict[Any, str] = {}  # torch dtype -> its name in the torch module
 def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
     """A strided tensor (CPU, or CUDA going to another host through host memory) as its bytes, out of band.
     ``shared``: on the same host, where to note a buffer already in torch shared memory (sent by reference)."""
-    torch = sys.modules["torch"]  # (imported: a tensor exists)
     device = None
-    data = t.detach() if t.requires_grad else t  # (only a tensor that records gradients needs detaching)
+    grad = t.requires_grad
+    data = t.detach() if grad else t  # (only a tensor that records gradients needs detaching)
     if not data.is_cpu:
         device = str(t.device)
         data = data.cpu()
@@ -242,7 +253,7 @@ def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
         if BLOCKS_COMPILED:
             payload: Any = bytearray(block(data, data.data_ptr(), nbytes))
         else:
-            payload = bytearray(data.view(torch.uint8).numpy()) if nbytes else bytearray()
+            payload = bytearray(data.view(sys.modules["torch"].uint8).numpy()) if nbytes else bytearray()
     else:
         # (the storage's own is_shared is C; Tensor.is_shared goes through Python and a TypedStorage: ~3 us)
         if shared is not None and data.untyped_storage().is_shared():
@@ -250,12 +261,12 @@ def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
         if BLOCKS_COMPILED:  # the tensor's bytes as a buffer that keeps it alive (~0.1 us; a numpy view: ~4 us)
             payload = pickle.PickleBuffer(block(data, data.data_ptr(), nbytes))
         else:
-            payload = pickle.PickleBuffer(data.view(torch.uint8).numpy())
+            payload = pickle.PickleBuffer(data.view(sys.modules["torch"].uint8).numpy())
     dtype = t.dtype
     name = _DTYPE_NAMES.get(dtype)
     if name is None:
         name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
-    args = (payload, name, tuple(shape), t.requires_grad, type(t) is torch.nn.Parameter)
+    args = (payload, name, tuple(shape), grad, type(t) is _PARAMETER)
     return (_rebuild_tensor, args + (device,) if device else args)
 
 

@@ -24,6 +24,7 @@ from .messages import WIRE_VERSION, Kind, T
 
 cdef dict _str_cache = {}
 cdef object _Desc = T.BufferDesc
+cdef object _new_object = object.__new__
 cdef int _CALL = Kind.CALL
 cdef int _REPLY = Kind.REPLY
 cdef int _ITEM = Kind.STREAM_ITEM
@@ -84,6 +85,23 @@ cdef inline bytes _b(str s):
         if len(_str_cache) < 4096:
             _str_cache[s] = b
     return <bytes>b
+
+
+cdef object _desc(object size, object kind, object segment, object offset, object handle):
+    # a T.BufferDesc with these fields, without the Python frame of its generated __init__ (same __dict__)
+    cdef object d = _new_object(_Desc)
+    d.size = size
+    d.kind = kind
+    d.segment = segment
+    d.offset = offset
+    d.handle = handle
+    return d
+
+
+def external_desc(size, kind, segment, offset):
+    """``T.BufferDesc(size=size, kind=kind, segment=segment, offset=offset)`` of a buffer that lives elsewhere
+    (shared memory), made here: what a sender builds for every such buffer."""
+    return _desc(size, kind, segment, offset, None)
 
 
 cdef inline unsigned char* _bin(unsigned char* p, unsigned char fid, const unsigned char* src, Py_ssize_t n):
@@ -173,7 +191,7 @@ cdef bytes _other_descs(unsigned char fid, object sizes):
         if seg is not None:
             if type(seg) is not str:
                 return _py_other_descs(fid, sizes)
-            seg = (<str>seg).encode()
+            seg = _b(<str>seg)  # (a few names, over and over: the pooled and shared segments)
             total += 7 + PyBytes_GET_SIZE(seg)
         segs.append(seg)
         if n.offset is not None:
@@ -413,8 +431,7 @@ cdef object _read_descs(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end, 
         if not have_kind or kind == 0:
             sizes.append(size)
         elif kind in _EXTERNAL:  # SHM, SHM_SHARED, CUDA_IPC
-            sizes.append(_Desc(size=size, kind=kind, segment=segment, offset=offset if have_offset else None,
-                               handle=handle))
+            sizes.append(_desc(size, kind, segment, offset if have_offset else None, handle))
         else:
             return None  # an unknown kind: the generic path says what is wrong
     return sizes, pos

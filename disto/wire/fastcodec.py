@@ -87,6 +87,12 @@ def _desc(parts: list, d: Any) -> None:
     parts.append(b"\x00")
 
 
+def external_desc(size: int, kind: int, segment: str, offset: int) -> Any:
+    """``T.BufferDesc(size=size, kind=kind, segment=segment, offset=offset)`` of a buffer that lives elsewhere
+    (shared memory): what a sender builds for every such buffer."""
+    return T.BufferDesc(size=size, kind=kind, segment=segment, offset=offset)
+
+
 def encode_call(call_id: int, actor_id: int, method: str, payload: Any, sizes: list[Any], payload_oob: bool,
                 node_id: str | None, traceparent: str | None = None) -> bytes:
     m = _b(method)
