@@ -102,6 +102,44 @@ async def test_short_run_improves_the_center() -> None:
         assert history.evals and history.evals[-1]["samples"] > 0
 
 
+async def test_evaluating_every_nth_snapshot_keeps_the_time_to_target_exact(monkeypatch) -> None:
+    # the center's snapshot k is made recognisable (its first value is k) and "accuracy" is 1 from snapshot 7 on:
+    # with eval_stride 3 the training evaluates snapshots 3, 6 and 9, stops at 9, and only then evaluates 7 and 8
+    # (the crossing lies between 6 and 9), so time_to(target) is snapshot 7's time; 1, 2, 4 and 5 are never evaluated
+    import disto.easgd.trainer as trainer_module
+
+    x_test, y_test = blobs(200, seed=1)
+    evaluated: list[int] = []
+
+    def fake_accuracy(model_fn, center, x, y, model=None) -> float:
+        evaluated.append(int(center[0]))
+        return 1.0 if center[0] >= 7 else 0.0
+
+    monkeypatch.setattr(trainer_module, "accuracy", fake_accuracy)
+    with pytest.raises(ValueError):
+        EASGDConfig(eval_stride=0)
+    async with nodes(2) as (a, b):
+        cluster = disto.Cluster(a)
+        await cluster.refresh()
+        cfg = EASGDConfig(workers=2, tau=5, prefetch=2, lr=0.05, batch_size=32, eval_interval=0.05, eval_stride=3)
+        trainer = Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test))
+        snapshots = 0
+
+        async def center() -> torch.Tensor:
+            nonlocal snapshots
+            snapshots += 1
+            return torch.full((4,), float(snapshots))
+
+        trainer.center = center  # type: ignore[method-assign]
+        seen: list[float] = []
+        history = await trainer.run(seconds=60, target=0.5, on_eval=lambda e: seen.append(e["accuracy"]))
+    assert evaluated == [3, 6, 9, 7, 8] and snapshots == 9
+    assert [e["accuracy"] for e in history.evals] == [0.0, 0.0, 1.0, 1.0, 1.0] == seen
+    times = [e["time"] for e in history.evals]
+    assert times == sorted(times) and history.time_to(0.5) == times[2]  # snapshot 7, in snapshot order
+    assert all(e["samples"] >= 0 and "loadavg" in e for e in history.evals)
+
+
 def test_virtual_time_runs_the_real_update_code() -> None:
     from disto.easgd import LocalLearner
 

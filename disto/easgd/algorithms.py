@@ -37,7 +37,11 @@ class EASGDConfig:
     batch_size: int = 32
     shards: int = 2           # parameter-server shards the center is split over
     seed: int = 0
-    eval_interval: float = 1.0  # seconds between evaluations of the center
+    eval_interval: float = 1.0  # seconds between snapshots of the center (its parameters and the workers' counts)
+    eval_stride: int = 1      # evaluate every n-th snapshot while training; with a target, the snapshots between
+    #                           the last evaluation below it and the first at or above it are evaluated once
+    #                           training has stopped, so time_to(target) keeps eval_interval's resolution with
+    #                           1/n of the evaluation's CPU taken from the workers (the others are dropped)
     group_size: int = 1       # processes per worker: a group does data-parallel SGD (gradients all-reduced every
     #                           step with torch.distributed) and exchanges with the center as one worker
     # where the trainer places its actors (spawn_group resources): e.g. {"gpu": 1} per worker, {"ps": 1} per
@@ -63,6 +67,8 @@ class EASGDConfig:
             self.prefetch = 0  # the synchronous algorithms meet at a barrier: nothing to fetch ahead
         if self.group_size < 1:
             raise ValueError("group_size must be >= 1")
+        if self.eval_interval <= 0 or self.eval_stride < 1:
+            raise ValueError("eval_interval must be > 0 and eval_stride >= 1")
         for strategy in (self.worker_strategy, self.shard_strategy):
             if strategy not in ("spread", "pack"):
                 raise ValueError(f"placement strategies are 'spread' or 'pack', not {strategy!r}")

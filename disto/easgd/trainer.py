@@ -120,25 +120,33 @@ class Trainer:
         for rank, ref in self.workers.items():  # start together, once every node is done building its worker
             self.runs[rank] = ref.run(max_steps)
         t0 = time.perf_counter()
+        pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # snapshots since the last evaluation
         try:
             while True:
                 await asyncio.sleep(cfg.eval_interval)
                 await self._watch_workers(history, t0, max_steps)
                 center = await self.center()
-                acc = accuracy(self.model_fn, center, *self.test, model=self._eval_model)
                 stats = await collect_all(w.stats() for w in self.workers.values())
                 done = [s for s in stats if isinstance(s, dict)]
-                entry = {"time": round(time.perf_counter() - t0, 3), "accuracy": acc,
+                entry = {"time": round(time.perf_counter() - t0, 3),
                          "samples": sum(s["samples"] for s in done), "steps": sum(s["steps"] for s in done),
                          "comm_fraction": max((s["comm_fraction"] for s in done), default=0.0),
                          "loadavg": os.getloadavg()[0]}
-                history.evals.append(entry)
-                if self.checkpoint:
-                    torch.save({"center": center, "config": asdict(cfg), "eval": entry}, self.checkpoint)
-                if on_eval is not None:
-                    on_eval(entry)
                 finished = all(f.done() for f in self.runs.values())
-                if (target is not None and acc >= target) or entry["time"] >= seconds or finished:
+                last = entry["time"] >= seconds or finished
+                if not last and (len(pending) + 1) % cfg.eval_stride:
+                    pending.append((entry, center))  # evaluated later only if the target is crossed before it
+                    continue
+                acc = accuracy(self.model_fn, center, *self.test, model=self._eval_model)
+                reached = target is not None and acc >= target
+                if reached or last:
+                    # the training stops here: the snapshots in between are evaluated now, off its clock
+                    for e, c in pending:
+                        self._record(history, c, e, accuracy(self.model_fn, c, *self.test, model=self._eval_model),
+                                     on_eval)
+                pending.clear()
+                self._record(history, center, entry, acc, on_eval)
+                if reached or last:
                     break
         finally:
             for w in self.workers.values():
@@ -159,6 +167,15 @@ class Trainer:
                 except OSError:
                     pass
         return history
+
+    def _record(self, history: History, center: torch.Tensor, entry: dict[str, Any], acc: float,
+                on_eval: Callable[[dict[str, Any]], None] | None) -> None:
+        entry = {"time": entry["time"], "accuracy": acc, **{k: v for k, v in entry.items() if k != "time"}}
+        history.evals.append(entry)
+        if self.checkpoint:
+            torch.save({"center": center, "config": asdict(self.cfg), "eval": entry}, self.checkpoint)
+        if on_eval is not None:
+            on_eval(entry)
 
     async def _watch_workers(self, history: History, t0: float, max_steps: int | None) -> None:
         """A worker whose node was lost: report it; with ``respawn`` start a new one from the center."""
