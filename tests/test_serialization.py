@@ -207,14 +207,15 @@ def test_a_module_that_cannot_be_imported_is_named_with_what_to_do() -> None:
 
 
 def test_a_tensor_travels_with_its_dtype_by_name_and_an_unknown_name_is_refused() -> None:
-    from disto.serialization.pickler import _rebuild_tensor, dumps_for
+    from disto.serialization.pickler import dumps_for
+    from disto.serialization.tensors import rebuild_tensor
 
     t = torch.arange(6, dtype=torch.int16).reshape(2, 3)
     stream, bufs, _ = dumps_for(((t,), {}), same_host=False)
     assert b"int16" in stream and b"torch" not in stream  # the dtype's name, not a reference to a torch global
     assert loads(stream, bufs)[0][0].dtype == torch.int16
     with pytest.raises(SerializationError, match="not a torch dtype: 'load'"):
-        _rebuild_tensor(bytearray(8), "load", (2,), False, False)
+        rebuild_tensor(bytearray(8), "load", (2,), False, False)
 
 
 def test_a_tensor_unpickles_in_a_process_that_has_not_imported_torch() -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import SerializationError
 from ..memory.blocks import COMPILED as BLOCKS_COMPILED, block
 from .modules import shippable
+from .tensors import rebuild_tensor
 
 PROTOCOL = 5
 _COPYREG = copyreg.dispatch_table  # the default reductions, which a pickler's own dispatch table replaces
@@ -167,56 +168,6 @@ def _strided(t: Any) -> bool:
     return t.layout is _STRIDED and not t.is_quantized and not t.is_nested
 
 
-_DTYPES: dict[str, Any] = {}  # a dtype's name ("float32") -> the torch dtype, as received
-
-
-def _rebuild_tensor(buf: Any, dtype: Any, shape: tuple[int, ...], requires_grad: bool, param: bool,
-                    device: str | None = None) -> Any:
-    torch = sys.modules.get("torch")
-    if torch is None:
-        import torch  # (the receiver may not have imported it yet: the dtype comes by name)
-
-    if type(dtype) is str:  # its name ("float32"): cheaper to pickle and unpickle than the dtype object
-        name, dtype = dtype, _DTYPES.get(dtype)
-        if dtype is None:
-            dtype = getattr(torch, name, None)
-            if not isinstance(dtype, torch.dtype):
-                raise SerializationError(f"not a torch dtype: {name!r}")
-            _DTYPES[name] = dtype
-    view = memoryview(buf)
-    if view.readonly:  # only in-band bytes are read-only; tensors must be writable
-        view = memoryview(bytearray(view))
-    if view.nbytes == 0:
-        t = torch.empty(shape, dtype=dtype)
-    else:  # one call over the received memory (the tensor keeps it alive); a reshape only if not 1-D
-        t = torch.frombuffer(view, dtype=dtype)
-        if len(shape) != 1:
-            t = t.reshape(shape)
-    if device is not None:  # a CUDA tensor that crossed hosts: back onto a GPU here, if there is one
-        t = _to_local_device(t, device)
-    if param:
-        return torch.nn.Parameter(t, requires_grad=requires_grad)
-    if requires_grad:
-        t.requires_grad_(True)
-    return t
-
-
-# Where CUDA tensors that arrive from another host go: {remote device index: local device index}.
-DEVICE_MAP: dict[int, int] = {}
-
-
-def _to_local_device(t: Any, device: str) -> Any:
-    import torch
-
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return t  # no GPU here: the tensor stays in host memory
-    index = int(device.split(":")[1]) if ":" in device else 0
-    index = DEVICE_MAP.get(index, index)
-    if index >= torch.cuda.device_count():
-        index = 0
-    return t.to(f"cuda:{index}")
-
-
 def _reduce_tensor(t: Any, pickler: "_Pickler") -> Any:
     torch = sys.modules["torch"]  # (imported: a tensor exists)
     if t.layout != torch.strided or t.is_quantized or t.device.type == "meta" or t.is_nested:
@@ -267,7 +218,7 @@ def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
     if name is None:
         name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
     args = (payload, name, tuple(shape), grad, type(t) is _PARAMETER)
-    return (_rebuild_tensor, args + (device,) if device else args)
+    return (rebuild_tensor, args + (device,) if device else args)
 
 
 def note_torch_shared(shared: dict[int, tuple[str, int]], data: Any) -> None:
