@@ -166,7 +166,7 @@ class LocalCluster:
             await asyncio.wait_for(
                 asyncio.gather(*(h.shutdown() for h in self.cluster.nodes), return_exceptions=True), 5.0)
             await self.cluster.close()
-        for p in self.procs:
-            if p is not None:  # a node first waits up to 5 s for its own process=True children: wait longer
-                await end_process(p, 10.0, log)
+        # all at once (a node first waits up to 5 s for its own process=True children: wait longer), so the
+        # teardown is bounded by one node's time, not the sum over nodes
+        await asyncio.gather(*(end_process(p, 10.0, log) for p in self.procs if p is not None))
         self.procs.clear()
