@@ -516,6 +516,22 @@ async def test_after_a_freeze_the_callee_drops_the_calls_its_callers_gave_up_on(
         await eventually(serves, timeout=20, interval=0.1, what="the actor to serve new calls after the freeze")
 
 
+@pytest.mark.async_timeout(60)
+async def test_a_local_cluster_ends_its_processes_even_when_a_node_is_frozen() -> None:
+    # a node that cannot answer shutdown (SIGSTOP: frozen) must not leave the others, or itself, running: the
+    # shutdown times out (5 s), and every process is then ended together (killed after 10 s if need be)
+    cluster = disto.LocalCluster(nodes=2)
+    await cluster.__aenter__()
+    pids = [h.pid for h in cluster.cluster.nodes]
+    os.kill(pids[1], signal.SIGSTOP)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await cluster.__aexit__(None, None, None)
+    elapsed = loop.time() - t0
+    assert not any(alive(p) for p in pids), "node processes left behind"
+    assert elapsed < 5.0 + 10.0 + 5.0, elapsed  # the shutdown's bound, then one grace period (not one per node)
+
+
 @pytest.mark.timeout(90)
 def test_ctrl_c_ends_a_driver_with_keyboard_interrupt_and_a_clean_stop() -> None:
     script = os.path.join(HERE, "programs", "ctrl_c.py")

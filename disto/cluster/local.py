@@ -161,12 +161,18 @@ class LocalCluster:
         await self._teardown()
 
     async def _teardown(self) -> None:
-        if self.cluster is not None:
-            # each node answers, then stops; errors here only mean it is already gone
-            await asyncio.wait_for(
-                asyncio.gather(*(h.shutdown() for h in self.cluster.nodes), return_exceptions=True), 5.0)
-            await self.cluster.close()
-        # all at once (a node first waits up to 5 s for its own process=True children: wait longer), so the
-        # teardown is bounded by one node's time, not the sum over nodes
-        await asyncio.gather(*(end_process(p, 10.0, log) for p in self.procs if p is not None))
-        self.procs.clear()
+        try:
+            if self.cluster is not None:
+                # each node answers, then stops; errors here only mean it is already gone
+                try:
+                    await asyncio.wait_for(
+                        asyncio.gather(*(h.shutdown() for h in self.cluster.nodes), return_exceptions=True), 5.0)
+                except asyncio.TimeoutError:
+                    log.warning("nodes did not answer shutdown within 5 s (frozen or overloaded): ending them")
+                await self.cluster.close()
+        finally:
+            # whatever happened above (a frozen node, a second Ctrl-C), no node process is left behind: all at
+            # once (a node first waits up to 5 s for its own process=True children: wait longer), so the
+            # teardown is bounded by one node's time, not the sum over nodes
+            await asyncio.gather(*(end_process(p, 10.0, log) for p in self.procs if p is not None))
+            self.procs.clear()
