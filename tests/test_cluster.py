@@ -543,7 +543,24 @@ def test_ctrl_c_ends_a_driver_with_keyboard_interrupt_and_a_clean_stop() -> None
         assert line.startswith("ready"), line + proc.stderr.read()
         pids = [int(p) for p in line.split()[1:]]
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # say where it hangs: every thread's stack, and who is still alive
+            driver_alive, left = proc.poll() is None, [p for p in pids if alive(p)]
+            if driver_alive:
+                proc.send_signal(signal.SIGUSR1)
+            try:
+                _, err = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:  # (node processes hold its pipes too)
+                proc.kill()
+                for p in left:
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                _, err = proc.communicate(timeout=10)
+            pytest.fail(f"no clean stop 30 s after Ctrl-C (driver alive: {driver_alive}, node processes alive: "
+                        f"{left}); its stderr:\n{err}")
     finally:
         if proc.poll() is None:
             proc.kill()

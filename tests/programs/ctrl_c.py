@@ -1,8 +1,12 @@
 """A driver interrupted with Ctrl-C while it waits on a long call: it must end with KeyboardInterrupt and stop
 its cluster cleanly."""
 import asyncio
+import faulthandler
+import signal
 
 import disto
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for every thread's stack if this hangs
 
 
 class Slow(disto.Actor):
