@@ -536,8 +536,10 @@ async def test_a_local_cluster_ends_its_processes_even_when_a_node_is_frozen() -
 def test_ctrl_c_ends_a_driver_with_keyboard_interrupt_and_a_clean_stop() -> None:
     script = os.path.join(HERE, "programs", "ctrl_c.py")
     # its own process group, as a shell gives a foreground job: Ctrl-C is SIGINT to the whole group
+    # (SIGINT at its default: a test run started in the background of a non-interactive shell ignores SIGINT,
+    # and a child inherits that; Python then rightly leaves Ctrl-C ignored)
     proc = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         assert line.startswith("ready"), line + proc.stderr.read()
