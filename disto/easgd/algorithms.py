@@ -38,10 +38,11 @@ class EASGDConfig:
     shards: int = 2           # parameter-server shards the center is split over
     seed: int = 0
     eval_interval: float = 1.0  # seconds between snapshots of the center (its parameters and the workers' counts)
-    eval_stride: int = 1      # evaluate every n-th snapshot while training; with a target, the snapshots between
-    #                           the last evaluation below it and the first at or above it are evaluated once
-    #                           training has stopped, so time_to(target) keeps eval_interval's resolution with
-    #                           1/n of the evaluation's CPU taken from the workers (the others are dropped)
+    eval_stride: int = 1      # evaluate every n-th snapshot while training; with a target, the run stops at the
+    #                           first evaluated snapshot at or above it and every skipped snapshot is evaluated
+    #                           then, so time_to(target) is the first snapshot at or above it (as with stride 1)
+    #                           with 1/n of the evaluation's CPU taken from the workers; the skipped snapshots are
+    #                           kept until then (one copy of the center each). Without a target they are dropped
     group_size: int = 1       # processes per worker: a group does data-parallel SGD (gradients all-reduced every
     #                           step with torch.distributed) and exchanges with the center as one worker
     # where the trainer places its actors (spawn_group resources): e.g. {"gpu": 1} per worker, {"ps": 1} per

@@ -120,7 +120,8 @@ class Trainer:
         for rank, ref in self.workers.items():  # start together, once every node is done building its worker
             self.runs[rank] = ref.run(max_steps)
         t0 = time.perf_counter()
-        pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # snapshots since the last evaluation
+        pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # snapshots not evaluated yet (with a target)
+        index = 0  # snapshots taken
         try:
             while True:
                 await asyncio.sleep(cfg.eval_interval)
@@ -134,17 +135,20 @@ class Trainer:
                          "loadavg": os.getloadavg()[0]}
                 finished = all(f.done() for f in self.runs.values())
                 last = entry["time"] >= seconds or finished
-                if not last and (len(pending) + 1) % cfg.eval_stride:
-                    pending.append((entry, center))  # evaluated later only if the target is crossed before it
+                index += 1
+                if not last and index % cfg.eval_stride:
+                    if target is not None:  # kept: it may be the first to cross, even if a later one falls back
+                        pending.append((entry, center))
                     continue
                 acc = accuracy(self.model_fn, center, *self.test, model=self._eval_model)
                 reached = target is not None and acc >= target
                 if reached or last:
-                    # the training stops here: the snapshots in between are evaluated now, off its clock
+                    # the training stops here: the snapshots skipped so far are evaluated now, off its clock, so
+                    # time_to(target) is the first snapshot at or above it, as with eval_stride 1
                     for e, c in pending:
                         self._record(history, c, e, accuracy(self.model_fn, c, *self.test, model=self._eval_model),
                                      on_eval)
-                pending.clear()
+                    history.evals.sort(key=lambda e: e["time"])
                 self._record(history, center, entry, acc, on_eval)
                 if reached or last:
                     break
