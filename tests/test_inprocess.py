@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import pickle
 
 import numpy as np
@@ -561,3 +562,41 @@ async def test_an_on_loop_method_stays_on_the_loop_for_every_actor_of_a_class_se
             ref = await spawn(a, b, Here)
             assert await ref.where() == threading.current_thread().name  # the loop's thread (one process here)
             assert (await ref.elsewhere()).endswith("<locals>.Here#" + str(ref.actor_id))  # its own thread
+
+
+class _Later(collections.abc.Coroutine):
+    """An awaitable that is a Coroutine by the ABC, not a native coroutine: what asyncio.iscoroutine checks."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def send(self, _: object) -> None:
+        raise StopIteration(self.value)
+
+    def throw(self, *args: object) -> None:
+        raise StopIteration(self.value)
+
+    def close(self) -> None:
+        pass
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return (yield from ()) or self.value
+
+
+async def test_a_method_returning_a_coroutine_is_awaited_whatever_was_returned_before() -> None:
+    # the mailbox remembers result types that are not coroutines (skipping asyncio's ABC check for them); a
+    # coroutine of another type returned after plain values is still awaited, from a loop or a sync method
+    class Returns(disto.Actor):
+        @disto.on_loop
+        def on_loop(self, coro: bool, v: int) -> object:
+            return _Later(v) if coro else np.int64(v)
+
+        def on_thread(self, coro: bool, v: int) -> object:
+            return _Later(v) if coro else np.float32(v)
+
+    async with nodes(2) as (a, b):
+        ref = await spawn(a, b, Returns)
+        for method in (ref.on_loop, ref.on_thread):
+            assert await method(False, 1) == 1 and await method(False, 2) == 2
+            assert await method(True, 3) == 3
+            assert await method(False, 4) == 4 and await method(True, 5) == 5

@@ -218,6 +218,17 @@ def test_a_tensor_travels_with_its_dtype_by_name_and_an_unknown_name_is_refused(
         rebuild_tensor(bytearray(8), "load", (2,), False, False)
 
 
+def test_tensors_name_their_rebuild_function_by_extension_code_on_both_pickling_paths() -> None:
+    # (unpickling then takes it from copyreg's cache: no import of its module per tensor)
+    from disto.serialization.pickler import dumps_for
+
+    t = torch.ones(3)
+    for value in (((t,), {}), ((t, lambda: 1), {})):  # the C pickler alone; cloudpickle (a lambda)
+        stream, bufs, _ = dumps_for(value, same_host=False)
+        assert b"rebuild_tensor" not in stream and b"disto.serialization" not in stream
+        assert torch.equal(loads(stream, bufs)[0][0], t)
+
+
 def test_a_tensor_unpickles_in_a_process_that_has_not_imported_torch() -> None:
     import subprocess
     import sys

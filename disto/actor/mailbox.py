@@ -24,8 +24,18 @@ from .base import AGEN, ASYNC, GEN, GEN_LOOP, LOOP, THREAD, How
 from .threads import ActorThread
 
 _CoroutineType = types.CoroutineType
-# results that cannot be coroutines: asyncio.iscoroutine on them costs an ABC check per call
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict})
+# types of results that are not coroutines: asyncio.iscoroutine costs an ABC check per call on them (it remembers
+# only the types that are), so the first result of each type is checked and its type remembered here (bounded)
+_PLAIN: set[type] = {int, float, str, bytes, bool, type(None), tuple, list, dict}
+_PLAIN_MAX = 1024
+
+
+def _is_coroutine(value: Any) -> bool:
+    if asyncio.iscoroutine(value):
+        return True
+    if len(_PLAIN) < _PLAIN_MAX:  # (a coroutine-ness test depends on the type only: collections.abc.Coroutine)
+        _PLAIN.add(type(value))
+    return False
 _perf_counter = time.perf_counter
 inline_actor: str | None = None  # the actor whose method runs inline on the loop right now (its label)
 _DONE = object()
@@ -134,7 +144,7 @@ class Mailbox:
                 raise
             return
         inline_actor = None
-        if type(result) is _CoroutineType or (type(result) not in _PLAIN and asyncio.iscoroutine(result)):
+        if type(result) is _CoroutineType or (type(result) not in _PLAIN and _is_coroutine(result)):
             self._as_task(item, result)
             return
         self.running -= 1
@@ -246,7 +256,7 @@ class Mailbox:
         """On the loop: a sync call came back from the actor's thread (the run's slot is free after its last)."""
         self.running_items.discard(item)
         self._run_left -= 1
-        if ok and (type(value) is _CoroutineType or (type(value) not in _PLAIN and asyncio.iscoroutine(value))) \
+        if ok and (type(value) is _CoroutineType or (type(value) not in _PLAIN and _is_coroutine(value))) \
                 and not item.abandoned:  # a sync method that returned a coroutine
             self.running += 1  # the task takes a slot of its own; the run's is released below as usual
             self._as_task(item, value)
