@@ -36,6 +36,8 @@ def _is_coroutine(value: Any) -> bool:
     if len(_PLAIN) < _PLAIN_MAX:  # (a coroutine-ness test depends on the type only: collections.abc.Coroutine)
         _PLAIN.add(type(value))
     return False
+
+
 _perf_counter = time.perf_counter
 inline_actor: str | None = None  # the actor whose method runs inline on the loop right now (its label)
 _DONE = object()
