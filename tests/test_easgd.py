@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import torch
@@ -102,11 +103,10 @@ async def test_short_run_improves_the_center() -> None:
         assert history.evals and history.evals[-1]["samples"] > 0
 
 
-async def test_evaluating_every_nth_snapshot_keeps_the_time_to_target_exact(monkeypatch) -> None:
-    # the center's snapshot k is made recognisable (its first value is k) and "accuracy" crosses the target at
-    # snapshot 4, falls back at 5 and 6, and stays above it from 8 on (a noisy curve): with eval_stride 3 the
-    # training evaluates snapshots 3, 6 and 9, stops at 9, and only then evaluates the skipped 1, 2, 4, 5, 7 and 8,
-    # so time_to(target) is snapshot 4's time, as if every snapshot had been evaluated
+async def _strided_run(monkeypatch, **cfg_extra: Any) -> tuple[list[int], int, Any, list[float]]:
+    """A run whose center's snapshot k is recognisable (its first value is k) and whose "accuracy" crosses the
+    target at snapshot 4, falls back at 5, 6 and 7, and stays above it from 8 on (a noisy curve): which snapshots
+    were evaluated, in which order, how many were taken, the history and what on_eval saw."""
     import disto.easgd.trainer as trainer_module
 
     x_test, y_test = blobs(200, seed=1)
@@ -117,12 +117,11 @@ async def test_evaluating_every_nth_snapshot_keeps_the_time_to_target_exact(monk
         return 1.0 if center[0] == 4 or center[0] >= 8 else 0.0
 
     monkeypatch.setattr(trainer_module, "accuracy", fake_accuracy)
-    with pytest.raises(ValueError):
-        EASGDConfig(eval_stride=0)
     async with nodes(2) as (a, b):
         cluster = disto.Cluster(a)
         await cluster.refresh()
-        cfg = EASGDConfig(workers=2, tau=5, prefetch=2, lr=0.05, batch_size=32, eval_interval=0.05, eval_stride=3)
+        cfg = EASGDConfig(workers=2, tau=5, prefetch=2, lr=0.05, batch_size=32, eval_interval=0.05, eval_stride=3,
+                          **cfg_extra)
         trainer = Trainer(cluster, cfg, small_model, blob_data, (x_test, y_test))
         snapshots = 0
 
@@ -134,12 +133,33 @@ async def test_evaluating_every_nth_snapshot_keeps_the_time_to_target_exact(monk
         trainer.center = center  # type: ignore[method-assign]
         seen: list[float] = []
         history = await trainer.run(seconds=60, target=0.5, on_eval=lambda e: seen.append(e["accuracy"]))
+    times = [e["time"] for e in history.evals]
+    assert times == sorted(times) and all(e["samples"] >= 0 and "loadavg" in e for e in history.evals)
+    return evaluated, snapshots, history, seen
+
+
+async def test_evaluating_every_nth_snapshot_keeps_the_time_to_target_exact(monkeypatch) -> None:
+    # with eval_stride 3 the training evaluates snapshots 3, 6 and 9, stops at 9, and only then evaluates the
+    # skipped 1, 2, 4, 5, 7 and 8, so time_to(target) is snapshot 4's time, as if every snapshot had been evaluated
+    with pytest.raises(ValueError):
+        EASGDConfig(eval_stride=0)
+    with pytest.raises(ValueError):
+        EASGDConfig(eval_keep_bytes=-1)
+    evaluated, snapshots, history, seen = await _strided_run(monkeypatch)
     assert evaluated == [3, 6, 9, 1, 2, 4, 5, 7, 8] and snapshots == 9
     assert [e["accuracy"] for e in history.evals] == [0, 0, 0, 1, 0, 0, 0, 1, 1]
-    assert seen == [0, 0, 0, 0, 1, 0, 0, 1, 1]  # on_eval: in the order of evaluation
-    times = [e["time"] for e in history.evals]
-    assert times == sorted(times) and history.time_to(0.5) == times[3]  # snapshot 4, in snapshot order
-    assert all(e["samples"] >= 0 and "loadavg" in e for e in history.evals)
+    assert seen == [0, 0, 0, 0, 1, 0, 0, 1, 1]  # on_eval: as evaluated while training, then in time order
+    assert history.time_to(0.5) == history.evals[3]["time"]  # snapshot 4
+
+
+async def test_skipped_snapshots_beyond_the_memory_bound_are_evaluated_oldest_first_while_training(
+        monkeypatch) -> None:
+    # room for two skipped snapshots (16 bytes each): the third pushes the oldest out to be evaluated at once; the
+    # run then stops at snapshot 4 (the first to cross) as soon as it is evaluated, after evaluating 5 and 7
+    evaluated, snapshots, history, seen = await _strided_run(monkeypatch, eval_keep_bytes=32)
+    assert evaluated == [3, 1, 2, 6, 4, 5, 7] and snapshots == 7
+    assert [e["accuracy"] for e in history.evals] == [0, 0, 0, 1, 0, 0, 0]
+    assert history.time_to(0.5) == history.evals[3]["time"]  # snapshot 4, exact as before
 
 
 def test_virtual_time_runs_the_real_update_code() -> None:

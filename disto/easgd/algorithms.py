@@ -43,6 +43,8 @@ class EASGDConfig:
     #                           then, so time_to(target) is the first snapshot at or above it (as with stride 1)
     #                           with 1/n of the evaluation's CPU taken from the workers; the skipped snapshots are
     #                           kept until then (one copy of the center each). Without a target they are dropped
+    eval_keep_bytes: int = 1 << 30  # at most this much of skipped snapshots is kept: beyond it the oldest is
+    #                           evaluated at once, while training (time_to stays exact; less CPU is saved)
     group_size: int = 1       # processes per worker: a group does data-parallel SGD (gradients all-reduced every
     #                           step with torch.distributed) and exchanges with the center as one worker
     # where the trainer places its actors (spawn_group resources): e.g. {"gpu": 1} per worker, {"ps": 1} per
@@ -68,8 +70,8 @@ class EASGDConfig:
             self.prefetch = 0  # the synchronous algorithms meet at a barrier: nothing to fetch ahead
         if self.group_size < 1:
             raise ValueError("group_size must be >= 1")
-        if self.eval_interval <= 0 or self.eval_stride < 1:
-            raise ValueError("eval_interval must be > 0 and eval_stride >= 1")
+        if self.eval_interval <= 0 or self.eval_stride < 1 or self.eval_keep_bytes < 0:
+            raise ValueError("eval_interval must be > 0, eval_stride >= 1 and eval_keep_bytes >= 0")
         for strategy in (self.worker_strategy, self.shard_strategy):
             if strategy not in ("spread", "pack"):
                 raise ValueError(f"placement strategies are 'spread' or 'pack', not {strategy!r}")

@@ -122,6 +122,7 @@ class Trainer:
         t0 = time.perf_counter()
         pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # snapshots not evaluated yet (with a target)
         index = 0  # snapshots taken
+        kept = 0  # bytes of the snapshots in pending
         try:
             while True:
                 await asyncio.sleep(cfg.eval_interval)
@@ -137,21 +138,31 @@ class Trainer:
                 last = entry["time"] >= seconds or finished
                 index += 1
                 if not last and index % cfg.eval_stride:
-                    if target is not None:  # kept: it may be the first to cross, even if a later one falls back
-                        pending.append((entry, center))
-                    continue
+                    if target is None:
+                        continue  # nothing to find later: not kept
+                    pending.append((entry, center))  # it may be the first to cross, even if a later one falls back
+                    kept += center.nbytes
+                    if kept <= cfg.eval_keep_bytes:
+                        continue
+                    # too much kept: the oldest is evaluated now, on the training's clock (so every snapshot still
+                    # is, and time_to(target) stays exact; only the CPU saving shrinks)
+                    entry, center = pending.pop(0)
+                    kept -= center.nbytes
                 acc = accuracy(self.model_fn, center, *self.test, model=self._eval_model)
                 reached = target is not None and acc >= target
-                if reached or last:
-                    # the training stops here: the snapshots skipped so far are evaluated now, off its clock, so
-                    # time_to(target) is the first snapshot at or above it, as with eval_stride 1
-                    for e, c in pending:
-                        self._record(history, c, e, accuracy(self.model_fn, c, *self.test, model=self._eval_model),
-                                     on_eval)
-                    history.evals.sort(key=lambda e: e["time"])
-                self._record(history, center, entry, acc, on_eval)
-                if reached or last:
-                    break
+                if not (reached or last):
+                    self._record(history, center, entry, acc, on_eval)
+                    continue
+                # the training stops here: the snapshots skipped so far are evaluated now, off its clock, so
+                # time_to(target) is the first snapshot at or above it, as with eval_stride 1; recorded in time
+                # order (the checkpoint left is the newest)
+                final = [(e, c, accuracy(self.model_fn, c, *self.test, model=self._eval_model)) for e, c in pending]
+                final.append((entry, center, acc))
+                final.sort(key=lambda r: r[0]["time"])
+                for e, c, a in final:
+                    self._record(history, c, e, a, on_eval)
+                history.evals.sort(key=lambda e: e["time"])
+                break
         finally:
             for w in self.workers.values():
                 w.stop.tell()
