@@ -600,3 +600,43 @@ async def test_a_method_returning_a_coroutine_is_awaited_whatever_was_returned_b
             assert await method(False, 1) == 1 and await method(False, 2) == 2
             assert await method(True, 3) == 3
             assert await method(False, 4) == 4 and await method(True, 5) == 5
+
+
+async def test_an_actor_thread_delivers_every_outcome_even_when_a_callback_raises() -> None:
+    import threading
+
+    from disto.actor import ActorThread
+
+    class Item:
+        def __init__(self, name: str, abandoned: bool = False) -> None:
+            self.name, self.abandoned = name, abandoned
+
+    loop = asyncio.get_running_loop()
+    errors: list[BaseException] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+    got: list[tuple[str, bool, object]] = []
+    finished = asyncio.Event()
+    all_ran = threading.Event()
+
+    def done(item: Item, ok: bool, value: object, tb: str) -> None:
+        got.append((item.name, ok, value))
+        if item.name == "a":
+            raise RuntimeError("a callback failed")
+        if item.name == "c":
+            finished.set()
+
+    def last() -> int:
+        all_ran.set()
+        return 3
+
+    thread = ActorThread("test", loop)
+    try:
+        thread.submit([(lambda: 1, (), {}, done, Item("a")), (lambda: 2, (), {}, done, Item("b", abandoned=True)),
+                       (last, (), {}, done, Item("c"))])
+        assert all_ran.wait(10)  # (the loop is held here: the three outcomes wait for one flush together)
+        await asyncio.wait_for(finished.wait(), 10)
+    finally:
+        thread.stop()
+        loop.set_exception_handler(None)
+    assert got == [("a", True, 1), ("b", False, None), ("c", True, 3)]  # b was not run: abandoned
+    assert len(errors) == 1 and str(errors[0]) == "a callback failed"

@@ -12,7 +12,6 @@ callback that received it (no task, no queue hop, no thread).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import types
@@ -173,13 +172,13 @@ class Mailbox:
         thread = self.thread
         if thread is None:
             thread = self.thread = ActorThread(f"disto {self.label}", asyncio.get_running_loop())
-        instance = self.instance
+        instance, done, running = self.instance, self._thread_done, self.running_items
         jobs = []
         for it in batch:
-            self.running_items.add(it)
-            jobs.append((getattr(instance, it.method), it.args, it.kwargs, functools.partial(self._thread_done, it)))
+            running.add(it)
+            jobs.append((getattr(instance, it.method), it.args, it.kwargs, done, it))
             it.args = it.kwargs = None  # type: ignore[assignment] - the thread holds them
-        thread.submit(jobs, lambda i: batch[i].abandoned)
+        thread.submit(jobs)
 
     def _start_stream(self, item: CallItem, how: How) -> None:
         try:

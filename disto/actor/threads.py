@@ -18,8 +18,10 @@ from typing import Any, Callable
 
 from ..errors import format_remote_traceback
 
-Done = Callable[[bool, Any, str], None]  # (ok, value or exception, traceback text), called on the loop
-Job = tuple[Callable[..., Any], tuple, dict, Done]
+Done = Callable[[Any, bool, Any, str], None]  # (the job's item, ok, value or exception, traceback), on the loop
+# (fn, args, kwargs, done, item): done(item, ...) gets the outcome; the job is skipped if item.abandoned is true
+# just before it would run (its caller was answered already): done then gets (item, False, None, "")
+Job = tuple[Callable[..., Any], tuple, dict, Done, Any]
 Deferred = list[tuple[Callable[..., Any], tuple]]
 
 # while an actor thread drops a call's arguments: .deferred, what they asked of .loop, its loop
@@ -43,28 +45,24 @@ class ActorThread:
         self._loop = loop
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._outcomes: collections.deque[tuple[Done, bool, Any, str, Deferred | None]] = collections.deque()
+        # outcomes for the loop: the thread appends, the loop pops (deque operations are atomic), with one wake-up
+        # scheduled for as many as pile up (no lock: see _post and _flush)
+        self._outcomes: collections.deque[tuple[Done, Any, bool, Any, str, Deferred | None]] = collections.deque()
         self._flush_scheduled = False
-        self._lock = threading.Lock()
 
-    def submit(self, jobs: list[Job], skip: Callable[[int], bool] | None = None) -> None:
-        """Run each ``(fn, args, kwargs, done)`` of ``jobs`` on the thread, in order, after what was submitted
-        before; ``done(ok, value, tb)`` gets each outcome on the loop. ``skip(i)``, asked just before job ``i``
-        runs, drops it (its caller was answered already): its ``done`` gets (False, None, "")."""
+    def submit(self, jobs: list[Job]) -> None:
+        """Run each ``(fn, args, kwargs, done, item)`` of ``jobs`` on the thread, in order, after what was submitted
+        before; ``done(item, ok, value, tb)`` gets each outcome on the loop. A job whose ``item.abandoned`` is true
+        when its turn comes is not run (its caller was answered already): ``done`` gets (item, False, None, "")."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
             self._thread.start()
-        self._jobs.put((contextvars.copy_context(), jobs, skip))
+        self._jobs.put((contextvars.copy_context(), jobs))
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """A future of ``fn(*args)`` run on the thread (for constructors and lifecycle hooks)."""
         fut = self._loop.create_future()
-
-        def done(ok: bool, value: Any, tb: str) -> None:
-            if not fut.done():
-                (fut.set_result if ok else fut.set_exception)(value)
-
-        self.submit([(fn, args, {}, done)])
+        self.submit([(fn, args, {}, _settle, _Pending(fut))])
         return fut
 
     def stop(self) -> None:
@@ -78,15 +76,17 @@ class ActorThread:
             batch = jobs.get()
             if batch is None:
                 return
-            ctx, todo, skip = batch
+            ctx, todo = batch
             del batch
             _posting.loop = self._loop
             for i in range(len(todo)):  # (not enumerate: its reused result tuple would keep the job alive)
-                fn, args, kwargs, done = todo[i]
-                if skip is not None and skip(i):
-                    value, ok, tb = None, False, ""  # not run; done() still hears of it (the batch's end)
-                    if not self._post(done, ok, value, tb):
+                fn, args, kwargs, done, item = todo[i]
+                if item.abandoned:
+                    todo[i] = None  # type: ignore[call-overload]
+                    del fn, args, kwargs
+                    if not self._post(done, item, False, None, ""):  # not run; done() still hears of it
                         return
+                    del item
                     continue
                 try:
                     value, ok, tb = ctx.run(fn, *args, **kwargs), True, ""
@@ -100,18 +100,19 @@ class ActorThread:
                     del fn, args, kwargs
                 finally:
                     _posting.deferred = None
-                if not self._post(done, ok, value, tb, deferred or None):
+                if not self._post(done, item, ok, value, tb, deferred or None):
                     return
-                del done, value, deferred
+                del done, item, value, deferred
 
-    def _post(self, done: Done, ok: bool, value: Any, tb: str, deferred: Deferred | None = None) -> bool:
+    def _post(self, done: Done, item: Any, ok: bool, value: Any, tb: str, deferred: Deferred | None = None
+              ) -> bool:
         """Hand an outcome to the loop (after what ``deferred`` asks of it); one wake-up for however many pile up
-        before it runs."""
-        with self._lock:
-            self._outcomes.append((done, ok, value, tb, deferred))
-            if self._flush_scheduled:
-                return True
-            self._flush_scheduled = True
+        before it runs. Without a lock: the outcome is appended before the flag is read, and _flush clears the
+        flag before it pops, so an outcome is either popped by a flush under way or schedules one of its own."""
+        self._outcomes.append((done, item, ok, value, tb, deferred))
+        if self._flush_scheduled:
+            return True
+        self._flush_scheduled = True
         try:
             self._loop.call_soon_threadsafe(self._flush)
         except RuntimeError:
@@ -119,11 +120,33 @@ class ActorThread:
         return True
 
     def _flush(self) -> None:
-        with self._lock:
-            self._flush_scheduled = False
-            outcomes, self._outcomes = self._outcomes, collections.deque()
-        for done, ok, value, tb, deferred in outcomes:
-            if deferred is not None:
-                for fn, args in deferred:
-                    fn(*args)
-            done(ok, value, tb)
+        self._flush_scheduled = False
+        outcomes = self._outcomes
+        popleft = outcomes.popleft
+        try:
+            while outcomes:
+                done, item, ok, value, tb, deferred = popleft()
+                if deferred is not None:
+                    for fn, args in deferred:
+                        fn(*args)
+                done(item, ok, value, tb)
+        finally:
+            if outcomes and not self._flush_scheduled:  # a callback raised: the rest still go, next time round
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+
+
+class _Pending:
+    """The item of a :meth:`ActorThread.run` job: the future its outcome settles."""
+
+    __slots__ = ("fut",)
+    abandoned = False
+
+    def __init__(self, fut: asyncio.Future) -> None:
+        self.fut = fut
+
+
+def _settle(item: _Pending, ok: bool, value: Any, tb: str) -> None:
+    fut = item.fut
+    if not fut.done():
+        (fut.set_result if ok else fut.set_exception)(value)
