@@ -124,14 +124,14 @@ class ActorThread:
         outcomes = self._outcomes
         popleft = outcomes.popleft
         try:
-            while outcomes:
+            for _ in range(len(outcomes)):  # those here now (later ones scheduled a flush of their own): bounded
                 done, item, ok, value, tb, deferred = popleft()
                 if deferred is not None:
                     for fn, args in deferred:
                         fn(*args)
                 done(item, ok, value, tb)
         finally:
-            if outcomes and not self._flush_scheduled:  # a callback raised: the rest still go, next time round
+            if outcomes and not self._flush_scheduled:  # a callback raised: the rest go next time round
                 self._flush_scheduled = True
                 self._loop.call_soon(self._flush)
 
