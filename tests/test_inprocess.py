@@ -640,3 +640,35 @@ async def test_an_actor_thread_delivers_every_outcome_even_when_a_callback_raise
         loop.set_exception_handler(None)
     assert got == [("a", True, 1), ("b", False, None), ("c", True, 3)]  # b was not run: abandoned
     assert len(errors) == 1 and str(errors[0]) == "a callback failed"
+
+
+def test_an_actor_thread_flush_hands_over_only_the_outcomes_there_when_it_starts() -> None:
+    # no event loop: a fake one records what is scheduled. An outcome posted while a flush runs (as the thread does
+    # between two callbacks) waits for a flush of its own, so a thread that keeps producing cannot hold the loop
+    from disto.actor import ActorThread
+
+    class FakeLoop:
+        def __init__(self) -> None:
+            self.scheduled: list[object] = []
+
+        def call_soon_threadsafe(self, fn: object) -> None:
+            self.scheduled.append(fn)
+
+        call_soon = call_soon_threadsafe
+
+    loop = FakeLoop()
+    thread = ActorThread("test", loop)  # type: ignore[arg-type]
+    got: list[str] = []
+
+    def done(item: str, ok: bool, value: object, tb: str) -> None:
+        got.append(item)
+        if item == "a":
+            thread._post(done, "late", True, None, "")  # posted during the flush
+
+    thread._post(done, "a", True, None, "")
+    thread._post(done, "b", True, None, "")
+    assert loop.scheduled == [thread._flush]  # one wake-up for both
+    loop.scheduled.pop()()
+    assert got == ["a", "b"] and loop.scheduled == [thread._flush]  # "late" has a flush of its own
+    loop.scheduled.pop()()
+    assert got == ["a", "b", "late"] and not loop.scheduled
