@@ -30,7 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def config(args: argparse.Namespace, algorithm: str, seed: int) -> Config:
-    outer = {} if algorithm == "ddp" else {"outer_lr": args.outer_lr, "outer_momentum": args.outer_momentum}
+    outer = {} if algorithm == "ddp" else {"outer_lr": args.outer_lr, "outer_momentum": args.outer_momentum,
+                                           "final_average": args.final_average}
     lr = args.lr if algorithm == "ddp" or args.inner_lr is None else args.inner_lr
     return Config(algorithm=algorithm, workers=args.workers, inner_steps=args.inner_steps, rounds=args.rounds,
                   batch_size=args.batch_size, inner_lr=lr, warmup_steps=args.warmup, seed=seed, **outer)
@@ -162,6 +163,8 @@ if __name__ == "__main__":
     ap.add_argument("--outer-lr", type=float, default=1.0, help="outer lr of the DiLoCo runs (default 1.0)")
     ap.add_argument("--outer-momentum", type=float, default=0.5, help="outer Nesterov momentum (default 0.5)")
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--no-final-average", dest="final_average", action="store_false",
+                    help="a fragment's short final round takes a momentum step like the others (Config.final_average)")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     ap.add_argument("--algorithms", type=lambda s: s.split(","), default=["ddp", "diloco", "streaming_diloco"])
     ap.add_argument("--no-kill", dest="kill", action="store_false", help="skip the killed-worker run")

@@ -77,6 +77,39 @@ def test_streaming_schedule_staggers_fragments_and_syncs_all_at_the_end() -> Non
     assert Schedule(10, 1, 30).due(10) == [0] and Schedule(10, 1, 30).due(5) == []
     with pytest.raises(ValueError):
         Schedule(inner_steps=2, fragments=4, total=10)
+    # round lengths: fragment 3 (shift 6) runs 2, 8, 8 then 2 steps; fragment 0 8, 8 then the last 4
+    assert [s.length(3, r) for r in range(1, 5)] == [2, 8, 8, 2]
+    assert [s.length(0, r) for r in range(1, 4)] == [8, 8, 4]
+    assert [s.short_final(3, r) for r in range(1, 5)] == [False, False, False, True]
+    assert s.short_final(0, 3) and not s.short_final(0, 2)
+    full = Schedule(inner_steps=8, fragments=1, total=24)     # DiLoCo: every round H, the last too
+    assert [full.length(0, r) for r in (1, 2, 3)] == [8, 8, 8] and not full.short_final(0, 3)
+    s4 = Schedule(inner_steps=8, fragments=4, total=24)      # fragment 0 ends on a sync point, 1-3 do not
+    assert [s4.short_final(p, s4.rounds(p)) for p in range(4)] == [False, True, True, True]
+    assert sum(s4.length(2, r) for r in range(1, s4.rounds(2) + 1)) == 24
+
+
+def test_a_short_final_round_lands_on_the_workers_mean_without_momentum() -> None:
+    theta, mean = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.0])
+    opt = diloco(lr=1.0, momentum=0.5)
+    st = opt.state(theta)
+    opt.step_(st, torch.tensor([0.2, 0.2]))                  # a full round: a momentum buffer
+    buf = st.buf.clone()
+    st.params.copy_(theta)
+    opt.step_(st, theta - mean, short_final=True)
+    assert torch.equal(st.params, mean) and torch.equal(st.buf, buf) and st.steps == 2
+    st2 = opt.state(theta)                                   # a full final round: the usual Nesterov step
+    opt.step_(st2, theta - mean)
+    assert torch.allclose(st2.params, theta - 1.5 * (theta - mean))
+    off = OuterOptimizer(lr=1.0, momentum=0.5, final_average=False)   # switched off: a momentum step
+    st3 = off.state(theta)
+    off.step_(st3, theta - mean, short_final=True)
+    assert torch.allclose(st3.params, st2.params)
+    e = easgd(workers=2, beta=0.9)                            # no momentum: its step is unchanged
+    st4 = e.state(theta)
+    e.step_(st4, theta - mean, short_final=True)
+    assert torch.allclose(st4.params, theta - 0.9 * (theta - mean))
+    assert Config(algorithm="streaming_diloco", final_average=False).outer().final_average is False
 
 
 def test_quorum_closes_when_all_came_or_at_the_deadline_with_whoever_came() -> None:

@@ -47,6 +47,7 @@ class Config:
     mix: float = 0.5                      # with overlap: x = mix * x + (1 - mix) * theta
     compression: str | None = None        # default: "fp16" for streaming_diloco, else "fp32"
     delay: int | None = None              # async_diloco: delayed Nesterov's N (default: workers)
+    final_average: bool = True            # a short final round: the workers' mean, no momentum (see outer.py)
     deadline: float = 30.0
     min_workers: int = 1
     seed: int = 0
@@ -115,4 +116,4 @@ class Config:
         lr = base.lr if self.outer_lr is None else self.outer_lr
         m = base.momentum if self.outer_momentum is None else self.outer_momentum
         return OuterOptimizer(lr=lr, momentum=m, nesterov=base.nesterov and m > 0, pull=base.pull,
-                              pull_to=base.pull_to, delay=base.delay)
+                              pull_to=base.pull_to, delay=base.delay, final_average=self.final_average)

@@ -26,7 +26,10 @@ PULL_TO = ("new", "old")
 
 @dataclass(frozen=True)
 class OuterOptimizer:
-    """SGD on pseudo-gradients. ``delay``: N of delayed Nesterov (asynchronous use; 1 = plain momentum)."""
+    """SGD on pseudo-gradients. ``delay``: N of delayed Nesterov (asynchronous use; 1 = plain momentum).
+    ``final_average``: a fragment's last round when it is shorter than H (Streaming DiLoCo's staggered fragments
+    end between two sync points) moves the outer parameters to the workers' mean (lr 1, no momentum) instead of
+    a momentum step: the momentum term is a full round's trend and overshoots on a short final round."""
 
     lr: float = 0.7
     momentum: float = 0.9
@@ -34,6 +37,7 @@ class OuterOptimizer:
     pull: float = 1.0
     pull_to: str = "new"
     delay: int = 1
+    final_average: bool = True
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -50,9 +54,13 @@ class OuterOptimizer:
     def state(self, params: torch.Tensor) -> "OuterState":
         return OuterState(params.detach().to(torch.float32).clone())
 
-    def step_(self, st: "OuterState", g: torch.Tensor) -> None:
-        """One synchronous outer step on the mean pseudo-gradient ``g`` (theta changes in place)."""
+    def step_(self, st: "OuterState", g: torch.Tensor, short_final: bool = False) -> None:
+        """One synchronous outer step on the mean pseudo-gradient ``g`` (theta changes in place).
+        ``short_final``: this is the fragment's last round and it is shorter than H (see ``final_average``)."""
         st.steps += 1
+        if short_final and self.final_average and self.momentum != 0 and self.pull_to == "new":
+            st.params.sub_(g)  # theta = mean(x_i); the momentum buffer is left as it was
+            return
         if self.momentum == 0:
             st.params.sub_(g, alpha=self.lr)
             return

@@ -52,6 +52,15 @@ class Schedule:
         t = rnd * h - self.shift(p)
         return min(t, self.total)
 
+    def length(self, p: int, rnd: int) -> int:
+        """How many inner steps round ``rnd`` of fragment ``p`` covers: H, except a staggered fragment's first
+        round (H - shift) and its last when the run ends between two of its sync points."""
+        return self.step_of(p, rnd) - max(0, self.step_of(p, rnd - 1))
+
+    def short_final(self, p: int, rnd: int) -> bool:
+        """Whether round ``rnd`` is fragment ``p``'s last and covers fewer than H inner steps."""
+        return rnd == self.rounds(p) and self.length(p, rnd) < self.inner_steps
+
 
 @dataclass
 class OpenRound:

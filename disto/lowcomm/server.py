@@ -118,7 +118,7 @@ class OuterServer(Actor):
         while book.ready(now):
             number, values, missing = book.close()
             g = torch.stack(list(values.values())).mean(dim=0)
-            self.opt.step_(self.states[p], g)
+            self.opt.step_(self.states[p], g, short_final=self.sched.short_final(p, number))
             self.version += 1
             self._record_round(p, number, sorted(values), missing)
             self._events.pop((p, number), asyncio.Event()).set()
