@@ -32,6 +32,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def config(args: argparse.Namespace, algorithm: str, seed: int) -> Config:
     outer = {} if algorithm == "ddp" else {"outer_lr": args.outer_lr, "outer_momentum": args.outer_momentum,
                                            "final_average": args.final_average}
+    if algorithm == "streaming_diloco":  # its own knobs (None: Config's defaults)
+        outer.update({k: getattr(args, k) for k in ("fragments", "overlap", "compression")
+                      if getattr(args, k) is not None})
+        outer["mix"] = args.mix
     lr = args.lr if algorithm == "ddp" or args.inner_lr is None else args.inner_lr
     return Config(algorithm=algorithm, workers=args.workers, inner_steps=args.inner_steps, rounds=args.rounds,
                   batch_size=args.batch_size, inner_lr=lr, warmup_steps=args.warmup, seed=seed, **outer)
@@ -163,6 +167,11 @@ if __name__ == "__main__":
     ap.add_argument("--outer-lr", type=float, default=1.0, help="outer lr of the DiLoCo runs (default 1.0)")
     ap.add_argument("--outer-momentum", type=float, default=0.5, help="outer Nesterov momentum (default 0.5)")
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--fragments", type=int, default=None, help="Streaming DiLoCo's fragments (default 4)")
+    ap.add_argument("--overlap", type=int, default=None, help="Streaming DiLoCo's overlap in inner steps (default 5)")
+    ap.add_argument("--mix", type=float, default=0.5, help="Streaming DiLoCo's merge: x = mix x + (1 - mix) theta")
+    ap.add_argument("--compression", default=None, help="Streaming DiLoCo's pseudo-gradients: fp16 (default), "
+                    "int8, bf16, fp32")
     ap.add_argument("--no-final-average", dest="final_average", action="store_false",
                     help="a fragment's short final round takes a momentum step like the others (Config.final_average)")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
