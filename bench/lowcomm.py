@@ -35,7 +35,7 @@ def config(args: argparse.Namespace, algorithm: str, seed: int) -> Config:
     if algorithm == "streaming_diloco":  # its own knobs (None: Config's defaults)
         outer.update({k: getattr(args, k) for k in ("fragments", "overlap", "compression")
                       if getattr(args, k) is not None})
-        outer["mix"] = args.mix
+        outer["mix"], outer["merge"] = args.mix, args.merge
     lr = args.lr if algorithm == "ddp" or args.inner_lr is None else args.inner_lr
     return Config(algorithm=algorithm, workers=args.workers, inner_steps=args.inner_steps, rounds=args.rounds,
                   batch_size=args.batch_size, inner_lr=lr, warmup_steps=args.warmup, seed=seed, **outer)
@@ -169,7 +169,10 @@ if __name__ == "__main__":
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--fragments", type=int, default=None, help="Streaming DiLoCo's fragments (default 4)")
     ap.add_argument("--overlap", type=int, default=None, help="Streaming DiLoCo's overlap in inner steps (default 5)")
-    ap.add_argument("--mix", type=float, default=0.5, help="Streaming DiLoCo's merge: x = mix x + (1 - mix) theta")
+    ap.add_argument("--merge", default="progress", choices=("progress", "mix"),
+                    help="Streaming DiLoCo's merge after an overlapped exchange: theta + the steps made since the "
+                    "send (default), or the paper's mix")
+    ap.add_argument("--mix", type=float, default=0.5, help="with --merge mix: x = mix x + (1 - mix) theta")
     ap.add_argument("--compression", default=None, help="Streaming DiLoCo's pseudo-gradients: fp16 (default), "
                     "int8, bf16, fp32")
     ap.add_argument("--no-final-average", dest="final_average", action="store_false",

@@ -9,6 +9,7 @@ from .outer import OuterOptimizer, async_diloco, diloco, easgd, local_sgd
 from .rounds import Schedule
 
 ALGORITHMS = ("diloco", "streaming_diloco", "async_diloco", "local_sgd", "sync_easgd", "ddp")
+MERGES = ("progress", "mix")
 
 
 @dataclass
@@ -17,7 +18,9 @@ class Config:
       "diloco"           every ``inner_steps`` H inner AdamW steps, the pseudo-gradients are averaged and an outer
                          SGD step with Nesterov momentum (lr 0.7, momentum 0.9) moves the outer parameters;
       "streaming_diloco" the same over ``fragments`` (4) slices of the model exchanged in turn, each send
-                         overlapped with ``overlap`` (5) inner steps and merged as ``mix`` x + (1 - mix) theta,
+                         overlapped with ``overlap`` (5) inner steps and merged by ``merge``: "progress"
+                         (default) x = theta + the inner steps made while the exchange was in flight, or "mix"
+                         (the paper's) x = ``mix`` x + (1 - mix) theta,
                          pseudo-gradients in ``compression`` ("fp16"; or "int8", "bf16", "fp32");
       "async_diloco"     no barrier: each worker's pseudo-gradient is applied when it arrives, with delayed
                          Nesterov momentum (N = workers); for workers of unequal speed;
@@ -44,7 +47,8 @@ class Config:
     beta: float = 0.9                     # sync_easgd
     fragments: int | None = None          # default: 4 for streaming_diloco, else 1
     overlap: int | None = None            # default: 5 for streaming_diloco, else 0
-    mix: float = 0.5                      # with overlap: x = mix * x + (1 - mix) * theta
+    merge: str = "progress"               # with overlap: "progress" (theta + steps since the send) or "mix"
+    mix: float = 0.5                      # merge "mix": x = mix * x + (1 - mix) * theta
     compression: str | None = None        # default: "fp16" for streaming_diloco, else "fp32"
     delay: int | None = None              # async_diloco: delayed Nesterov's N (default: workers)
     final_average: bool = True            # a short final round: the workers' mean, no momentum (see outer.py)
@@ -76,6 +80,8 @@ class Config:
         if not 0 <= self.overlap < self.inner_steps // self.fragments or (self.overlap and not streaming):
             raise ValueError(f"overlap must be in [0, inner_steps / fragments) and only with streaming_diloco, "
                              f"got {self.overlap}")
+        if self.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, not {self.merge!r}")
         if not 0 <= self.mix < 1:
             raise ValueError(f"mix must be in [0, 1), got {self.mix}")
         if self.inner_lr <= 0 or self.deadline <= 0:

@@ -129,7 +129,8 @@ class InnerWorker(Actor):
         self.flat.copy_(joined["params"])
         views = [self.flat[a:b].clone() for a, b in bounds]  # what the server believes we hold, on our device
         t = self.start_step = joined["step"]
-        pending: list[tuple[int, int, asyncio.Future]] = []   # (apply at step, fragment, reply)
+        pending: list[tuple[int, int, asyncio.Future, int, torch.Tensor | None]] = []
+        # (apply at step, fragment, reply, bytes sent, the fragment as sent: what the overlap merge keeps apart)
         delay = cfg.step_delay.get(self.rank, 0.0)
         stopped = joined["stopped"]
         while t < sched.total and not self._stop and not stopped:
@@ -140,21 +141,24 @@ class InnerWorker(Actor):
                 delta = encode((views[p] - self.flat[a:b]).cpu(), cfg.compression or "fp32")
                 self.up += delta.nbytes
                 fut = self.server.exchange(self.rank, p, sched.round_at(t, p), delta)
-                pending.append((t + (cfg.overlap or 0) if t < sched.total else t, p, fut, delta.nbytes))
+                overlapped = bool(cfg.overlap) and t < sched.total
+                sent = self.flat[a:b].clone() if overlapped and cfg.merge == "progress" else None
+                pending.append((t + cfg.overlap if overlapped else t, p, fut, delta.nbytes, sent))
             while pending and pending[0][0] <= t:
-                _, p, fut, up = pending.pop(0)
-                stopped = await self._apply(p, fut, up, views, bounds, opt) or stopped
+                _, p, fut, up, sent = pending.pop(0)
+                stopped = await self._apply(p, fut, up, views, bounds, opt, sent) or stopped
             if delay:
                 await asyncio.sleep(delay)
             else:
                 await asyncio.sleep(0)  # let stats() and stop() in
-        for _, p, fut, up in pending:
-            await self._apply(p, fut, up, views, bounds, opt)
+        for _, p, fut, up, sent in pending:
+            await self._apply(p, fut, up, views, bounds, opt, sent)
         return self.stats()
 
     async def _apply(self, p: int, fut: asyncio.Future, up: int, views: list[torch.Tensor],
-                     bounds: list[tuple[int, int]], opt: Any) -> bool:
-        """The reply to an exchange of fragment ``p``: the new outer parameters, merged into the replica."""
+                     bounds: list[tuple[int, int]], opt: Any, sent: torch.Tensor | None = None) -> bool:
+        """The reply to an exchange of fragment ``p``: the new outer parameters, merged into the replica.
+        ``sent``: the fragment as it was sent, when inner steps overlapped the exchange (merge "progress")."""
         t0 = time.perf_counter()
         reply = await fut
         self.blocked += time.perf_counter() - t0
@@ -170,7 +174,9 @@ class InnerWorker(Actor):
             diff = decode(reply["packed"]).to(self.device)
             down = reply["packed"].nbytes
             new = old + diff
-            if self.cfg.overlap:  # the replica moved on meanwhile: merge (Streaming DiLoCo)
+            if sent is not None:  # the replica moved on meanwhile: theta plus the steps made since the send
+                x.add_(new).sub_(sent)
+            elif self.cfg.overlap and self.cfg.merge == "mix":  # Streaming DiLoCo's paper merge
                 x.mul_(self.cfg.mix).add_(new, alpha=1 - self.cfg.mix)
             else:
                 opt.pull_(x, old, new)
