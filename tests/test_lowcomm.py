@@ -9,7 +9,8 @@ import torch
 
 import disto
 from disto.lowcomm import (Config, OuterOptimizer, RoundBook, Schedule, TextSampler, TinyGPT, GPTConfig, Trainer,
-                           async_diloco, decode, diloco, easgd, encode, lm_loss, local_sgd, stdlib_corpus)
+                           async_diloco, decode, diloco, easgd, encode, lm_loss, local_sgd, overlap_merge_,
+                           stdlib_corpus)
 
 TINY = GPTConfig(context=16, dim=32, layers=1, heads=2)
 
@@ -112,6 +113,21 @@ def test_a_short_final_round_lands_on_the_workers_mean_without_momentum() -> Non
     assert Config(algorithm="streaming_diloco", final_average=False).outer().final_average is False
 
 
+def test_an_overlapped_exchange_keeps_only_the_steps_made_since_the_send() -> None:
+    theta_new = torch.tensor([1.0, 1.0, 1.0])
+    sent = torch.tensor([0.0, 2.0, 4.0])                 # the replica when it sent its pseudo-gradient
+    since = torch.tensor([0.5, -0.25, 0.0])              # its inner steps while the exchange was in flight
+    x = sent + since
+    overlap_merge_(x, theta_new, sent, mix=0.5)
+    assert torch.equal(x, theta_new + since)             # theta, plus those steps; the rest was in the exchange
+    x = sent + since
+    overlap_merge_(x, theta_new, None, mix=0.5)          # the paper's mix keeps half the replica's divergence
+    assert torch.allclose(x, 0.5 * (sent + since) + 0.5 * theta_new)
+    assert Config(algorithm="streaming_diloco").merge == "progress"
+    with pytest.raises(ValueError, match="merge"):
+        Config(algorithm="streaming_diloco", merge="average")
+
+
 def test_quorum_closes_when_all_came_or_at_the_deadline_with_whoever_came() -> None:
     book = RoundBook([0, 1, 2], deadline=5.0)
     assert book.arrive(0, 1, "a", now=0.0) == "open" and not book.ready(1.0)
@@ -183,9 +199,11 @@ def run_cfg(**kw) -> Config:
     return Config(**base)
 
 
-@pytest.mark.parametrize("algorithm", ["diloco", "streaming_diloco", "async_diloco", "sync_easgd", "ddp"])
-async def test_short_runs_learn_and_count_their_bytes(algorithm: str) -> None:
-    cfg = run_cfg(algorithm=algorithm)
+@pytest.mark.parametrize("algorithm,merge", [("diloco", "progress"), ("streaming_diloco", "progress"),
+                                             ("streaming_diloco", "mix"), ("async_diloco", "progress"),
+                                             ("sync_easgd", "progress"), ("ddp", "progress")])
+async def test_short_runs_learn_and_count_their_bytes(algorithm: str, merge: str) -> None:
+    cfg = run_cfg(algorithm=algorithm, merge=merge)
     async with disto.LocalCluster(nodes=2) as cluster:
         h = await Trainer(cluster, cfg, tiny_model, tiny_data, tiny_eval, loss_fn=lm_loss).run()
     assert len(h.workers) == 2 and all(w["steps"] == cfg.total_steps for w in h.workers)

@@ -13,7 +13,7 @@ from .codec import KINDS, Packed, decode, encode
 from .config import ALGORITHMS, Config
 from .lm import SIZES, GPTConfig, LMTask, TextSampler, TinyGPT, lm_loss, stdlib_corpus
 from .plot import plot_runs
-from .outer import OuterOptimizer, OuterState, async_diloco, diloco, easgd, local_sgd
+from .outer import OuterOptimizer, OuterState, async_diloco, diloco, easgd, local_sgd, overlap_merge_
 from .rounds import RoundBook, Schedule
 from .server import OuterServer
 from .trainer import History, Trainer
@@ -22,4 +22,4 @@ from .worker import InnerWorker, inner_lr
 __all__ = ["ALGORITHMS", "Config", "Trainer", "History", "OuterOptimizer", "OuterState", "OuterServer",
            "InnerWorker", "RoundBook", "Schedule", "Packed", "encode", "decode", "KINDS", "diloco", "async_diloco",
            "easgd", "local_sgd", "inner_lr", "GPTConfig", "TinyGPT", "LMTask", "SIZES", "plot_runs", "TextSampler",
-           "lm_loss", "stdlib_corpus"]
+           "lm_loss", "stdlib_corpus", "overlap_merge_"]

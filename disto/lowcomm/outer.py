@@ -99,6 +99,17 @@ class OuterOptimizer:
             x.sub_(x - ref, alpha=self.pull)
 
 
+def overlap_merge_(x: torch.Tensor, new: torch.Tensor, sent: torch.Tensor | None, mix: float) -> None:
+    """A replica that kept stepping while its exchange was in flight (Streaming DiLoCo's overlap) takes the new
+    outer parameters. ``sent`` given (merge "progress"): ``x = new + (x - sent)``, theta plus exactly the inner steps
+    made since the send, which the next pseudo-gradient then counts once; else (merge "mix", the paper's)
+    ``x = mix x + (1 - mix) new``, which keeps part of the replica's whole divergence from theta as well."""
+    if sent is not None:
+        x.add_(new).sub_(sent)
+    else:
+        x.mul_(mix).add_(new, alpha=1 - mix)
+
+
 @dataclass
 class OuterState:
     """theta, the momentum buffer and delayed Nesterov's accumulator (made when first needed)."""

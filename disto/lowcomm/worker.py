@@ -15,6 +15,7 @@ from disto.easgd.algorithms import flatten_
 from disto.easgd.collective import close_group, open_group
 from .codec import decode, encode
 from .config import Config
+from .outer import overlap_merge_
 
 Sampler = Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -174,10 +175,8 @@ class InnerWorker(Actor):
             diff = decode(reply["packed"]).to(self.device)
             down = reply["packed"].nbytes
             new = old + diff
-            if sent is not None:  # the replica moved on meanwhile: theta plus the steps made since the send
-                x.add_(new).sub_(sent)
-            elif self.cfg.overlap and self.cfg.merge == "mix":  # Streaming DiLoCo's paper merge
-                x.mul_(self.cfg.mix).add_(new, alpha=1 - self.cfg.mix)
+            if sent is not None or (self.cfg.overlap and self.cfg.merge == "mix"):  # the replica moved on meanwhile
+                overlap_merge_(x, new, sent, self.cfg.mix)
             else:
                 opt.pull_(x, old, new)
         views[p] = new.clone()
