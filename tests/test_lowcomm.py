@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import disto
-from disto.lowcomm import (Config, OuterOptimizer, RoundBook, Schedule, TextSampler, TinyGPT, GPTConfig, Trainer,
-                           async_diloco, decode, diloco, easgd, encode, lm_loss, local_sgd, overlap_merge_,
+from disto.lowcomm import (Config, OuterOptimizer, OuterServer, RoundBook, Schedule, TextSampler, TinyGPT,
+                           GPTConfig, Trainer, async_diloco, decode, diloco, easgd, encode, lm_loss, local_sgd, overlap_merge_,
                            stdlib_corpus)
 
 TINY = GPTConfig(context=16, dim=32, layers=1, heads=2)
@@ -111,6 +111,23 @@ def test_a_short_final_round_lands_on_the_workers_mean_without_momentum() -> Non
     e.step_(st4, theta - mean, short_final=True)
     assert torch.allclose(st4.params, theta - 0.9 * (theta - mean))
     assert Config(algorithm="streaming_diloco", final_average=False).outer().final_average is False
+
+
+@pytest.mark.parametrize("final_average,expected", [(True, -4.25), (False, -5.125)])
+async def test_the_server_ends_a_short_final_round_on_the_workers_mean(final_average: bool, expected: float) -> None:
+    # the outer server itself, no cluster: one worker, 2 fragments, H = 4, 8 steps. Fragment 1 (shift 2) closes
+    # rounds of 2, 4 and then 2 steps (the short final one); each time the worker reports a pseudo-gradient of 1
+    cfg = Config(algorithm="streaming_diloco", workers=1, inner_steps=4, rounds=2, fragments=2, overlap=0,
+                 compression="fp32", outer_lr=1.0, outer_momentum=0.5, final_average=final_average)
+    srv = OuterServer(cfg, torch.zeros(4))
+    assert (await srv.join(0))["step"] == 0
+    assert [srv.sched.length(1, r) for r in (1, 2, 3)] == [2, 4, 2] and srv.sched.short_final(1, 3)
+    for rnd in (1, 2, 3):
+        reply = await srv.exchange(0, 1, rnd, encode(torch.ones(2), "fp32"))
+        assert reply["kind"] == "diff"
+    # Nesterov (lr 1, mu 0.5) on rounds 1 and 2: -1.5, then -1.75 more; round 3: the mean (-1), or -1.875 more
+    assert torch.equal(srv.states[1].params, torch.full((2,), expected))
+    assert torch.equal(srv.states[0].params, torch.zeros(2))   # fragment 0 untouched
 
 
 def test_an_overlapped_exchange_keeps_only_the_steps_made_since_the_send() -> None:
