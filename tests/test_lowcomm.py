@@ -2,7 +2,9 @@
 then short real runs on a local cluster (a tiny GPT on the stdlib's source), a killed worker, and resuming."""
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import pytest
 import torch
@@ -257,23 +259,28 @@ async def test_a_killed_worker_is_respawned_from_the_outer_parameters_and_the_ru
     import os
     import signal
 
-    cfg = run_cfg(algorithm="diloco", inner_steps=8, rounds=8, deadline=20.0)
+    # each inner step ends with a 10 ms sleep: the victim still has 6 rounds (0.48 s at least) to go at the kill
+    cfg = run_cfg(algorithm="diloco", inner_steps=8, rounds=8, deadline=20.0, step_delay={0: 0.01, 1: 0.01})
     async with disto.LocalCluster(nodes=3) as cluster:
         trainer = Trainer(cluster, cfg, tiny_model, tiny_data, tiny_eval, loss_fn=lm_loss)
-        evals: list[dict] = []
+        killed: list[int] = []
 
-        def kill_after_the_second_round(entry: dict) -> None:  # triggered by progress, not by a sleep
-            evals.append(entry)
-            if len(evals) == 2:
-                assert trainer.server is not None
-                victim = next(r for r, w in trainer.workers.items()
-                              if w.node_address != trainer.server.node_address)
-                where = trainer.workers[victim].node_address
-                evals.append({"victim": victim})
-                os.kill(next(h.pid for h in cluster.nodes if h.address == where), signal.SIGKILL)
+        async def kill_after_the_second_round() -> None:  # triggered by the rounds, not by a sleep
+            while len(trainer.runs) < cfg.workers:  # run() is spawning them
+                await asyncio.sleep(0.01)
+            assert trainer.server is not None
+            version = 0
+            while version < 2:
+                version = (await trainer.server.updated(version, timeout=1.0))["version"]
+            victim = next(r for r, w in trainer.workers.items() if w.node_address != trainer.server.node_address)
+            where = trainer.workers[victim].node_address
+            killed.append(victim)
+            os.kill(next(h.pid for h in cluster.nodes if h.address == where), signal.SIGKILL)
 
-        h = await trainer.run(on_eval=kill_after_the_second_round)
-    victim = evals[2]["victim"]
+        killer = asyncio.ensure_future(kill_after_the_second_round())
+        h = await trainer.run()
+        await killer
+    victim, = killed
     assert [e["worker"] for e in h.events] == [victim] and h.events[0].get("respawned")
     assert "NodeLostError" in h.events[0]["error"]
     # every round of the run closed, the lost worker's without it (its place left by leave(), not a deadline)
@@ -284,6 +291,26 @@ async def test_a_killed_worker_is_respawned_from_the_outer_parameters_and_the_ru
     assert runs[-1]["start_step"] > 0 and runs[-1]["start_step"] + runs[-1]["steps"] == cfg.total_steps
     assert [e["version"] for e in h.evals] == sorted({e["version"] for e in h.evals})
     assert h.evals[-1]["version"] == cfg.rounds and h.final_loss < h.evals[0]["loss"]
+
+
+@pytest.mark.loops("uvloop")
+async def test_the_evaluation_leaves_the_drivers_loop_free() -> None:
+    # The driver is a node as well: an evaluation that held its loop would hold its heartbeats, the rounds'
+    # replies and the watch on lost workers for as long as it ran.
+    loop = asyncio.get_running_loop()
+    served = threading.Event()
+
+    def eval_fn(m: torch.nn.Module) -> float:
+        served.clear()
+        loop.call_soon_threadsafe(served.set)  # runs only if the loop is free while this evaluation runs
+        if not served.wait(timeout=5):
+            raise AssertionError("the driver's loop was held during the evaluation")
+        return tiny_eval(m)
+
+    async with disto.LocalCluster(nodes=1) as cluster:
+        h = await Trainer(cluster, run_cfg(workers=1, rounds=2), tiny_model, tiny_data, eval_fn,
+                          loss_fn=lm_loss).run()
+    assert h.evals and h.evals[-1]["version"] == 2
 
 
 @pytest.mark.loops("uvloop")

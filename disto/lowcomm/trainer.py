@@ -90,8 +90,8 @@ class Trainer:
 
     ``model_fn()`` builds the model (after ``torch.manual_seed(cfg.seed)``, so every replica starts equal);
     ``data_fn(rank)`` runs on each worker's node and returns a sampler ``(generator, batch) -> (x, y)`` or (x, y)
-    tensors; ``eval_fn(model) -> float`` scores the outer parameters here (lower is better, e.g. validation
-    loss). ``checkpoint``: saved after every evaluation (outer parameters, momentum, rounds); ``resume``: a
+    tensors; ``eval_fn(model) -> float`` scores the outer parameters here, in a thread of this process so that
+    the driver's loop keeps serving meanwhile (lower is better, e.g. validation loss). ``checkpoint``: saved after every evaluation (outer parameters, momentum, rounds); ``resume``: a
     checkpoint to go on from.
     """
 
@@ -189,8 +189,10 @@ class Trainer:
             moved = sent * info["published"].get("step", 0)
         else:
             moved = info["up"] + info["down"]
+        # In a thread: a long evaluation must not stall this node's loop (its heartbeats, the rounds, the watch).
+        loss = await asyncio.get_running_loop().run_in_executor(None, self.evaluate, info["params"])
         entry = {"time": round(time.perf_counter() - t0, 3), "version": info["version"], "rounds": info["rounds"],
-                 "progress": round(self._progress(info), 4), "loss": self.evaluate(info["params"]), "bytes": moved}
+                 "progress": round(self._progress(info), 4), "loss": loss, "bytes": moved}
         history.evals.append(entry)
         if self.checkpoint:
             self._save(await self.server.state_dict(), history)
