@@ -8,6 +8,7 @@ step (gloo), so its per-step batch is workers x batch. Bytes are what each worke
 
     python bench/lowcomm.py                        # 4 workers, H 50, 10 rounds, 3 seeds (about 15 minutes here)
     python bench/lowcomm.py --quick                # smoke test (CI)
+    python bench/lowcomm.py --combine A.json B.json  # one table over runs made separately (same protocol)
 
 Prints a table and the bars, writes bench/results/lowcomm.json and bench/results/lowcomm.png.
 """
@@ -93,6 +94,102 @@ def med(xs: list[float]) -> float:
 def span(xs: list[float], spec: str) -> str:
     return f"{format(med(xs), spec)} [{format(min(xs), spec)}-{format(max(xs), spec)}]"
 
+def table(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Medians over seeds per algorithm, each seed's loss and bytes taken against ddp's of the same seed; prints
+    the table."""
+    base = {r["seed"]: r for r in runs.get("ddp", [])}
+    print(f"\n{'algorithm':>17} | {'final val loss, median [range]':>30} | {'vs ddp':>7} | {'MB, all workers':>15} | "
+          f"{'ddp/x bytes':>11} | {'peak MB/exchange':>16} | {'wall s':>17} | seeds")
+    rows = {}
+    for a, rs in runs.items():
+        if not rs:
+            continue
+        loss = [r["final_loss"] for r in rs]
+        vs = [r["final_loss"] / base[r["seed"]]["final_loss"] - 1 for r in rs if r["seed"] in base]
+        ratio = [base[r["seed"]]["bytes"] / r["bytes"] for r in rs if r["seed"] in base]
+        rows[a] = {"loss": med(loss), "vs_ddp": med(vs) if vs else None, "bytes": med([r["bytes"] for r in rs]),
+                   "bytes_ratio": med(ratio) if ratio else None, "seconds": med([r["seconds"] for r in rs]),
+                   "peak": med([r["peak_exchange_bytes"] for r in rs]), "seeds": [r["seed"] for r in rs],
+                   "vs_ddp_by_seed": vs}
+        print(f"{a:>17} | {span(loss, '.4f'):>30} | {(f'{100 * med(vs):+.2f}%' if vs else '-'):>7} | "
+              f"{med([r['bytes'] for r in rs]) / 1e6:15.2f} | {(f'{med(ratio):.0f}x' if ratio else '-'):>11} | "
+              f"{rows[a]['peak'] / 1e6:16.3f} | {span([r['seconds'] for r in rs], '.1f'):>17} | "
+              f"{','.join(str(r['seed']) for r in rs)}")
+    return rows
+
+
+def check_bars(rows: dict[str, dict], kill: dict | None) -> list[tuple[str, bool, str]]:
+    """The issue's bars on the table (and the killed-worker run); prints them."""
+    bars = []
+    d, s = rows.get("diloco"), rows.get("streaming_diloco")
+    if d is not None and d["vs_ddp"] is not None:
+        bars.append(("DiLoCo loss within 2% of ddp", d["vs_ddp"] <= 0.02, f"{100 * d['vs_ddp']:+.2f}%"))
+        bars.append(("DiLoCo sends >= 50x fewer bytes", d["bytes_ratio"] >= 50, f"{d['bytes_ratio']:.0f}x"))
+    if s is not None and s["vs_ddp"] is not None:
+        bars.append(("Streaming DiLoCo loss within 2% of ddp", s["vs_ddp"] <= 0.02, f"{100 * s['vs_ddp']:+.2f}%"))
+    if s is not None and d is not None:
+        r = d["peak"] / s["peak"]
+        bars.append(("Streaming peak bytes/exchange >= 4x lower than DiLoCo", r >= 4, f"{r:.1f}x"))
+    if kill is not None:
+        ok = "killed" in kill and kill["finished"] and any(e.get("respawned") for e in kill["events"])
+        bars.append(("a killed worker: the run finishes, the worker respawned", ok,
+                     f"final loss {kill['final']:.4f}"))
+    print()
+    for what, ok, value in bars:
+        print(f"  [{'met' if ok else 'NOT met'}] {what}: {value}")
+    return bars
+
+
+# What makes two runs comparable: the protocol; and Streaming DiLoCo's own knobs, for its runs.
+PROTOCOL = ("size", "workers", "inner_steps", "rounds", "batch_size", "lr", "inner_lr", "outer_lr",
+            "outer_momentum", "warmup")
+STREAMING = ("fragments", "overlap", "merge", "mix", "compression", "final_average")
+
+
+def combine(paths: list[str], out: str) -> int:
+    """One table and the bars over the runs of several result files of the same protocol (runs of one length
+    made at different times: seeds, or algorithms, in separate invocations)."""
+    runs: dict[str, dict[int, dict]] = {}
+    first: dict | None = None
+    kill, sources = None, []
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        a = d["args"]
+        first = first or a
+        for key in PROTOCOL:
+            if a.get(key) != first.get(key):
+                raise SystemExit(f"{path}: {key} is {a.get(key)!r}, not {first.get(key)!r} as in {paths[0]}: "
+                                 "not the same protocol")
+        for algorithm, rs in d["runs"].items():
+            for r in rs:
+                if algorithm == "streaming_diloco":
+                    knobs = {k: a.get(k, "?") for k in STREAMING}
+                    seen = next((x["knobs"] for x in runs.get(algorithm, {}).values()), knobs)
+                    if knobs != seen:
+                        raise SystemExit(f"{path}: Streaming DiLoCo ran with {knobs}, elsewhere with {seen}")
+                    r = {**r, "knobs": knobs}
+                if r["seed"] in runs.setdefault(algorithm, {}):
+                    raise SystemExit(f"{path}: {algorithm} seed {r['seed']} is in two files")
+                runs[algorithm][r["seed"]] = {**r, "source": path}
+        if d.get("kill") and kill is None:
+            kill = d["kill"]
+        sources.append({"path": path, "args": a})
+    known = ("ddp", "diloco", "streaming_diloco")
+    order = [x for x in known if x in runs] + sorted(set(runs) - set(known))
+    merged = {a: [runs[a][k] for k in sorted(runs[a])] for a in order}
+    assert first is not None
+    print(f"{len(paths)} files, {first['rounds']} rounds of H={first['inner_steps']}, {first['workers']} workers, "
+          f"TinyGPT {first['size']}")
+    rows = table(merged)
+    bars = check_bars(rows, kill)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "lowcomm-combined.json"), "w") as f:
+        json.dump({"sources": sources, "runs": merged, "table": rows, "kill": kill,
+                   "bars": [{"what": w, "met": ok, "value": v} for w, ok, v in bars]}, f, indent=1, default=str)
+    print(f"\nwrote {out}/lowcomm-combined.json")
+    return 0
+
 
 async def main(args: argparse.Namespace) -> int:
     bad = [a for a in args.algorithms if a not in ALGORITHMS]
@@ -129,38 +226,8 @@ async def main(args: argparse.Namespace) -> int:
               f"finished {kill['finished']}, worst after {kill['worst_after']}, final {kill['final']:.4f}; "
               f"events {[(e['worker'], e.get('respawned')) for e in kill['events']]}", flush=True)
 
-    base = {r["seed"]: r for r in runs.get("ddp", [])}
-    print(f"\n{'algorithm':>17} | {'final val loss, median [range]':>30} | {'vs ddp':>7} | {'MB, all workers':>15} | "
-          f"{'ddp/x bytes':>11} | {'peak MB/exchange':>16} | {'wall s':>17}")
-    rows = {}
-    for a, rs in runs.items():
-        loss = [r["final_loss"] for r in rs]
-        vs = [r["final_loss"] / base[r["seed"]]["final_loss"] - 1 for r in rs if r["seed"] in base]
-        ratio = [base[r["seed"]]["bytes"] / r["bytes"] for r in rs if r["seed"] in base]
-        rows[a] = {"loss": med(loss), "vs_ddp": med(vs) if vs else None, "bytes": med([r["bytes"] for r in rs]),
-                   "bytes_ratio": med(ratio) if ratio else None, "seconds": med([r["seconds"] for r in rs]),
-                   "peak": med([r["peak_exchange_bytes"] for r in rs])}
-        print(f"{a:>17} | {span(loss, '.4f'):>30} | {(f'{100 * med(vs):+.2f}%' if vs else '-'):>7} | "
-              f"{med([r['bytes'] for r in rs]) / 1e6:15.2f} | {(f'{med(ratio):.0f}x' if ratio else '-'):>11} | "
-              f"{rows[a]['peak'] / 1e6:16.3f} | {span([r['seconds'] for r in rs], '.1f'):>17}")
-    bars = []
-    if "diloco" in rows and "ddp" in rows:
-        d = rows["diloco"]
-        bars.append(("DiLoCo loss within 2% of ddp", d["vs_ddp"] <= 0.02, f"{100 * d['vs_ddp']:+.2f}%"))
-        bars.append(("DiLoCo sends >= 50x fewer bytes", d["bytes_ratio"] >= 50, f"{d['bytes_ratio']:.0f}x"))
-    if "streaming_diloco" in rows and "diloco" in rows:
-        s = rows["streaming_diloco"]
-        if s["vs_ddp"] is not None:
-            bars.append(("Streaming DiLoCo loss within 2% of ddp", s["vs_ddp"] <= 0.02, f"{100 * s['vs_ddp']:+.2f}%"))
-        r = rows["diloco"]["peak"] / s["peak"]
-        bars.append(("Streaming peak bytes/exchange >= 4x lower than DiLoCo", r >= 4, f"{r:.1f}x"))
-    if kill is not None:
-        ok = "killed" in kill and kill["finished"] and any(e.get("respawned") for e in kill["events"])
-        bars.append(("a killed worker: the run finishes, the worker respawned", ok,
-                     f"final loss {kill['final']:.4f}"))
-    print()
-    for what, ok, value in bars:
-        print(f"  [{'met' if ok else 'NOT met'}] {what}: {value}")
+    rows = table(runs)
+    bars = check_bars(rows, kill)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "lowcomm.json"), "w") as f:
         json.dump({"args": vars(args), "parameters": n, "runs": runs, "table": rows, "kill": kill,
@@ -202,7 +269,11 @@ if __name__ == "__main__":
     ap.add_argument("--kill-timeout", type=float, default=900)
     ap.add_argument("--quick", action="store_true", help="2 workers, 5 rounds of 10 steps, one seed (CI smoke)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="no training: one table and the bars over the runs "
+                    "of these lowcomm.json files (the same protocol, e.g. seeds run separately)")
     a = ap.parse_args()
+    if a.combine:
+        sys.exit(combine(a.combine, a.out))
     if a.quick:
         a.workers, a.inner_steps, a.rounds, a.seeds, a.warmup = 2, 10, 5, [0], 5
     sys.exit(disto.run(main(a)))

@@ -401,3 +401,41 @@ async def test_ddp_runs_one_after_another_on_one_cluster_each_with_its_own_proce
             assert sorted(w["steps"] for w in h.workers) == [8] * workers
         probes = [await node.spawn(GroupProbe) for node in cluster.nodes]
         assert [await p.initialized() for p in probes] == [False, False]
+
+
+def test_the_benchmark_combines_runs_made_separately_into_one_table(tmp_path) -> None:
+    # seeds of one protocol run at different times (a 400-round run is an hour here) give one table and the bars
+    import os
+    import subprocess
+    import sys
+    args = {"size": "tiny", "workers": 4, "inner_steps": 50, "rounds": 400, "batch_size": 16, "lr": 3e-3,
+            "inner_lr": None, "outer_lr": 1.0, "outer_momentum": 0.5, "warmup": 20, "fragments": None,
+            "overlap": None, "merge": "progress", "mix": 0.5, "compression": None, "final_average": True}
+
+    def run(seed: int, loss: float, nbytes: int, peak: int) -> dict:
+        return {"seed": seed, "final_loss": loss, "best_loss": loss, "bytes": nbytes, "peak_exchange_bytes": peak,
+                "seconds": 10.0, "blocked_s": 0.0, "events": []}
+
+    files = {"a": {"ddp": [run(0, 1.00, 1000, 50)], "diloco": [run(0, 1.03, 10, 30)]},
+             "b": {"ddp": [run(1, 2.00, 1000, 50)], "diloco": [run(1, 2.02, 10, 30)],
+                   "streaming_diloco": [run(1, 2.01, 5, 5)]},
+             "c": {"ddp": [run(2, 1.00, 1000, 50)], "diloco": [run(2, 1.01, 10, 30)]}}
+    paths = []
+    for name, runs in files.items():
+        paths.append(str(tmp_path / f"{name}.json"))
+        (tmp_path / f"{name}.json").write_text(json.dumps({"args": args, "runs": runs, "kill": None}))
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "lowcomm.py")
+    bench = [sys.executable, script, "--out", str(tmp_path / "out"), "--combine"]
+    out = subprocess.run([*bench, *paths], capture_output=True, text=True, check=True).stdout
+    combined = json.loads((tmp_path / "out" / "lowcomm-combined.json").read_text())
+    assert combined["table"]["diloco"]["seeds"] == [0, 1, 2]
+    assert combined["table"]["diloco"]["vs_ddp"] == pytest.approx(0.01)    # the median of +3%, +1%, +1% by seed
+    assert combined["table"]["streaming_diloco"]["vs_ddp"] == pytest.approx(0.005)  # against its own seed's ddp
+    assert "[met] DiLoCo loss within 2% of ddp: +1.00%" in out
+    assert "[met] Streaming peak bytes/exchange >= 4x lower than DiLoCo: 6.0x" in out
+    # the same seed twice, or another protocol, is refused
+    twice = subprocess.run([*bench, paths[0], paths[0]], capture_output=True, text=True)
+    assert twice.returncode != 0 and "ddp seed 0 is in two files" in twice.stderr
+    (tmp_path / "d.json").write_text(json.dumps({"args": {**args, "rounds": 200}, "runs": {}, "kill": None}))
+    other = subprocess.run([*bench, paths[0], str(tmp_path / "d.json")], capture_output=True, text=True)
+    assert other.returncode != 0 and "rounds is 200, not 400" in other.stderr
