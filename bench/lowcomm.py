@@ -191,6 +191,18 @@ def combine(paths: list[str], out: str) -> int:
     return 0
 
 
+def save(args: argparse.Namespace, n: int, runs: dict[str, list[dict]], curves: dict[str, History],
+         partial: bool = False, **more: object) -> None:
+    """``lowcomm.json``: after each run with the runs so far (``"partial": true``; ``--combine`` takes it), at
+    the end with the table and the bars."""
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "lowcomm.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"args": vars(args), "parameters": n, "partial": partial, "runs": runs, "kill": None, **more,
+                   "curves": {a: h.to_dict() for a, h in curves.items()}}, f, indent=1, default=str)
+    os.replace(path + ".tmp", path)
+
+
 async def main(args: argparse.Namespace) -> int:
     bad = [a for a in args.algorithms if a not in ALGORITHMS]
     if bad:
@@ -216,6 +228,7 @@ async def main(args: argparse.Namespace) -> int:
                     curves[algorithm] = h
                 print(f"  seed {seed} {algorithm:>17}: loss {h.final_loss:.4f}, {h.bytes_total / 1e6:10.2f} MB, "
                       f"peak {h.peak_exchange_bytes / 1e6:.3f} MB, {time.perf_counter() - t0:6.1f} s", flush=True)
+                save(args, n, runs, curves, partial=True)  # a long invocation cut short keeps its finished runs
     kill = None
     if args.kill:
         h, kill = await kill_run(args, task)
@@ -228,11 +241,8 @@ async def main(args: argparse.Namespace) -> int:
 
     rows = table(runs)
     bars = check_bars(rows, kill)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "lowcomm.json"), "w") as f:
-        json.dump({"args": vars(args), "parameters": n, "runs": runs, "table": rows, "kill": kill,
-                   "bars": [{"what": w, "met": ok, "value": v} for w, ok, v in bars],
-                   "curves": {a: h.to_dict() for a, h in curves.items()}}, f, indent=1, default=str)
+    save(args, n, runs, curves, table=rows, kill=kill,
+         bars=[{"what": w, "met": ok, "value": v} for w, ok, v in bars])
     plot_runs(curves, os.path.join(args.out, "lowcomm.png"),
               f"TinyGPT {args.size} ({n / 1e6:.2f}M), {args.workers} workers, H={args.inner_steps}, seed {args.seeds[0]}")
     print(f"\nwrote {args.out}/lowcomm.json and lowcomm.png", flush=True)
