@@ -58,7 +58,8 @@ async def kill_run(args: argparse.Namespace, task: LMTask) -> tuple[History, dic
     last: dict = {}
     target = math.ceil(0.4 * cfg.rounds)
     async with disto.LocalCluster(nodes=args.workers + 1) as cluster:
-        trainer = Trainer(cluster, cfg, task.model, task.data, task.evaluate, loss_fn=lm_loss)
+        trainer = Trainer(cluster, cfg, task.model, task.data, task.evaluate, loss_fn=lm_loss,
+                          eval_every=args.eval_every)
 
         async def killer() -> None:
             while trainer.server is None or len(trainer.runs) < cfg.workers:  # run() is spawning them
@@ -221,7 +222,7 @@ async def main(args: argparse.Namespace) -> int:
             for algorithm in args.algorithms:
                 t0 = time.perf_counter()
                 h = await Trainer(cluster, config(args, algorithm, seed), task.model, task.data, task.evaluate,
-                                  loss_fn=lm_loss).run()
+                                  loss_fn=lm_loss, eval_every=args.eval_every).run()
                 row = {"seed": seed, **summary(h)}
                 runs[algorithm].append(row)
                 if seed == args.seeds[0]:
@@ -273,6 +274,8 @@ if __name__ == "__main__":
                     "int8, bf16, fp32")
     ap.add_argument("--no-final-average", dest="final_average", action="store_false",
                     help="a fragment's short final round takes a momentum step like the others (Config.final_average)")
+    ap.add_argument("--eval-every", type=int, default=1, help="evaluate after every N rounds (and at the end); "
+                    "long runs: the driver's evaluations share the cores with the workers")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     ap.add_argument("--algorithms", type=lambda s: s.split(","), default=["ddp", "diloco", "streaming_diloco"])
     ap.add_argument("--no-kill", dest="kill", action="store_false", help="skip the killed-worker run")

@@ -294,7 +294,7 @@ async def test_a_killed_worker_is_respawned_from_the_outer_parameters_and_the_ru
 
 
 @pytest.mark.loops("uvloop")
-async def test_the_evaluation_leaves_the_drivers_loop_free() -> None:
+async def test_the_trainer_evaluates_every_n_rounds_and_off_the_drivers_loop() -> None:
     # The driver is a node as well: an evaluation that held its loop would hold its heartbeats, the rounds'
     # replies and the watch on lost workers for as long as it ran.
     loop = asyncio.get_running_loop()
@@ -308,9 +308,14 @@ async def test_the_evaluation_leaves_the_drivers_loop_free() -> None:
         return tiny_eval(m)
 
     async with disto.LocalCluster(nodes=1) as cluster:
-        h = await Trainer(cluster, run_cfg(workers=1, rounds=2), tiny_model, tiny_data, eval_fn,
-                          loss_fn=lm_loss).run()
-    assert h.evals and h.evals[-1]["version"] == 2
+        with pytest.raises(ValueError, match="eval_every"):
+            Trainer(cluster, run_cfg(workers=1), tiny_model, tiny_data, eval_fn, eval_every=0)
+        h = await Trainer(cluster, run_cfg(workers=1, rounds=5), tiny_model, tiny_data, eval_fn,
+                          loss_fn=lm_loss, eval_every=2).run()
+    versions = [e["version"] for e in h.evals]
+    # after every 2 rounds (or later, when an evaluation lags), and the last round's parameters at the end
+    assert versions[-1] == 5 and len(versions) <= 3
+    assert all(b - a >= 2 for a, b in zip([0, *versions[:-2]], versions[:-1]))
 
 
 @pytest.mark.loops("uvloop")

@@ -91,16 +91,22 @@ class Trainer:
     ``model_fn()`` builds the model (after ``torch.manual_seed(cfg.seed)``, so every replica starts equal);
     ``data_fn(rank)`` runs on each worker's node and returns a sampler ``(generator, batch) -> (x, y)`` or (x, y)
     tensors; ``eval_fn(model) -> float`` scores the outer parameters here, in a thread of this process so that
-    the driver's loop keeps serving meanwhile (lower is better, e.g. validation loss). ``checkpoint``: saved after every evaluation (outer parameters, momentum, rounds); ``resume``: a
+    the driver's loop keeps serving meanwhile (lower is better, e.g. validation loss). ``eval_every``: evaluate
+    after every that many rounds, and at the end (an evaluation that takes longer goes on to the latest
+    parameters). ``checkpoint``: saved after every evaluation (outer parameters, momentum, rounds); ``resume``: a
     checkpoint to go on from.
     """
 
     def __init__(self, cluster: Cluster, cfg: Config, model_fn: Callable[[], torch.nn.Module],
                  data_fn: Callable[[int], Any], eval_fn: Callable[[torch.nn.Module], float],
                  loss_fn: Callable[..., torch.Tensor] = torch.nn.functional.cross_entropy,
-                 checkpoint: str | None = None, resume: str | None = None, respawn: bool = True) -> None:
+                 checkpoint: str | None = None, resume: str | None = None, respawn: bool = True,
+                 eval_every: int = 1) -> None:
         if not cluster.nodes:
             raise DistoError("the cluster has no worker nodes")
+        if not isinstance(eval_every, int) or eval_every < 1:
+            raise ValueError(f"eval_every is a number of rounds >= 1, not {eval_every!r}")
+        self.eval_every = eval_every
         self.cluster, self.cfg = cluster, cfg
         self.model_fn, self.data_fn, self.eval_fn, self.loss_fn = model_fn, data_fn, eval_fn, loss_fn
         self.checkpoint, self.respawn = checkpoint, respawn
@@ -146,17 +152,19 @@ class Trainer:
         t0 = time.perf_counter()
         for rank, ref in self.workers.items():
             self.runs[rank] = ref.run()
-        version = resume["version"] if resume else 0
-        every = (cfg.fragments or 1) if not cfg.asynchronous else cfg.workers
+        version = resume["version"] if resume else 0  # the outer version evaluated last
+        # versions per round: a fragment's round each (streaming), an arrival each (asynchronous), else one
+        every = ((cfg.fragments or 1) if not cfg.asynchronous else cfg.workers) * self.eval_every
         if self.resume:
             history.evals.extend(self.resume.get("evals", []))
         try:
             while True:
+                # wake at least every second to watch for lost workers; evaluate only on a whole eval period
                 info = await self.server.updated(version + every - 1, timeout=1.0)
                 await self._watch(history, t0)
                 if not self.runs:  # all done: the last rounds closed before the runs returned
                     info = await self.server.updated(version, timeout=0.0)
-                if info["version"] > version:
+                if info["version"] >= version + every or (not self.runs and info["version"] > version):
                     version = info["version"]
                     await self._evaluate(info, history, t0, on_eval)
                 if not self.runs:

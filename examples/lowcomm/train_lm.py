@@ -87,7 +87,8 @@ async def main(args: argparse.Namespace) -> int:
             on_eval, bar = progress(cfg.total_steps, algorithm)
             ckpt = os.path.join(args.out, f"{algorithm}.pt")
             trainer = Trainer(cluster, cfg, task.model, task.data, task.evaluate, loss_fn=lm_loss,
-                              checkpoint=ckpt, resume=ckpt if args.resume and os.path.exists(ckpt) else None)
+                              checkpoint=ckpt, resume=ckpt if args.resume and os.path.exists(ckpt) else None,
+                              eval_every=args.eval_every)
             t0 = time.perf_counter()
             h = runs[algorithm] = await trainer.run(on_eval=on_eval)
             if bar is not None:
@@ -122,6 +123,7 @@ if __name__ == "__main__":
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3, help="inner AdamW learning rate (cosine decay)")
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=1, help="evaluate (and checkpoint) after every N rounds")
     ap.add_argument("--compression", choices=["fp32", "fp16", "bf16", "int8"],
                     help="what exchanges carry (default: fp16 for streaming_diloco, else fp32)")
     ap.add_argument("--slow", metavar="RANK=SECONDS,...", help="make workers slower (sleep after each step)")
