@@ -95,6 +95,7 @@ def med(xs: list[float]) -> float:
 def span(xs: list[float], spec: str) -> str:
     return f"{format(med(xs), spec)} [{format(min(xs), spec)}-{format(max(xs), spec)}]"
 
+
 def table(runs: dict[str, list[dict]]) -> dict[str, dict]:
     """Medians over seeds per algorithm, each seed's loss and bytes taken against ddp's of the same seed; prints
     the table."""
