@@ -444,3 +444,58 @@ def test_the_benchmark_combines_runs_made_separately_into_one_table(tmp_path) ->
     (tmp_path / "d.json").write_text(json.dumps({"args": {**args, "rounds": 200}, "runs": {}, "kill": None}))
     other = subprocess.run([*bench, paths[0], str(tmp_path / "d.json")], capture_output=True, text=True)
     assert other.returncode != 0 and "rounds is 200, not 400" in other.stderr
+
+
+@pytest.mark.loops("uvloop")
+@pytest.mark.parametrize("merge", ["progress", "mix"])
+async def test_the_worker_merges_an_overlapped_reply_as_configured(merge: str) -> None:
+    # With zero gradients AdamW only decays the weights (x *= 1 - lr_t * wd per step), so every value the worker
+    # holds is known exactly. One fragment, H = 8, overlap 2, two rounds: the send at step 8, the reply (theta
+    # moved by +10) merged at step 10, and the last exchange at step 16 sends theta_new - x_16, which says how
+    # the reply was merged.
+    from disto.lowcomm import InnerWorker, inner_lr
+
+    class FakeServer(disto.Actor):
+        def __init__(self, init: torch.Tensor) -> None:
+            self.init, self.got = init, []
+
+        def join(self, worker: int) -> dict:
+            return {"bounds": [(0, self.init.numel())], "params": self.init, "step": 0, "stopped": False}
+
+        def exchange(self, worker: int, p: int, rnd: int, delta) -> dict:
+            self.got.append(decode(delta))
+            move = torch.full_like(self.init, 10.0) if len(self.got) == 1 else torch.zeros_like(self.init)
+            return {"kind": "diff", "packed": encode(move, "fp32"), "stopped": False}
+
+        def deltas(self) -> list:
+            return self.got
+
+    cfg = Config(algorithm="streaming_diloco", workers=1, fragments=1, inner_steps=8, rounds=2, overlap=2,
+                 compression="fp32", merge=merge, inner_lr=0.05, warmup_steps=0, grad_clip=0.0)
+    init = torch.arange(1.0, 6.0)  # nn.Linear(4, 1): 5 parameters
+
+    def zero_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (out * 0).sum()
+
+    def zeros(rank: int):
+        return lambda gen, n: (torch.zeros(n, 4), torch.zeros(n, 1))
+
+    async with disto.LocalCluster(nodes=1) as cluster:
+        server = await cluster.spawn(FakeServer, init)
+        worker = await cluster.spawn(InnerWorker, 0, cfg, lambda: torch.nn.Linear(4, 1), zeros, zero_loss, server)
+        stats = await worker.run()
+        first, last = await server.deltas()
+    assert stats["steps"] == 16 and stats["exchanges"] == 2
+
+    def decay(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        x = x.clone()
+        for t in range(a, b):
+            x.mul_(1 - inner_lr(cfg, t) * cfg.weight_decay)
+        return x
+
+    sent = decay(init, 0, 8)
+    assert torch.allclose(first, init - sent, rtol=1e-6)
+    new = init + 10.0
+    x10 = decay(sent, 8, 10)
+    merged = new + (x10 - sent) if merge == "progress" else 0.5 * x10 + 0.5 * new
+    assert torch.allclose(last, new - decay(merged, 10, 16), rtol=1e-5, atol=1e-6)
