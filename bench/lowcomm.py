@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -146,12 +147,14 @@ def check_bars(rows: dict[str, dict], kill: dict | None) -> list[tuple[str, bool
 PROTOCOL = ("size", "workers", "inner_steps", "rounds", "batch_size", "lr", "inner_lr", "outer_lr",
             "outer_momentum", "warmup")
 STREAMING = ("fragments", "overlap", "merge", "mix", "compression", "final_average")
+HISTORY_FIELDS = [f.name for f in dataclasses.fields(History)]
 
 
 def combine(paths: list[str], out: str) -> int:
     """One table and the bars over the runs of several result files of the same protocol (runs of one length
     made at different times: seeds, or algorithms, in separate invocations)."""
     runs: dict[str, dict[int, dict]] = {}
+    curves: dict[str, History] = {}
     first: dict | None = None
     kill, sources = None, []
     for path in paths:
@@ -177,6 +180,8 @@ def combine(paths: list[str], out: str) -> int:
         if d.get("kill") and kill is None:
             kill = d["kill"]
         sources.append({"path": path, "args": a})
+        for label, c in d.get("curves", {}).items():  # each file's curves are of its first seed
+            curves[f"{label}, seed {a['seeds'][0]}"] = History(**{k: c[k] for k in HISTORY_FIELDS if k in c})
     known = ("ddp", "diloco", "streaming_diloco")
     order = [x for x in known if x in runs] + sorted(set(runs) - set(known))
     merged = {a: [runs[a][k] for k in sorted(runs[a])] for a in order}
@@ -189,7 +194,11 @@ def combine(paths: list[str], out: str) -> int:
     with open(os.path.join(out, "lowcomm-combined.json"), "w") as f:
         json.dump({"sources": sources, "runs": merged, "table": rows, "kill": kill,
                    "bars": [{"what": w, "met": ok, "value": v} for w, ok, v in bars]}, f, indent=1, default=str)
-    print(f"\nwrote {out}/lowcomm-combined.json")
+    if curves:
+        plot_runs(curves, os.path.join(out, "lowcomm-combined.png"),
+                  f"TinyGPT {first['size']}, {first['workers']} workers, H={first['inner_steps']}, "
+                  f"{first['rounds']} rounds")
+    print(f"\nwrote {out}/lowcomm-combined.json and lowcomm-combined.png")
     return 0
 
 
