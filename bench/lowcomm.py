@@ -63,13 +63,12 @@ async def kill_run(args: argparse.Namespace, task: LMTask) -> tuple[History, dic
                           eval_every=args.eval_every)
 
         async def killer() -> None:
-            while trainer.server is None or len(trainer.runs) < cfg.workers:  # run() is spawning them
+            while trainer.server is None:  # run() is spawning it
                 await asyncio.sleep(0.01)
-            version = 0
-            while version < target:  # DiLoCo: one version per closed round
-                version = (await trainer.server.updated(version, timeout=1.0))["version"]
-            rank, ref = next((r, w) for r, w in trainer.workers.items()
-                             if w.node_address != trainer.server.node_address)
+            server, version = trainer.server, 0
+            while version < target:  # DiLoCo: one version per closed round (trainer.workers is set by then)
+                version = (await server.updated(version, timeout=1.0))["version"]
+            rank, ref = next((r, w) for r, w in trainer.workers.items() if w.node_address != server.node_address)
             pid = next(h.pid for h in cluster.nodes if h.address == ref.node_address)
             os.kill(pid, signal.SIGKILL)
             info.update(killed=rank, killed_at=time.perf_counter(), rounds_closed=version,
@@ -160,6 +159,8 @@ def combine(paths: list[str], out: str) -> int:
     for path in paths:
         with open(path) as f:
             d = json.load(f)
+        if not isinstance(d, dict) or not {"args", "runs"} <= d.keys():
+            raise SystemExit(f"{path}: not a result file of bench/lowcomm.py (no 'args' and 'runs')")
         a = d["args"]
         first = first or a
         for key in PROTOCOL:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
 import torch
 
 import disto
+from helpers import eventually
 from disto.lowcomm import (Config, OuterOptimizer, OuterServer, RoundBook, Schedule, TextSampler, TinyGPT,
                            GPTConfig, Trainer, async_diloco, decode, diloco, easgd, encode, lm_loss, local_sgd, overlap_merge_,
                            stdlib_corpus)
@@ -256,9 +261,6 @@ async def test_a_worker_error_stops_the_run_with_that_error() -> None:
 @pytest.mark.loops("uvloop")
 @pytest.mark.async_timeout(120)
 async def test_a_killed_worker_is_respawned_from_the_outer_parameters_and_the_run_finishes() -> None:
-    import os
-    import signal
-
     # each inner step ends with a 10 ms sleep: the victim still has 6 rounds (0.48 s at least) to go at the kill
     cfg = run_cfg(algorithm="diloco", inner_steps=8, rounds=8, deadline=20.0, step_delay={0: 0.01, 1: 0.01})
     async with disto.LocalCluster(nodes=3) as cluster:
@@ -266,13 +268,11 @@ async def test_a_killed_worker_is_respawned_from_the_outer_parameters_and_the_ru
         killed: list[int] = []
 
         async def kill_after_the_second_round() -> None:  # triggered by the rounds, not by a sleep
-            while len(trainer.runs) < cfg.workers:  # run() is spawning them
-                await asyncio.sleep(0.01)
-            assert trainer.server is not None
+            server = await eventually(lambda: trainer.server, timeout=60, what="run() spawning the outer server")
             version = 0
-            while version < 2:
-                version = (await trainer.server.updated(version, timeout=1.0))["version"]
-            victim = next(r for r, w in trainer.workers.items() if w.node_address != trainer.server.node_address)
+            while version < 2:  # a round closes only once the workers run: trainer.workers is set by then
+                version = (await server.updated(version, timeout=1.0))["version"]
+            victim = next(r for r, w in trainer.workers.items() if w.node_address != server.node_address)
             where = trainer.workers[victim].node_address
             killed.append(victim)
             os.kill(next(h.pid for h in cluster.nodes if h.address == where), signal.SIGKILL)
@@ -410,9 +410,6 @@ async def test_ddp_runs_one_after_another_on_one_cluster_each_with_its_own_proce
 
 def test_the_benchmark_combines_runs_made_separately_into_one_table(tmp_path) -> None:
     # seeds of one protocol run at different times (a 400-round run is an hour here) give one table and the bars
-    import os
-    import subprocess
-    import sys
     args = {"size": "tiny", "workers": 4, "inner_steps": 50, "rounds": 400, "batch_size": 16, "lr": 3e-3,
             "inner_lr": None, "outer_lr": 1.0, "outer_momentum": 0.5, "warmup": 20, "fragments": None,
             "overlap": None, "merge": "progress", "mix": 0.5, "compression": None, "final_average": True}
@@ -444,6 +441,9 @@ def test_the_benchmark_combines_runs_made_separately_into_one_table(tmp_path) ->
     (tmp_path / "d.json").write_text(json.dumps({"args": {**args, "rounds": 200}, "runs": {}, "kill": None}))
     other = subprocess.run([*bench, paths[0], str(tmp_path / "d.json")], capture_output=True, text=True)
     assert other.returncode != 0 and "rounds is 200, not 400" in other.stderr
+    (tmp_path / "e.json").write_text(json.dumps({"history": []}))
+    foreign = subprocess.run([*bench, str(tmp_path / "e.json")], capture_output=True, text=True)
+    assert foreign.returncode != 0 and "not a result file of bench/lowcomm.py" in foreign.stderr
 
 
 @pytest.mark.loops("uvloop")
