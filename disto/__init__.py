@@ -15,6 +15,10 @@ only point down; tests/test_layers.py checks it):
     dashboard/                        the live dashboard and /metrics (aiohttp, prometheus_client)
     cli, launch                       the `disto` command; `python -m disto.launch`
 """
+from . import native
+
+native.install()  # before the rest: which modules load compiled (DISTO_PURE_PYTHON, a stale build)
+
 from .actor import Actor, ActorGroup, ActorRef, MethodRef, current_node, on_loop
 from .cluster import Cluster, LocalCluster, NodeHandle, connect, format_stacks, new_token, write_token_file
 from .errors import (ActorDeadError, ActorError, ActorNotFoundError, AuthenticationError, ClosedError, DistoError,

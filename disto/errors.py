@@ -234,11 +234,13 @@ def make_remote_error(
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_LIBRARIES = tuple(_PACKAGE + sub + os.sep for sub in ("easgd", "search"))  # built on disto: their frames stay
+# (the frames of a module compiled from its source name it relative to the build's root: "disto/node/inbound.py")
+_PREFIXES = (_PACKAGE, "disto" + os.sep)
+_LIBRARIES = tuple(p + sub + os.sep for p in _PREFIXES for sub in ("easgd", "lowcomm", "search"))  # built on disto
 
 
 def _internal(filename: str) -> bool:
-    return filename.startswith(_PACKAGE) and not filename.startswith(_LIBRARIES)
+    return filename.startswith(_PREFIXES) and not filename.startswith(_LIBRARIES)
 
 
 def format_remote_traceback(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ IO = {"asyncio", "socket", "uvloop", "selectors", "ssl", "threading"}
 
 # bottom to top; a module belongs to the longest prefix that names it
 LAYERS = [
-    ["disto.errors", "disto.ids", "disto.version"],
+    ["disto.errors", "disto.ids", "disto.version", "disto.native"],
     ["disto.wire", "disto.liveness", "disto.memory", "disto.placement"],
     ["disto.serialization"],
     ["disto.transport"],

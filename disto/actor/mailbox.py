@@ -50,7 +50,7 @@ log = logging.getLogger("disto.actor")
 class CallItem:
     """One call to run: where it came from (a channel, or a local future) and what to run."""
 
-    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task", "abandoned", "t0", "span")
+    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task", "coro", "abandoned", "t0", "span")
 
     def __init__(self, ch: "Channel | None", call_id: int, method: str, args: tuple, kwargs: dict,
                  fut: asyncio.Future | None) -> None:
@@ -61,6 +61,7 @@ class CallItem:
         self.kwargs = kwargs
         self.fut = fut
         self.task: asyncio.Task | None = None
+        self.coro: Any = None  # an async method's coroutine, which its task runs (for the stacks: node/introspection)
         self.abandoned = False  # answered already (cancelled, actor stopped) while its thread still runs it
         self.t0 = _perf_counter()  # when it arrived: its latency and, while it runs, its age
         self.span: Any = None  # the OpenTelemetry span it runs under, when its caller traces (node/tracing.py)
@@ -250,6 +251,7 @@ class Mailbox:
 
     def _as_task(self, item: CallItem, coro: Any) -> None:
         item.args = item.kwargs = None  # type: ignore[assignment] - let big arguments go early
+        item.coro = coro
         item.task = asyncio.get_running_loop().create_task(self._run(item, coro))
         self.running_items.add(item)
 

@@ -7,14 +7,15 @@ fallback, used without a C compiler or with ``DISTO_PURE_PYTHON=1``, builds a nu
 ``__array_interface__`` and a ``weakref.finalize`` (~10 us). Both give the same bytes and the same callback."""
 from __future__ import annotations
 
-import os
 import weakref
 from typing import Any, Callable
 
 import numpy as np
 
+from ..native import PURE_PYTHON_REQUESTED
+
 try:
-    if os.environ.get("DISTO_PURE_PYTHON", "").strip().lower() not in ("", "0", "false", "no"):
+    if PURE_PYTHON_REQUESTED:
         raise ImportError("DISTO_PURE_PYTHON is set")
     from ._block import Block  # type: ignore[import-not-found]
 except ImportError:

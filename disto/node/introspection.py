@@ -72,7 +72,7 @@ def stacks(table: "ActorTable") -> dict[str, Any]:
     now = time.perf_counter()
     frames = sys._current_frames()
     by_thread_name: dict[str, list[dict[str, Any]]] = {}  # an actor's thread -> the calls it runs
-    by_task: dict[int, tuple[str, dict[str, Any]]] = {}
+    by_task: dict[int, tuple[str, dict[str, Any], Any]] = {}  # a task -> its actor, call, the method's coroutine
     for actor_id, cell in list(table.cells.items()):
         if actor_id < FIRST_USER_ACTOR_ID:
             continue
@@ -80,7 +80,7 @@ def stacks(table: "ActorTable") -> dict[str, Any]:
         for item in list(mb.running_items):
             call = dict(_call(item, now), actor=mb.label)
             if item.task is not None:
-                by_task[id(item.task)] = (mb.label, call)
+                by_task[id(item.task)] = (mb.label, call, item.coro)
             elif mb.thread is not None:
                 by_thread_name.setdefault(mb.thread.name, []).append(call)
     threads = []
@@ -97,9 +97,12 @@ def stacks(table: "ActorTable") -> dict[str, Any]:
         all_tasks = set()
     for task in all_tasks:
         coro = task.get_coro()
-        actor, call = by_task.get(id(task), (None, None))
+        actor, call, method = by_task.get(id(task), (None, None, None))
+        # an actor's call: from its method's coroutine (the mailbox's compiled coroutine that awaits it cannot be
+        # followed: Cython awaits a coroutine through its __await__ wrapper, which exposes nothing)
         tasks.append({"name": task.get_name(), "coro": getattr(coro, "__qualname__", repr(coro)),
-                      "actor": actor, "call": call, "stack": _await_chain(coro) or _frames(task.get_stack())})
+                      "actor": actor, "call": call,
+                      "stack": _await_chain(method if method is not None else coro) or _frames(task.get_stack())})
     tasks.sort(key=lambda t: (t["actor"] is None, t["name"]))
     return {"threads": threads, "tasks": tasks}
 

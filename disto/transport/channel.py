@@ -64,8 +64,9 @@ class ChannelOwner(Protocol):
     def on_writable(self, ch: "Channel") -> None: ...
 
 
-class Channel(asyncio.BufferedProtocol):
-    """One peer connection: its bytes, its write coalescing, and flow control in both directions."""
+class ChannelCore:
+    """A channel's state and code, as a base class: built, it is a C type with typed fields (channel.pxd; see
+    :mod:`disto.native`), which a compiled class cannot be while it derives from asyncio's Python classes."""
 
     def __init__(self, owner: ChannelOwner, conn: Connection, *, address: str = "", max_queued: int = 1024) -> None:
         self.owner = owner
@@ -325,6 +326,10 @@ class Channel(asyncio.BufferedProtocol):
             except LocalProtocolError:
                 pass
         self.close()
+
+
+class Channel(ChannelCore, asyncio.BufferedProtocol):
+    """One peer connection: its bytes, its write coalescing, and flow control in both directions."""
 
 
 ChannelFactory = Callable[[], Channel]

@@ -4,9 +4,7 @@
 forces the pure-Python one (CI runs the tests both ways)."""
 from __future__ import annotations
 
-import os
-
-PURE_PYTHON_REQUESTED = os.environ.get("DISTO_PURE_PYTHON", "").strip().lower() not in ("", "0", "false", "no")
+from ..native import PURE_PYTHON_REQUESTED
 
 try:
     if PURE_PYTHON_REQUESTED:

@@ -1,0 +1,7 @@
+# Built with Cython (setup.py), Connection is a C type with these fields typed; connection.py stays the source and
+# the pure-Python fallback. See disto/native.py.
+cdef class Connection:
+    cdef public object dialer, identity, peer, state, _handshake, _alloc, _rx_view, _hdr, _msg, _pending_sizes
+    cdef public object _direct
+    cdef public bytearray _rx
+    cdef public Py_ssize_t _max_body, _max_frame, _large, _rstart, _rend, _direct_filled
