@@ -11,7 +11,7 @@
   - ``DISTO_PURE_PYTHON=1`` is set in the environment (what an install without a compiler runs; CI runs the
     tests both ways; nodes a cluster starts inherit the variable), or
   - the source is newer than its extension (edited since the last build, which would run the old code): it
-    warns once, and ``pip install -e .`` builds it again.
+    warns (once per module), and ``pip install -e .`` builds it again.
 """
 from __future__ import annotations
 
