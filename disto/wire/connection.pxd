@@ -5,3 +5,7 @@ cdef class Connection:
     cdef public object _direct
     cdef public bytearray _rx
     cdef public Py_ssize_t _max_body, _max_frame, _large, _rstart, _rend, _direct_filled
+
+    cpdef send_call(self, call_id, actor_id, method, payload, buffers=*, payload_oob=*, node_id=*, traceparent=*)
+    cpdef send_reply(self, call_id, payload, buffers=*, payload_oob=*, kind=*)
+    cpdef next_event(self)
