@@ -310,6 +310,15 @@ async def test_wrong_token_cannot_join() -> None:
             await intruder.start()
 
 
+def test_node_config_refuses_counts_that_are_not_positive_ints() -> None:
+    # (the compiled channel keeps them as C integers: a float would otherwise fail inside a connection)
+    for name, bad in (("max_inflight", 0), ("max_queued", 1.5), ("max_body", True), ("max_frame", -1),
+                      ("stream_window", None)):
+        with pytest.raises(ValueError, match=f"NodeConfig.{name} must be an int >= 1, got {bad!r}"):
+            NodeConfig(**{name: bad})
+    assert NodeConfig(max_inflight=1, max_queued=1).max_queued == 1
+
+
 async def test_window_bounds_calls_in_flight_and_memory() -> None:
     cfg = NodeConfig(max_inflight=4)
     async with nodes(2, config=cfg) as (a, b):

@@ -42,6 +42,14 @@ class NodeConfig:
     tls_ca: str | None = None
     tls_check_hostname: bool = True
 
+    def __post_init__(self) -> None:
+        # counts and sizes: the compiled channel and connection keep these as C integers, so a float or a bool
+        # would fail deep inside a connection; refuse it here, by name, the same with or without the build
+        for name in ("max_inflight", "max_queued", "max_body", "max_frame", "stream_window"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"NodeConfig.{name} must be an int >= 1, got {value!r}")
+
 
 @dataclass
 class Here:
