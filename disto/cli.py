@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     start.add_argument("--dedicated", action="store_true", help=argparse.SUPPRESS)  # one actor's own process
     start.add_argument("--preload", default="", help="libraries to import in the background at start, comma "
-                       "separated (e.g. torch): the first call that needs them does not pay for the import")
+                       "separated (e.g. torch): the first call that needs them does not pay for the import (calls that "
+                       "arrive meanwhile wait for it)")
     _add_token_args(start)
     stop = node.add_parser("stop", help="ask a running node to stop")
     stop.add_argument("address", help="HOST:PORT of the node")

@@ -9,7 +9,7 @@ from ..actor import ActorGroup, ActorRef, SystemActor, check_actor_class, system
 from ..errors import ActorNotFoundError, DistoError, RemoteError
 from ..futures import Future, as_future
 from ..node import Node, NodeConfig
-from ..node.modules import heavy_imports
+from ..node.preloads import heavy_imports
 from .inspect import actor_logs, cluster_actors, cluster_stacks
 from .spawning import check_placement, spawn_group, spawn_placed
 from .token import resolve_token

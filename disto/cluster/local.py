@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import DistoError
 from ..node import Node, NodeConfig
-from ..node.modules import heavy_imports
+from ..node.preloads import heavy_imports
 from ..node.process import end_process, start_node_process
 from ..placement import check_resources, visible_gpus
 from .cluster import Cluster

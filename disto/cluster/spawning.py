@@ -10,7 +10,7 @@ from ..actor import ActorGroup, ActorRef, SystemActor, system_ref
 from ..errors import PlacementError
 from ..futures import collect, collect_all
 from ..node import Node
-from ..node.modules import heavy_imports
+from ..node.preloads import heavy_imports
 from ..placement import check_request, check_strategy, check_timeout
 
 

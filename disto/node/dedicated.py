@@ -16,6 +16,7 @@ from ..actor import ActorRef, SystemActor, system_ref
 from ..errors import DistoError
 from ..ids import parse_address
 from .config import Here, NodeConfig
+from .preloads import PRELOAD_CANDIDATES
 from .process import end_process, start_node_process
 
 log = logging.getLogger("disto.node")
@@ -55,6 +56,7 @@ class DedicatedProcesses:
             token = self._token.decode()
         except UnicodeDecodeError:
             raise DistoError("process=True needs a cluster token that is text (UTF-8)") from None
+        preload = tuple(m for m in preload if m in PRELOAD_CANDIDATES)  # a peer names them: the known ones only
         extra = ("--dedicated", "--log-level", _log_level()) + (("--preload", ",".join(preload)) if preload else ())
         proc, address, rest = await start_node_process(listen=f"{host}:0", seed=self._seed(), token=token,
                                                        config=self._config, extra=extra)

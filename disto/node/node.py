@@ -36,10 +36,11 @@ from .config import Here, NodeConfig, normalize_token
 from .inbound import InboundCalls
 from .introspection import node_stats, stacks
 from .metrics import NodeMetrics
+from .preloads import Preloads
 from .liveness import Liveness
 from .membership import Membership
 from .dedicated import DedicatedProcesses
-from .modules import ModuleShipper, Preloads
+from .modules import ModuleShipper
 from .outbound import OutboundCalls
 from .output import ActorOutput, capture, owner_in, write_lines
 from .peers import Peers
@@ -101,7 +102,6 @@ class Node:
                                        cfg.stream_window)
         self._membership: Membership | None = None
         self._dedicated = DedicatedProcesses(here, self._token, cfg, lambda: self.seed or self.address)
-        self._preloads = Preloads()
         self.preload_at_start: tuple[str, ...] = ()  # libraries to import in the background once started
         self.call = self._outbound.call  # type: ignore[method-assign]  # the hot path: skip a frame
         # what its channels call for each event they receive, with context.current set to this node (ChannelOwner)
@@ -112,6 +112,8 @@ class Node:
             Goodbye: self._peers.on_goodbye, Modules: self._modules.on_modules,
             StreamItem: self._outbound.on_stream_item, StreamEnd: self._outbound.on_stream_end,
             StreamCredit: self._sinks.on_credit}
+        # while it imports, it holds some of the handlers (and so, the events that would unpickle)
+        self._preloads = Preloads(self.handlers, self.event_context, lambda: self._actors.cells)
 
     def token_text(self) -> str:
         """The cluster token as text (for the dashboard's link)."""
@@ -144,7 +146,7 @@ class Node:
             self._liveness.start_udp(self._token, self.node_id, *bound)
         janitor()
         self._modules.start()
-        self._preloads.start(self.preload_at_start)
+        self._preloads.start(self.preload_at_start, any_name=True)
         self.spawn_bg(self._liveness.run(also=self.buffers.tick))
         context.node_started(self)
         self._actors.install_system(NodeService(self), SystemActor.NODE_SERVICE)
