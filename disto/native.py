@@ -26,10 +26,12 @@ from typing import Sequence
 
 PURE_PYTHON_REQUESTED = os.environ.get("DISTO_PURE_PYTHON", "").strip().lower() not in ("", "0", "false", "no")
 
-# the modules setup.py compiles from source (each has a .pxd next to its .py); tests/test_native.py checks the list
+# the modules setup.py compiles from source (each has a .pxd next to its .py): the per-message path, then the
+# tensor path's pickling and buffer routing; tests/test_native.py checks the list
 COMPILED_FROM_SOURCE = ("disto.wire.connection", "disto.transport.channel", "disto.actor.mailbox",
                         "disto.actor.threads", "disto.node.inbound", "disto.node.outbound", "disto.node.replies",
-                        "disto.node.metrics")
+                        "disto.node.metrics", "disto.serialization.pickler", "disto.serialization.tensors",
+                        "disto.node.buffers")
 
 
 def use_source(source: str, extension: str, pure: bool) -> bool:

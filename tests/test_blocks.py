@@ -123,11 +123,11 @@ def test_the_reused_pickler_keeps_nothing_alive_and_serves_threads_apart() -> No
 
     def work(k: int) -> None:
         try:
-            for i in range(200):
-                x = torch.full((300 + k,), float(i))
-                s, b, _ = dumps_for((k, x), same_host=False)
-                kk, y = loads(s, b)
-                assert kk == k and torch.equal(x, y)
+            for i in range(200):  # (each thread has its own pickler: their buffers never mix)
+                x, big = torch.full((300 + k,), float(i)), torch.full((1 << 15,), float(k * 1000 + i))
+                s, b, _ = dumps_for((k, x, big), same_host=False)
+                kk, y, z = loads(s, b)
+                assert kk == k and torch.equal(x, y) and torch.equal(z, big)
         except BaseException as e:  # noqa: BLE001 (reported below)
             errors.append(e)
 

@@ -239,3 +239,29 @@ def test_a_tensor_unpickles_in_a_process_that_has_not_imported_torch() -> None:
             "t = loads(sys.stdin.buffer.read()); print(t.dtype, t.tolist())")
     out = subprocess.run([sys.executable, "-c", code], input=stream, capture_output=True, check=True)
     assert out.stdout.decode().split() == ["torch.int16", "[0,", "1,", "2]"]
+
+
+class _Nested:
+    """Pickling it pickles something else first, on the same thread, while the outer dump is under way."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t = t
+
+    def __reduce__(self):
+        from disto.serialization.pickler import dumps_for
+
+        inner, bufs, _ = dumps_for((self.t,), same_host=False)
+        return (_Nested._rebuild, (inner, [bytes(b) for b in bufs]))
+
+    @staticmethod
+    def _rebuild(inner: bytes, bufs: list) -> "_Nested":
+        return _Nested(loads(inner, [memoryview(bytearray(b)) for b in bufs])[0])
+
+
+def test_a_dump_inside_a_dump_keeps_the_outer_state() -> None:
+    from disto.serialization.pickler import dumps_for
+
+    outer = torch.full((1 << 15,), 2.0)
+    stream, bufs, _ = dumps_for([outer, _Nested(torch.full((1 << 15,), 5.0)), outer], same_host=False)
+    a, n, b = loads(stream, [memoryview(bytearray(x)) for x in bufs])
+    assert torch.equal(a, outer) and torch.equal(n.t, torch.full((1 << 15,), 5.0)) and a.data_ptr() == b.data_ptr()

@@ -103,14 +103,16 @@ def _plain(obj: Any, depth: int = 0) -> bool:
 # torch.Tensor and torch.nn.Parameter, once torch is imported: CPU tensors among plain values take the C pickler
 # with a dispatch table (no Python hook per object, no cloudpickle); everything else takes the full pickler
 _FAST_TENSORS: frozenset[type] = frozenset()
-_FAST_TABLE: dict[type, Any] = {}  # the default reductions, and the tensors'
+_FAST_TABLE: dict[type, Any] = {}  # the default reductions (each thread's table adds the tensors')
 _STRIDED: Any = None  # torch.strided
 _PARAMETER: Any = None  # torch.nn.Parameter
 
 
-class _FastDump(threading.local):
-    """This thread's C pickler for plain values, reused from dump to dump (making one costs ~2 us), and the state
-    of the dump under way: where out-of-band buffers go, and where shared buffers are noted (or None)."""
+class _FastDump:
+    """One thread's C pickler for plain values, reused from dump to dump (making one costs ~2 us), and the state
+    of the dump under way: where out-of-band buffers go, and where shared buffers are noted (or None). One per
+    thread (:func:`_thread_dump`): its pickler's dispatch table names its own ``reduce``, so a tensor's reduction
+    finds the dump's state without a thread-local lookup."""
 
     def __init__(self) -> None:
         self.file = io.BytesIO()
@@ -127,10 +129,16 @@ class _FastDump(threading.local):
         self.buffers.append(raw)
         return False
 
+    def reduce(self, t: Any) -> Any:
+        """A CPU tensor, by the dispatch table (only during a dump)."""
+        return _reduce_strided(t, self.shared)
+
     def dump(self, obj: Any, same_host: bool) -> tuple[bytes, list[memoryview], dict[int, tuple[str, int]]]:
         p, f = self.pickler, self.file
         if _FAST_TENSORS and not self.tensors:  # CPU tensors among the values: reduced through the table
-            p.dispatch_table = _FAST_TABLE  # type: ignore[misc]
+            table = dict(_FAST_TABLE)
+            table.update(dict.fromkeys(_FAST_TENSORS, self.reduce))
+            p.dispatch_table = table  # type: ignore[misc]
             self.tensors = True
         buffers: list[memoryview] = []
         shared: dict[int, tuple[str, int]] = {}
@@ -145,7 +153,16 @@ class _FastDump(threading.local):
             self.buffers, self.shared, self.busy = [], None, False
 
 
-_dump_state = _FastDump()
+_local = threading.local()
+
+
+def _thread_dump() -> _FastDump:
+    """This thread's :class:`_FastDump`."""
+    try:
+        return _local.state
+    except AttributeError:
+        state = _local.state = _FastDump()
+        return state
 
 
 def _note_torch() -> None:
@@ -158,12 +175,6 @@ def _note_torch() -> None:
         _STRIDED, _PARAMETER = torch.strided, parameter  # type: ignore[union-attr]
         _FAST_TENSORS = frozenset({tensor, parameter})
         _FAST_TABLE.update(_COPYREG)
-        _FAST_TABLE.update(dict.fromkeys(_FAST_TENSORS, _fast_reduce))
-
-
-def _fast_reduce(t: Any) -> Any:
-    state = _dump_state
-    return _reduce_strided(t, state.shared if state.busy else None)
 
 
 def _strided(t: Any) -> bool:
@@ -328,7 +339,7 @@ def dumps_for(obj: Any, same_host: bool, modules: set[str] | None = None
     if not _FAST_TENSORS and "torch" in sys.modules:
         _note_torch()
     if _plain(obj):  # scalars, bytes, arrays, CPU tensors, small containers of them: the C pickler alone
-        state = _dump_state
+        state = _thread_dump()
         if not state.busy:
             return state.dump(obj, same_host)
     buffers: list[memoryview] = []
