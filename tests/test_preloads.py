@@ -202,6 +202,23 @@ async def test_joining_the_cluster_goes_on_while_the_node_imports(gated) -> None
     assert [s[2] for s in seen] == [1, 4, 7, 2, 3, 5, 6]
 
 
+async def test_a_long_import_is_reported_and_the_warning_cancelled_when_it_ends(gated, monkeypatch, caplog) -> None:
+    import contextvars
+    import logging
+    seen: list = []
+    handlers = table(seen)
+    pre = Preloads(handlers, (contextvars.ContextVar("node"), None), lambda: [16])
+    monkeypatch.setattr(pre, "WARN_AFTER", 0.0)  # (the instance's: due at the loop's next turn)
+    caplog.set_level(logging.WARNING, logger="disto.node")
+    waits = pre.start(["numpy_fake_a"])
+    handlers[Call](FakeChannel("a"), call(1))
+    await until(lambda: "still importing numpy_fake_a" in caplog.text)
+    assert "1 call(s)" in caplog.text
+    gated.open("numpy_fake_a")
+    await asyncio.gather(*waits)
+    assert pre._warning is None and [s[2] for s in seen] == [1]
+
+
 def test_held_kinds_and_heavy_imports() -> None:
     assert set(HELD) == {Call, Reply, Failure, Cancel, StreamItem, StreamEnd, Goodbye}
     assert "torch" in PRELOAD_CANDIDATES and set(heavy_imports()) <= set(PRELOAD_CANDIDATES)

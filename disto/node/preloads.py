@@ -52,6 +52,8 @@ class Preloads:
     node's table of event handlers (what its channels call), and ``context`` the (variable, value) its channels
     set around a handler: while an import runs, the ``HELD`` entries of the table queue their events."""
 
+    WARN_AFTER = 30.0  # seconds of holding after which the log says so (an import that hangs holds calls forever)
+
     def __init__(self, handlers: MutableMapping[type, Handler], context: tuple[Any, Any],
                  actor_ids: Callable[[], Iterable[int]] = tuple) -> None:
         self._handlers = handlers
@@ -61,6 +63,7 @@ class Preloads:
         self._saved: dict[type, Handler] = {}
         self._held: list[tuple[Channel, Any]] = []
         self._since = 0.0
+        self._warning: asyncio.TimerHandle | None = None
 
     @property
     def running(self) -> tuple[str, ...]:
@@ -117,6 +120,7 @@ class Preloads:
     # ------------------------------------------------------------------ holding events
     def _hold(self) -> None:
         self._since = time.monotonic()
+        self._warning = asyncio.get_running_loop().call_later(self.WARN_AFTER, self._still_importing)
         for kind in HELD:
             self._saved[kind] = self._handlers[kind]
             self._handlers[kind] = self._keep
@@ -140,7 +144,14 @@ class Preloads:
             return ev.body.actor_id == SystemActor.REGISTRY and ev.body.method in MEMBERSHIP
         return kind is Reply and all(a < FIRST_USER_ACTOR_ID for a in self._actor_ids())
 
+    def _still_importing(self) -> None:
+        log.warning("still importing %s after %.0f s (preload): %d call(s) and other events wait for it",
+                    ", ".join(self.running), time.monotonic() - self._since, len(self._held))
+
     def _release(self) -> None:
+        if self._warning is not None:
+            self._warning.cancel()
+            self._warning = None
         self._handlers.update(self._saved)
         self._saved.clear()
         held, self._held = self._held, []
