@@ -161,8 +161,9 @@ async def test_held_calls_apply_the_bound_and_closed_channels_are_skipped(gated)
     assert small.queued == 0 and not small.paused
 
 
-async def test_a_failed_import_releases_and_peers_name_only_known_libraries(gated, monkeypatch) -> None:
+async def test_a_failed_import_releases_and_peers_name_only_known_libraries(gated, monkeypatch, caplog) -> None:
     import contextvars
+    import logging
     seen: list = []
     handlers = table(seen)
     pre = Preloads(handlers, (contextvars.ContextVar("node"), None))
@@ -172,9 +173,14 @@ async def test_a_failed_import_releases_and_peers_name_only_known_libraries(gate
 
     monkeypatch.setattr(preloads_mod.importlib, "import_module", missing)
     assert pre.start(["os.path.nothing", "not_a_candidate"]) == []  # a peer's names: known libraries only
+    caplog.set_level(logging.DEBUG, logger="disto.node")
     waits = pre.start(["no_such_lib_xyz"], any_name=True)  # the node's own command line: any name
     assert len(waits) == 1
     await asyncio.gather(*waits)
+    # the command line named it: a warning (a library a peer named and this node lacks: a debug line)
+    assert [r.levelname for r in caplog.records if "no_such_lib_xyz" in r.getMessage()] == ["WARNING"]
+    await asyncio.gather(*pre.start(["numpy_fake_b"]))
+    assert [r.levelname for r in caplog.records if "numpy_fake_b" in r.getMessage()] == ["DEBUG"]
     handlers[Call](FakeChannel("a"), call(1))
     assert [s[2] for s in seen] == [1]
 

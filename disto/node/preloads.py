@@ -87,7 +87,7 @@ class Preloads:
             fut = self._running[name] = loop.create_future()
             if not self._saved:
                 self._hold()
-            threading.Thread(target=self._import, args=(name, fut, loop), name=f"disto import {name}",
+            threading.Thread(target=self._import, args=(name, fut, loop, any_name), name=f"disto import {name}",
                              daemon=True).start()
         return [fut for fut in self._running.values() if not fut.done()]
 
@@ -98,13 +98,14 @@ class Preloads:
         if waits:
             await asyncio.gather(*waits)
 
-    def _import(self, name: str, fut: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
+    def _import(self, name: str, fut: asyncio.Future, loop: asyncio.AbstractEventLoop, asked: bool) -> None:
         t0 = time.perf_counter()
         try:
             importlib.import_module(name)
             log.debug("preloaded %s in %.2f s", name, time.perf_counter() - t0)
         except BaseException as e:  # not installed here: the call that needs it will say so
-            log.log(logging.WARNING if not isinstance(e, ImportError) else logging.DEBUG,
+            # (a library the driver has but this node lacks is normal; one the command line named is a mistake)
+            log.log(logging.WARNING if asked or not isinstance(e, ImportError) else logging.DEBUG,
                     "could not preload %s: %s: %s", name, type(e).__name__, e)
         try:
             loop.call_soon_threadsafe(self._done, fut)
