@@ -37,6 +37,11 @@ class FakeChannel:
     def peer_name(self) -> str:
         return self.name
 
+    def call_received(self) -> None:  # (what Channel.call_received does)
+        self.queued += 1
+        if self.queued >= self.max_queued:
+            self.full()
+
     def full(self) -> None:
         self.paused = True
 
@@ -76,7 +81,7 @@ def ev(kind: type, n: int) -> object:
     return kind(SimpleNamespace(n=n), [])
 
 
-async def until(cond, fut_or_none=None) -> None:
+async def until(cond) -> None:
     """Yield to the loop until cond() holds (the import thread's done callback arrives through the loop)."""
     for _ in range(10_000):
         if cond():
@@ -223,6 +228,26 @@ async def test_a_long_import_is_reported_and_the_warning_cancelled_when_it_ends(
     gated.open("numpy_fake_a")
     await asyncio.gather(*waits)
     assert pre._warning is None and [s[2] for s in seen] == [1]
+
+
+async def test_a_dedicated_child_preloads_only_known_libraries_a_peer_named(monkeypatch) -> None:
+    """A child node's command line takes any name, so the names a peer sent are filtered before they get there."""
+    from disto.node import dedicated
+    from disto.node.config import Here, NodeConfig
+
+    seen: list = []
+
+    async def fake_start(**kw):
+        seen.append(kw["extra"])
+        raise RuntimeError("not started in this test")
+
+    monkeypatch.setattr(dedicated, "start_node_process", fake_start)
+    procs = dedicated.DedicatedProcesses(Here("n1", "worker", "127.0.0.1:1"), b"token", NodeConfig(),
+                                         lambda: "127.0.0.1:1")
+    with pytest.raises(RuntimeError):
+        await procs.start(("torch", "os", "some_module_of_theirs", "numpy"))
+    extra = seen[0]
+    assert extra[extra.index("--preload") + 1] == "torch,numpy"
 
 
 def test_held_kinds_and_heavy_imports() -> None:

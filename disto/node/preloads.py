@@ -136,9 +136,7 @@ class Preloads:
                      ", ".join(self.running))
         self._held.append((ch, ev))
         if kind is Call:  # the channel's bound on queued calls applies to held ones: TCP backpressure
-            ch.queued += 1
-            if ch.queued >= ch.max_queued:
-                ch.full()
+            ch.call_received()
 
     def _passes(self, kind: type, ev: Any) -> bool:
         if kind is Call:
