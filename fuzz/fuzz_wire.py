@@ -14,15 +14,21 @@ Targets, chosen by the first input byte:
   5  the search link (sans-IO ends): requests as a shard's session reads them after the secret (frames, the cached
      repeat, the views' checks: a segment name that is not a search segment's is refused before anything is
      opened), and answers as a router's end reads them
-The property: only RemoteProtocolError / AuthenticationError (a clean close) ever comes out; anything else is a
-crash. libFuzzer's -timeout catches hangs, -rss_limit_mb an allocation driven by a length field.
+  6  the direct encoding of tensor-and-scalar payloads (disto.serialization.direct), over 0-3 buffers of any size:
+     the compiled decoder and the pure-Python one (its source, loaded as a module of its own) must give the same
+     value or the same SerializationError; only SerializationError may come out
+The property: only RemoteProtocolError / AuthenticationError (a clean close) ever comes out (SerializationError
+for target 6); anything else is a crash. libFuzzer's -timeout catches hangs, -rss_limit_mb an allocation driven by a length field.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+import types
 
 import atheris
+import torch  # (not instrumented: the direct decoder builds tensors)
 
 with atheris.instrument_imports():
     from disto.errors import AuthenticationError, RemoteProtocolError
@@ -31,6 +37,8 @@ with atheris.instrument_imports():
     if codec.IMPLEMENTATION == "compiled":
         from disto.wire import _speedups
     from disto.wire.messages import STRUCT_OF_KIND, decode
+    from disto.errors import SerializationError
+    from disto.serialization import direct
 
 TOKEN = b"fuzzing-token-0123456789abcdef"
 OK = (RemoteProtocolError, AuthenticationError)
@@ -87,6 +95,51 @@ def _fuzz_link(rest: bytes) -> None:
         pass
 
 
+def _pure_direct() -> object:
+    """disto.serialization.direct from its source, whether or not the compiled module is what imports."""
+    spec = importlib.util.spec_from_file_location("disto.serialization._direct_source",
+                                                  direct.__file__.split(".")[0] + ".py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    for f in [*vars(module).values(), *vars(module._Reader).values()]:  # coverage feedback (not an import)
+        if isinstance(f, types.FunctionType) and f.__module__ == module.__name__:
+            atheris.instrument_func(f)
+    return module
+
+
+_DIRECT_PURE = _pure_direct()
+
+
+def _direct_outcome(impl: object, stream: bytes, buffers: list) -> object:
+    try:
+        value = impl.decode(stream, [memoryview(bytearray(b)) for b in buffers])  # type: ignore[attr-defined]
+    except SerializationError as e:
+        return f"error: {e}"
+    return _describe(value)
+
+
+def _describe(v: object) -> object:
+    if isinstance(v, torch.Tensor):
+        return ("tensor", str(v.dtype), tuple(v.shape), v.requires_grad, type(v).__name__, bytes(v.detach().view(-1)
+                                                                                                  .view(torch.uint8)))
+    if isinstance(v, (tuple, list)):
+        return (type(v).__name__, [_describe(x) for x in v])
+    if isinstance(v, dict):
+        return ("dict", [(k, _describe(x)) for k, x in v.items()])
+    if isinstance(v, float) and v != v:
+        return "nan"
+    return (type(v).__name__, v)
+
+
+def _fuzz_direct(fdp: atheris.FuzzedDataProvider) -> None:
+    buffers = [fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4096)) for _ in range(fdp.ConsumeIntInRange(0, 3))]
+    stream = bytes((direct.MAGIC, direct.VERSION)) + fdp.ConsumeBytes(fdp.remaining_bytes())
+    compiled = _direct_outcome(direct, stream, buffers)
+    pure = _direct_outcome(_DIRECT_PURE, stream, buffers)
+    if compiled != pure:
+        raise AssertionError(f"direct: compiled {compiled!r} != pure {pure!r}")
+
+
 def _pair() -> tuple[Connection, Connection]:
     a = Connection(dialer=True, token=TOKEN, identity=Identity("A", "127.0.0.1:1", "h", 1), max_frame=MAX_FRAME)
     b = Connection(dialer=False, token=TOKEN, identity=Identity("B", "127.0.0.1:2", "h", 2), max_frame=MAX_FRAME)
@@ -125,7 +178,7 @@ def _feed(conn: Connection, fdp: atheris.FuzzedDataProvider, before_ready: bool)
 def one_input(data: bytes) -> None:
     if not data:
         return
-    target, rest = data[0] % 6, data[1:]
+    target, rest = data[0] % 7, data[1:]
     fdp = atheris.FuzzedDataProvider(rest)
     if target == 0:
         _, listener = _pair()
@@ -152,6 +205,8 @@ def one_input(data: bytes) -> None:
     elif target == 5:
         if _link is not None:
             _fuzz_link(rest)
+    elif target == 6:
+        _fuzz_direct(fdp)
     elif _search is not None:
         try:
             name, _mtype, _seq, offset = _search._parse_header(rest)

@@ -37,6 +37,14 @@ def main() -> None:
                                                                            1.5, 0)
     except ImportError:
         pass
+    try:  # a direct-encoded payload with its tensor in band (no buffers: the count byte is 0)
+        import torch
+
+        from disto.serialization import dumps
+        stream, _ = dumps(((torch.arange(4.0), 1, -2.5, "s", None), {"k": True}))
+        seeds["direct"] = b"\x06\x00" + stream[2:]
+    except ImportError:
+        pass
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as fh:
             fh.write(data)

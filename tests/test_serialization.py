@@ -211,8 +211,8 @@ def test_a_tensor_travels_with_its_dtype_by_name_and_an_unknown_name_is_refused(
     from disto.serialization.tensors import rebuild_tensor
 
     t = torch.arange(6, dtype=torch.int16).reshape(2, 3)
-    stream, bufs, _ = dumps_for(((t,), {}), same_host=False)
-    assert b"int16" in stream and b"torch" not in stream  # the dtype's name, not a reference to a torch global
+    stream, bufs, _ = dumps_for(((t, t), {}), same_host=False)  # (twice: pickled, not encoded directly)
+    assert stream[0] == 0x80 and b"int16" in stream and b"torch" not in stream  # the dtype's name, not a global
     assert loads(stream, bufs)[0][0].dtype == torch.int16
     with pytest.raises(SerializationError, match="not a torch dtype: 'load'"):
         rebuild_tensor(bytearray(8), "load", (2,), False, False)
@@ -223,7 +223,7 @@ def test_tensors_name_their_rebuild_function_by_extension_code_on_both_pickling_
     from disto.serialization.pickler import dumps_for
 
     t = torch.ones(3)
-    for value in (((t,), {}), ((t, lambda: 1), {})):  # the C pickler alone; cloudpickle (a lambda)
+    for value in (((t, t), {}), ((t, lambda: 1), {})):  # the C pickler (twice: not direct); cloudpickle
         stream, bufs, _ = dumps_for(value, same_host=False)
         assert b"rebuild_tensor" not in stream and b"disto.serialization" not in stream
         assert torch.equal(loads(stream, bufs)[0][0], t)

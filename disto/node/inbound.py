@@ -10,6 +10,7 @@ from ..actor import ActorRef, CallItem
 from ..actor import context
 from ..errors import ActorDeadError, ActorNotFoundError, SerializationError
 from ..futures import Future
+from ..serialization.direct import MAGIC as _DIRECT  # (a payload encoded without pickle starts with it)
 from ..transport import Channel
 from ..wire import Call, Cancel, FailureKind
 from . import tracing
@@ -49,11 +50,12 @@ class InboundCalls:
                 self._replies.send_failure(ch, body.call_id, kind, err, "", err.actor, body.method)
             return
         try:
-            if body.payload_oob or body.buffers is not None or ev.buffers:
+            payload = body.payload
+            if body.payload_oob or body.buffers is not None or ev.buffers or (payload and payload[0] == _DIRECT):
                 args, kwargs = self._buffers.value_of(ch, body, ev.buffers)
-            else:  # the common case, inline and without buffers: no value_of frames (it words errors)
+            else:  # the common case, pickled inline without buffers: no value_of frames (it words errors)
                 try:
-                    args, kwargs = _pickle_loads(body.payload or b"")
+                    args, kwargs = _pickle_loads(payload or b"")
                 except Exception:
                     args, kwargs = self._buffers.value_of(ch, body, ev.buffers)
             if type(args) is not tuple or type(kwargs) is not dict:

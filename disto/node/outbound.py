@@ -20,6 +20,7 @@ from ..actor import FIRST_USER_ACTOR_ID, ActorRef
 from ..errors import (ActorDeadError, AuthenticationError, ClosedError, DistoError, LocalProtocolError, NodeLostError,
                       SerializationError)
 from ..futures import Future
+from ..serialization.direct import MAGIC as _DIRECT  # (a payload encoded without pickle starts with it)
 from ..streams import Stream
 from ..transport import Channel
 from ..wire import Failure, Kind, Reply, State, StreamEnd, StreamItem, T
@@ -202,11 +203,12 @@ class OutboundCalls:
         if fut is None or fut.done():
             return
         try:
-            if body.payload_oob or body.buffers is not None or ev.buffers:
+            payload = body.payload
+            if body.payload_oob or body.buffers is not None or ev.buffers or (payload and payload[0] == _DIRECT):
                 value = self._buffers.value_of(ch, body, ev.buffers)
-            else:  # the common case, inline and without buffers: no value_of frames (it words errors)
+            else:  # the common case, pickled inline without buffers: no value_of frames (it words errors)
                 try:
-                    value = _pickle_loads(body.payload or b"")
+                    value = _pickle_loads(payload or b"")
                 except Exception:
                     value = self._buffers.value_of(ch, body, ev.buffers)
             fut.set_result(value)

@@ -24,6 +24,8 @@ import numpy as np
 
 from ..errors import SerializationError
 from ..memory.blocks import COMPILED as BLOCKS_COMPILED, block
+from .direct import MAGIC as DIRECT_MAGIC, decode as direct_decode, encode as direct_encode, note_torch_shared
+from .direct import note_torch as direct_note_torch
 from .modules import shippable
 from .tensors import rebuild_tensor
 
@@ -175,6 +177,7 @@ def _note_torch() -> None:
         _STRIDED, _PARAMETER = torch.strided, parameter  # type: ignore[union-attr]
         _FAST_TENSORS = frozenset({tensor, parameter})
         _FAST_TABLE.update(_COPYREG)
+        direct_note_torch(torch)
 
 
 def _strided(t: Any) -> bool:
@@ -232,17 +235,6 @@ def _reduce_strided(t: Any, shared: dict[int, tuple[str, int]] | None) -> Any:
         name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
     args = (payload, name, tuple(shape), grad, type(t) is _PARAMETER)
     return (rebuild_tensor, args + (device,) if device else args)
-
-
-def note_torch_shared(shared: dict[int, tuple[str, int]], data: Any) -> None:
-    """A CPU tensor in torch shared memory (``share_memory_()``): remember how another process on this host can
-    map the same memory, so the buffer travels by reference."""
-    storage = data.untyped_storage()
-    try:
-        fd, _size = storage._share_fd_cpu_()
-    except (RuntimeError, AttributeError):
-        return  # another sharing strategy: the buffer goes by value
-    shared[data.data_ptr()] = (f"/proc/{os.getpid()}/fd/{fd}", data.data_ptr() - storage.data_ptr())
 
 
 CUDA_IPC_USED = False  # set once this process has shared a CUDA tensor: its node then calls ipc_collect()
@@ -338,6 +330,10 @@ def dumps_for(obj: Any, same_host: bool, modules: set[str] | None = None
     shared memory to how the receiver can map it. Elsewhere CUDA tensors travel through host memory."""
     if not _FAST_TENSORS and "torch" in sys.modules:
         _note_torch()
+    if _FAST_TENSORS:  # tensors and scalars: encoded without pickle (see .direct)
+        encoded = direct_encode(obj, same_host)
+        if encoded is not None:
+            return encoded
     if _plain(obj):  # scalars, bytes, arrays, CPU tensors, small containers of them: the C pickler alone
         state = _thread_dump()
         if not state.busy:
@@ -364,7 +360,11 @@ def dumps_for(obj: Any, same_host: bool, modules: set[str] | None = None
 
 def loads(data: Any, buffers: list[Any] | tuple[Any, ...] = ()) -> Any:
     try:
+        if len(data) and data[0] == DIRECT_MAGIC:  # (no pickle stream starts with this byte)
+            return direct_decode(data, buffers)
         return pickle.loads(data, buffers=buffers)
+    except SerializationError:
+        raise
     except ModuleNotFoundError as e:
         raise SerializationError(
             f"cannot unpickle: module {e.name!r} cannot be imported here ({e}). Install it where this runs (or "
