@@ -31,7 +31,8 @@ PURE_PYTHON_REQUESTED = os.environ.get("DISTO_PURE_PYTHON", "").strip().lower() 
 COMPILED_FROM_SOURCE = ("disto.wire.connection", "disto.transport.channel", "disto.actor.mailbox",
                         "disto.actor.threads", "disto.node.inbound", "disto.node.outbound", "disto.node.replies",
                         "disto.node.metrics", "disto.serialization.pickler", "disto.serialization.tensors",
-                        "disto.node.buffers", "disto.serialization.direct")
+                        "disto.node.buffers", "disto.serialization.direct",
+                        "disto.serialization.shm", "disto.serialization.placement")
 
 
 def use_source(source: str, extension: str, pure: bool) -> bool:

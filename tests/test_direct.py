@@ -56,6 +56,8 @@ def _values() -> list:
         torch.nn.Parameter(torch.ones(2), requires_grad=False),
         ((torch._neg_view(torch.arange(4.0)),), {}),    # a negative-bit view: the values, not the raw bytes
         ((torch.tensor([1 + 2j, 3 - 1j]).conj(),), {}),  # a conjugate view
+        ((torch.tensor([1 + 2j, 3 - 1j]).conj().detach(),), {}),  # the bit without a base
+        ((torch._neg_view(torch.arange(3.0)).detach(),), {}),
         ([torch.ones(1), [torch.zeros(2)]], {"x": {"y": 1}}),
         (1 << 63) - 1, -(1 << 63), math.nan, math.inf, "é\udc80 lone surrogate", "",
     ]

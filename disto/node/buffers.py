@@ -22,6 +22,8 @@ CUDA_COLLECT_EVERY = 1.0      # seconds between torch.cuda.ipc_collect() calls o
 _DESC = T.BufferDesc
 _SHM = BufferKind.SHM
 _SHM_SHARED = BufferKind.SHM_SHARED
+_ROUTE_SHM = Route.SHM
+_ROUTE_SHM_SHARED = Route.SHM_SHARED
 
 
 def scalar_payload(stream: bytes) -> tuple[bytes, list, bool]:
@@ -90,11 +92,11 @@ class BufferRouter:
             if ref is None:
                 ref = self.exporter.find_shared(v, addr) or self.importer.find_shared(v, addr)
             r = route_on_host(ref is not None, n, mode, self.shm_min)
-            if r is Route.SHM_SHARED:
+            if r is _ROUTE_SHM_SHARED:
                 assert ref is not None
                 ch.shm_bytes_out += n
                 out.append(external_desc(n, _SHM_SHARED, ref[0], ref[1]))
-            elif r is Route.SHM:
+            elif r is _ROUTE_SHM:
                 ch.shm_bytes_out += n
                 name, offset, _ = self.exporter.export_copy(v)
                 leases = self._leases.setdefault(ch, {})
@@ -123,10 +125,10 @@ class BufferRouter:
         for b in bufs:
             if type(b) is not _DESC:
                 out.append(b)
-            elif b.kind == BufferKind.SHM:
+            elif b.kind == _SHM:
                 out.append(self.importer.import_(b.segment or "", b.offset or 0, b.size,
                                                  functools.partial(self._release_later, ch, b.segment)))
-            elif b.kind == BufferKind.SHM_SHARED:
+            elif b.kind == _SHM_SHARED:
                 out.append(self.importer.import_(b.segment or "", b.offset or 0, b.size, None, shared=True))
             else:
                 raise SerializationError(f"buffer kind {b.kind} is not supported here")

@@ -171,11 +171,13 @@ def _put_tensor(out: bytearray, x: Any, buffers: list, shared: Any, seen: list) 
         return False
     grad = x.requires_grad
     data = x.detach() if grad else x
-    if data.is_neg() or (code in _CONJ_CODES and data.is_conj()):
+    if data.is_neg() or (code in _CONJ_CODES and data.is_conj()):  # (a detached view keeps the bit: no shortcut)
         data = data.resolve_conj().resolve_neg()
     if not data.is_contiguous():
         data = data.contiguous()
-    nbytes = data.nbytes
+    nbytes = _ITEMSIZES[code]
+    for d in shape:
+        nbytes *= d
     flags = (FLAG_GRAD if grad else 0) | (FLAG_PARAM if type(x) is _PARAMETER else 0)
     if nbytes < OOB_MIN:
         flags |= FLAG_IN_BAND

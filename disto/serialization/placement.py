@@ -22,6 +22,8 @@ class Route(enum.Enum):
 
 
 MODES = ("auto", "tcp", "shm")
+# (module constants: an Enum member read through its class goes through the metaclass's __getattr__ hook)
+_INLINE, _SHM, _SHM_SHARED = Route.INLINE, Route.SHM, Route.SHM_SHARED
 
 
 def route(*, same_process: bool, same_host: bool, is_cuda: bool, already_shared: bool, size: int,
@@ -43,9 +45,9 @@ def route_on_host(already_shared: bool, size: int, mode: str, shm_min: int) -> R
     """:func:`route` for a CPU buffer going to another process on this host, ``mode`` already checked (the
     per-buffer hot path: positional arguments, no check)."""
     if mode == "tcp":
-        return Route.INLINE
+        return _INLINE
     if already_shared:
-        return Route.SHM_SHARED
+        return _SHM_SHARED
     if mode == "shm" or size >= shm_min:
-        return Route.SHM
-    return Route.INLINE
+        return _SHM
+    return _INLINE
