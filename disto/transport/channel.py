@@ -23,6 +23,7 @@ from ..wire import CLOSED, NEED_DATA, Connection, Kind, Ready, State, T
 log = logging.getLogger("disto.transport")
 
 FLUSH_EVERY = 32
+_HANDSHAKE, _READY = State.HANDSHAKE, State.READY  # (an Enum member through its class: ~70 ns)
 _monotonic = time.monotonic  # frames written while a received batch is still being processed
 
 
@@ -145,7 +146,7 @@ class ChannelCore:
                     # parallel instead of in turns
                     self._write_now(batch)
                     batch.clear()
-            if conn.state is State.HANDSHAKE:
+            if conn.state is _HANDSHAKE:
                 batch.extend(conn.data_to_send())
         except (ProtocolError, AuthenticationError) as e:
             if isinstance(e, AuthenticationError):
@@ -170,7 +171,7 @@ class ChannelCore:
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready and not self.conn.dialer and self.lost_reason is None and self.conn.state is State.HANDSHAKE:
+        if not self.ready and not self.conn.dialer and self.lost_reason is None and self.conn.state is _HANDSHAKE:
             # the dialer hung up mid-handshake: what a peer does that finds our proof wrong (another token)
             auth_failures.note(self.peer_name(), "the dialer closed the connection during the handshake "
                                "(a peer with another cluster token?)")
@@ -228,7 +229,7 @@ class ChannelCore:
 
     # ----------------------------------------------------------------- writing
     def send(self, kind: int, body: Any, buffers: Sequence[Any] = ()) -> None:
-        if self.closed or self.conn.state is not State.READY:
+        if self.closed or self.conn.state is not _READY:
             return  # the peer is gone or said goodbye; on_lost fails whatever was waiting for it
         self.write(self.conn.send(kind, body, buffers))
 
@@ -238,7 +239,7 @@ class ChannelCore:
             self.send(Kind.CANCEL, T.Cancel(call_id=call_id))
 
     def can_send(self) -> bool:
-        return not self.closed and self.conn.state is State.READY
+        return not self.closed and self.conn.state is _READY
 
     def write(self, frames: list[Any]) -> None:
         """Write framed bytes: coalesced with others of this loop tick, or at once if first."""

@@ -43,7 +43,8 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-_READY = State.READY
+# (module constants: an Enum member read through its class costs ~70 ns, the metaclass's __getattr__ hook)
+_HANDSHAKE, _READY, _CLOSED = State.HANDSHAKE, State.READY, State.CLOSED
 
 
 def _default_alloc(n: int) -> memoryview:
@@ -77,7 +78,7 @@ class Connection:
         self.dialer = dialer
         self.identity = identity
         self.peer: Identity | None = None
-        self.state = State.HANDSHAKE
+        self.state = _HANDSHAKE
         self._handshake: Handshake | None = Handshake(dialer=dialer, token=token, identity=identity)
         self._max_body = max_body
         self._max_frame = max_frame
@@ -102,13 +103,13 @@ class Connection:
         if hs is None:
             return []
         out, hs.outbox = hs.outbox, []
-        if self.state is not State.HANDSHAKE:
+        if self.state is not _HANDSHAKE:
             self._handshake = None  # done, and its last frame is out
         return out
 
     def send(self, kind: int, body: Any, buffers: Sequence[Buffer] = ()) -> list[Buffer]:
         """Frame one application message. ``buffers`` go out-of-band, after the body, without being copied."""
-        if self.state is not State.READY:
+        if self.state is not _READY:
             raise LocalProtocolError(f"cannot send {Kind._VALUES_TO_NAMES.get(kind, kind)} in state {self.state.value}")
         if kind not in _APP_KINDS:
             raise LocalProtocolError(f"not an application message kind: {kind}")
@@ -124,7 +125,7 @@ class Connection:
                   buffers: Sequence[Buffer] = (), payload_oob: bool = False, node_id: str | None = None,
                   traceparent: str | None = None) -> list[Buffer]:
         """Frame a CALL (the hot path: no thriftpy2 object is built). ``call_id`` 0 means one-way."""
-        if self.state is not State.READY:
+        if self.state is not _READY:
             raise LocalProtocolError(f"cannot send CALL in state {self.state.value}")
         if not buffers:
             frame = call_frame(call_id, actor_id, method, payload, payload_oob, node_id, traceparent, self._max_body)
@@ -145,7 +146,7 @@ class Connection:
     def send_reply(self, call_id: int, payload: Buffer | None, buffers: Sequence[Buffer] = (),
                    payload_oob: bool = False, kind: int = _REPLY) -> list[Buffer]:
         """Frame a REPLY (the hot path), or a STREAM_ITEM (``kind``), which has the same fields."""
-        if self.state is not State.READY:
+        if self.state is not _READY:
             raise LocalProtocolError(f"cannot send REPLY in state {self.state.value}")
         if not buffers:
             frame = reply_frame(call_id, payload, payload_oob, kind, self._max_body)
@@ -168,7 +169,7 @@ class Connection:
         return HEADER.pack(len(body), WIRE_VERSION, kind, 0, oob_len) + body
 
     def close(self) -> None:
-        self.state = State.CLOSED
+        self.state = _CLOSED
         self._direct = None
         self._msg = None
 
@@ -191,7 +192,7 @@ class Connection:
         """Feed received bytes (copies them; transports that can should use get_buffer/buffer_updated)."""
         view = memoryview(data).cast("B")
         while view.nbytes:
-            if self.state is State.CLOSED:
+            if self.state is _CLOSED:
                 return
             buf = self.get_buffer()
             n = min(buf.nbytes, view.nbytes)
@@ -241,7 +242,7 @@ class Connection:
             raise
 
     def _next_event(self) -> Event | Any:
-        while self.state is not State.CLOSED:
+        while self.state is not _CLOSED:
             if self._direct is not None:
                 if self._direct_filled < self._direct.nbytes:
                     return NEED_DATA
@@ -259,7 +260,7 @@ class Connection:
                 if avail < HEADER_SIZE:
                     return NEED_DATA
                 hdr = self._hdr = check_header(HEADER.unpack_from(rx, start),
-                                               self._handshake if self.state is State.HANDSHAKE else None,
+                                               self._handshake if self.state is _HANDSHAKE else None,
                                                self._max_body, self._max_frame)
                 start = self._rstart = start + HEADER_SIZE
                 avail -= HEADER_SIZE
@@ -270,19 +271,19 @@ class Connection:
                 return NEED_DATA
             end = start + body_len
             self._hdr = None
-            if self.state is State.HANDSHAKE:
+            if self.state is _HANDSHAKE:
                 body_bytes = bytes(rx[start:end])
                 self._consume(end)
                 assert self._handshake is not None
                 peer = self._handshake.receive(kind, body_bytes)
                 if peer is not None:
                     self.peer = peer
-                    self.state = State.READY
+                    self.state = _READY
                     return Ready(peer)
                 continue
             sizes: list[int] | None = None
-            if kind == Kind.CALL or kind == Kind.REPLY or kind == _ITEM:
-                got = (decode_call if kind == Kind.CALL else decode_reply)(rx, start, end)
+            if kind == _CALL or kind == _REPLY or kind == _ITEM:
+                got = (decode_call if kind == _CALL else decode_reply)(rx, start, end)
                 if got is not None:
                     body, sizes = got
             elif kind == _RELEASE:  # one per reply that gave shared memory back: not through thriftpy2
@@ -304,7 +305,7 @@ class Connection:
             if oob_len:
                 raise RemoteProtocolError("out-of-band bytes on a message that carries no buffers")
             if kind == Kind.GOODBYE:
-                self.state = State.CLOSED
+                self.state = _CLOSED
             return msg
         return CLOSED
 
