@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copyreg
 import io
-import os
 import pickle
 import sys
 import threading
