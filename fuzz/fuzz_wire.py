@@ -7,7 +7,7 @@ Targets, chosen by the first input byte:
   0  a listener before the handshake: bytes from a stranger (nothing may reach the application: no event)
   1  an authenticated connection: frames after the handshake (any split of the input into reads)
   2  each message body through the bounded validator and the Thrift decoder
-  3  the hand-written CALL/REPLY codec and frame decoder: the pure-Python one, and the compiled one
+  3  the hand-written CALL/REPLY/RELEASE codec and frame decoder: the pure-Python one, and the compiled one
      (disto.wire._speedups, when built), which must give the same message, None, or the same error on every input
      (a difference is a crash)
   4  a request frame of the search service (header parser, then the bounded decoder)
@@ -65,6 +65,12 @@ def _outcome(impl: object, name: str, data: bytes) -> object:
     msg, sizes = got
     slots = fastcodec.CallMsg.__slots__ if name == "decode_call" else fastcodec.ReplyMsg.__slots__
     return [getattr(msg, k) for k in slots], sizes
+
+
+def _release_outcome(impl: object, data: bytes) -> object:
+    """A RELEASE decoder's answer: its descriptors' fields, or None (never an exception)."""
+    got = impl.decode_release(data, 0, len(data))  # type: ignore[attr-defined]
+    return None if got is None else [(d.size, d.kind, d.segment, d.offset, d.handle) for d in got.buffers]
 
 
 def _frame_outcome(impl: object, rx: bytes) -> object:
@@ -198,6 +204,10 @@ def one_input(data: bytes) -> None:
                 compiled = _outcome(_speedups, name, rest)
                 if compiled != pure:
                     raise AssertionError(f"{name}: compiled {compiled!r} != pure {pure!r}")
+        if codec.IMPLEMENTATION == "compiled":  # a RELEASE body: the same descriptors, or both leave it (None)
+            pure, compiled = _release_outcome(fastcodec, rest), _release_outcome(_speedups, rest)
+            if compiled != pure:
+                raise AssertionError(f"decode_release: compiled {compiled!r} != pure {pure!r}")
         if codec.IMPLEMENTATION == "compiled":  # the input as a receive buffer holding a frame
             pure, compiled = _frame_outcome(fastcodec, rest), _frame_outcome(_speedups, rest)
             if compiled != pure:

@@ -22,6 +22,8 @@ def main() -> None:
         "call_body": b"\x02" + encode_call(1, 16, "add", b"\x80\x05K\x01.", [], False, None),
         "reply_body": b"\x03" + encode_reply(7, None, [4096, 10], True),
         "failure_body": b"\x02" + encode(T.Failure(call_id=1, kind=1, type_name="E", message="m")),
+        "release_body": b"\x03" + encode(T.Release(buffers=[T.BufferDesc(size=0, kind=T.BufferKind.SHM,
+                                                                         segment="disto-1-buf-2")])),
     }
     try:
         from disto.search.service import S, _message

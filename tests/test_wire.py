@@ -664,6 +664,34 @@ def test_fast_release_decoder_agrees_with_thriftpy2(body: bytes) -> None:
         assert _descs_of(fast) == _descs_of(decode(Kind.RELEASE, body))
 
 
+@pytest.mark.skipif(_speedups is None, reason="the compiled codec is not built")
+@settings(max_examples=1500, deadline=None)
+@given(_release_bodies())
+def test_the_compiled_release_decoder_gives_what_the_pure_one_gives(body: bytes) -> None:
+    fast, compiled = fastcodec.decode_release(body, 0, len(body)), _speedups.decode_release(body, 0, len(body))
+    assert (fast is None) == (compiled is None)
+    if fast is not None:
+        assert _descs_of(compiled) == _descs_of(fast)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=40), max_size=4))
+def test_release_bodies_are_encoded_as_thriftpy2_writes_them(names: list) -> None:
+    rel = T.Release(buffers=[T.BufferDesc(size=0, kind=T.BufferKind.SHM, segment=n) for n in names])
+    assert fastcodec.encode_release(names) == encode(rel)
+    assert fastcodec.encode_release(names) == encode(rel)  # (again: from the per-name cache)
+
+
+def test_send_release_frames_what_the_generic_send_frames() -> None:
+    a, b = make_pair()
+    handshake(a, b)
+    names = ["disto-1-buf-2", "disto-1-buf-3"]
+    rel = T.Release(buffers=[T.BufferDesc(size=0, kind=T.BufferKind.SHM, segment=n) for n in names])
+    assert [bytes(f) for f in a.send_release(names)] == [bytes(f) for f in a.send(Kind.RELEASE, rel)]
+    (ev,) = feed(b, a.send_release(names))
+    assert type(ev).__name__ == "Release" and _descs_of(ev.body) == _descs_of(rel)
+
+
 def test_release_frames_decode_fast_and_reach_the_receiver() -> None:
     a, b = make_pair()
     handshake(a, b)

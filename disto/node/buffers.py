@@ -15,7 +15,7 @@ from ..serialization import (Route, ShmExporter, ShmImporter, buffer_address, du
                              route_on_host)
 from ..serialization import pickler
 from ..transport import Channel
-from ..wire import BufferKind, Kind, Release, T, external_desc
+from ..wire import BufferKind, Release, T, external_desc
 
 INLINE_PAYLOAD_MAX = 1 << 20  # a larger pickle stream travels out of band, not through a Thrift field
 CUDA_COLLECT_EVERY = 1.0      # seconds between torch.cuda.ipc_collect() calls once CUDA IPC was used
@@ -164,7 +164,7 @@ class BufferRouter:
     def _flush_releases(self, ch: Channel) -> None:
         names = self.releases.pop(ch, None)
         if names and ch.can_send():
-            ch.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n) for n in names]))
+            ch.write(ch.conn.send_release(names))
 
     def take_releases(self, ch: Channel) -> list:
         """The RELEASE frame for what we dropped of this peer's memory since the last one, if anything: to go
@@ -174,8 +174,7 @@ class BufferRouter:
         names = self.releases.pop(ch, None)
         if not names:
             return []
-        return ch.conn.send(Kind.RELEASE, T.Release(buffers=[_DESC(size=0, kind=BufferKind.SHM, segment=n)
-                                                              for n in names]))
+        return ch.conn.send_release(names)
 
     # ------------------------------------------------------------------ what peers tell us
     def on_release(self, ch: Channel, ev: Release) -> None:

@@ -16,6 +16,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from ..errors import RemoteProtocolError
 from .events import Call, Reply, StreamItem
 from .fastcodec import _bad, _decode_call_slow, _decode_reply_slow, _externals
 from .fastcodec import _descs as _py_descs
@@ -550,6 +551,35 @@ def decode_reply(data, Py_ssize_t pos, Py_ssize_t end):
     try:
         _bounds(&pb, pos, end)
         return _decode_reply(<const unsigned char*>pb.buf, pos, end, data)
+    finally:
+        PyBuffer_Release(&pb)
+
+
+def decode_release(data, Py_ssize_t pos, Py_ssize_t end):
+    """A RELEASE body as its ``T.Release`` without thriftpy2's generic reader, or None for the generic path:
+    :func:`fastcodec.decode_release` in C (the same checks in the same order; the fuzz target holds the two to
+    each other)."""
+    cdef Py_buffer pb
+    cdef const unsigned char* d
+    PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE)
+    try:
+        _bounds(&pb, pos, end)
+        d = <const unsigned char*>pb.buf
+        if end - pos < 9 or d[pos] != 15 or d[pos + 1] != 0 or d[pos + 2] != 1:
+            return None
+        try:
+            got = _read_descs(d, pos + 3, end, data)
+        except RemoteProtocolError:
+            return None  # malformed: the generic path says what is wrong
+        if got is None:
+            return None
+        descs, after = got
+        if after != end - 1 or d[<Py_ssize_t>after] != 0:
+            return None
+        for x in descs:
+            if type(x) is int:  # an INLINE descriptor means nothing in a RELEASE: the generic path judges it
+                return None
+        return T.Release(buffers=descs)
     finally:
         PyBuffer_Release(&pb)
 

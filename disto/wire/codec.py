@@ -10,14 +10,14 @@ try:
     if PURE_PYTHON_REQUESTED:
         raise ImportError("DISTO_PURE_PYTHON is set")
     from ._speedups import (call_frame, decode_call, decode_frame,  # type: ignore[import-not-found]
-                            decode_reply, encode_call, encode_reply, external_desc, reply_frame)
+                            decode_release, decode_reply, encode_call, encode_reply, external_desc, reply_frame)
     from ._speedups import buffer_address as compiled_buffer_address  # type: ignore[import-not-found]
     IMPLEMENTATION = "compiled"
 except ImportError:
-    from .fastcodec import (call_frame, decode_call, decode_frame, decode_reply, encode_call, encode_reply,
-                            external_desc, reply_frame)
+    from .fastcodec import (call_frame, decode_call, decode_frame, decode_release, decode_reply, encode_call,
+                            encode_reply, external_desc, reply_frame)
     compiled_buffer_address = None  # the serialization layer has a numpy fallback
     IMPLEMENTATION = "python"
 
 __all__ = ["IMPLEMENTATION", "PURE_PYTHON_REQUESTED", "call_frame", "compiled_buffer_address", "decode_call",
-           "decode_frame", "decode_reply", "encode_call", "encode_reply", "external_desc", "reply_frame"]
+           "decode_frame", "decode_release", "decode_reply", "encode_call", "encode_reply", "external_desc", "reply_frame"]

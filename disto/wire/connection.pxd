@@ -9,3 +9,4 @@ cdef class Connection:
     cpdef send_call(self, call_id, actor_id, method, payload, buffers=*, payload_oob=*, node_id=*, traceparent=*)
     cpdef send_reply(self, call_id, payload, buffers=*, payload_oob=*, kind=*)
     cpdef next_event(self)
+    cpdef send_release(self, names)

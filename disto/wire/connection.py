@@ -22,8 +22,9 @@ from typing import Any, Callable, Sequence, Union
 
 from ..errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
 from .events import CLOSED, EVENT_OF_KIND, NEED_DATA, Event, Identity, Message, Ready
-from .codec import call_frame, decode_call, decode_frame, decode_reply, encode_call, encode_reply, reply_frame
-from .fastcodec import decode_release
+from .codec import (call_frame, decode_call, decode_frame, decode_release, decode_reply, encode_call, encode_reply,
+                    reply_frame)
+from .fastcodec import encode_release
 from .framing import (DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME, EXTERNAL_KINDS, HANDSHAKE_MAX_BODY, HEADER,
                       HEADER_SIZE, inline_sizes, oob_views)
 from .handshake import Handshake
@@ -160,6 +161,12 @@ class Connection:
         views, sizes, total, descs = oob_views(buffers)
         body = encode_reply(call_id, payload, sizes if descs is None else descs, payload_oob)
         return [self._checked_frame(kind, body, total), *views]
+
+    def send_release(self, names: Sequence[str]) -> list[Buffer]:
+        """Frame a RELEASE of these shared-memory segments (no thriftpy2 object is built)."""
+        if self.state is not _READY:
+            raise LocalProtocolError(f"cannot send RELEASE in state {self.state.value}")
+        return [self._checked_frame(_RELEASE, encode_release(names), 0)]
 
     def _checked_frame(self, kind: int, body: bytes, oob_len: int) -> bytes:
         if len(body) > self._max_body:

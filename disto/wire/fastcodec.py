@@ -411,6 +411,26 @@ def _decode_reply_slow(data: Any, pos: int, end: int) -> tuple[ReplyMsg, list[in
     return msg, sizes
 
 
+_RELEASE_DESC = struct.Struct("!bhqbhibhi")  # BufferDesc {1: size 0, 2: kind SHM, 3: segment length}
+_release_descs: dict[str, bytes] = {}  # segment name -> its descriptor's bytes (pooled segments' names repeat)
+
+
+def encode_release(names: Sequence[str]) -> bytes:
+    """The RELEASE body for these shared-memory segments, byte for byte what thriftpy2 writes for
+    ``T.Release(buffers=[T.BufferDesc(size=0, kind=BufferKind.SHM, segment=name), ...])``, without building it."""
+    parts = [_LIST.pack(15, 1, 12, len(names))]
+    for name in names:
+        desc = _release_descs.get(name)
+        if desc is None:
+            raw = name.encode("utf-8")
+            desc = _RELEASE_DESC.pack(10, 1, 0, 8, 2, T.BufferKind.SHM, 11, 3, len(raw)) + raw + b"\x00"
+            if len(_release_descs) < 4096:  # (bounded: a long-lived node sees many segments over time)
+                _release_descs[name] = desc
+        parts.append(desc)
+    parts.append(b"\x00")
+    return b"".join(parts)
+
+
 def decode_release(data: Any, pos: int, end: int) -> Any | None:
     """A RELEASE body in the layout thriftpy2 writes (field 1, the list of shared-memory descriptors, then STOP)
     as its ``T.Release``, without thriftpy2's generic reader; None for the generic path (anything else)."""
