@@ -3,6 +3,7 @@
 import cython
 
 cpdef encode(object obj, bint same_host)
+cdef bint _has_tensor(object x, int depth) except -1
 cdef bint _put(bytearray out, object x, list buffers, object shared, list seen, int depth) except -1
 cdef int _put_str(bytearray out, str s) except -1
 @cython.locals(ndim=Py_ssize_t, nbytes=Py_ssize_t, flags=int, code=object, d=Py_ssize_t)

@@ -85,15 +85,45 @@ def encode(obj: Any, same_host: bool) -> tuple[bytes, list, dict] | None:
     """``obj`` as (stream, out-of-band buffers, shared) like :func:`~disto.serialization.pickler.dumps_for`, or
     None when this encoding does not cover it. ``shared`` maps the address of each buffer that lives in torch
     shared memory to how a process on this host maps it (only when ``same_host``)."""
-    if _TENSOR is None:
-        return None
+    if _TENSOR is None or not _has_tensor(obj, 0):
+        return None  # (no tensor: the C pickler handles scalars and containers of them as fast)
     out = bytearray(_HEAD)
     buffers: list = []
     shared: dict = {}
     seen: list = []
-    if not _put(out, obj, buffers, shared if same_host else None, seen, 0) or not seen:
-        return None  # (no tensor: the C pickler handles scalars and containers of them as fast)
+    if not _put(out, obj, buffers, shared if same_host else None, seen, 0):
+        return None
     return bytes(out), buffers, shared
+
+
+def _has_tensor(x: Any, depth: int) -> bool:
+    """Whether ``x`` holds a tensor where :func:`encode` would look: a scan of types only, so that a value
+    without one (a reply of a few numbers) costs the encoder next to nothing before it goes to pickle."""
+    t = type(x)
+    if t is _TENSOR or t is _PARAMETER:
+        return True
+    if depth >= MAX_DEPTH:
+        return False
+    if t is tuple or t is list:
+        if len(x) > MAX_ITEMS:
+            return False
+        for item in x:
+            ti = type(item)
+            if ti is _TENSOR or ti is _PARAMETER:
+                return True
+            if (ti is tuple or ti is list or ti is dict) and _has_tensor(item, depth + 1):
+                return True
+        return False
+    if t is dict:
+        if len(x) > MAX_ITEMS:
+            return False
+        for item in x.values():
+            ti = type(item)
+            if ti is _TENSOR or ti is _PARAMETER:
+                return True
+            if (ti is tuple or ti is list or ti is dict) and _has_tensor(item, depth + 1):
+                return True
+    return False
 
 
 def _put(out: bytearray, x: Any, buffers: list, shared: Any, seen: list, depth: int) -> bool:
