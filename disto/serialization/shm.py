@@ -70,7 +70,7 @@ class ShmExporter:
         with self._lock:
             seg = self._pool.take(n)
             self._leased[seg.name] = (seg, 1)
-        np.frombuffer(seg.mm, dtype=np.uint8, count=n)[:] = np.frombuffer(view, dtype=np.uint8)
+        seg.mm[:n] = view  # (one memcpy; two numpy views around it cost as much as the copy of 64 KB)
         self.copies += 1
         return seg.name, 0, n
 
