@@ -104,25 +104,16 @@ def _has_tensor(x: Any, depth: int) -> bool:
         return True
     if depth >= MAX_DEPTH:
         return False
-    if t is tuple or t is list:
-        if len(x) > MAX_ITEMS:
-            return False
-        for item in x:
-            ti = type(item)
-            if ti is _TENSOR or ti is _PARAMETER:
-                return True
-            if (ti is tuple or ti is list or ti is dict) and _has_tensor(item, depth + 1):
-                return True
+    if t is not tuple and t is not list and t is not dict:
         return False
-    if t is dict:
-        if len(x) > MAX_ITEMS:
-            return False
-        for item in x.values():
-            ti = type(item)
-            if ti is _TENSOR or ti is _PARAMETER:
-                return True
-            if (ti is tuple or ti is list or ti is dict) and _has_tensor(item, depth + 1):
-                return True
+    if len(x) > MAX_ITEMS:
+        return False
+    for item in (x.values() if t is dict else x):
+        ti = type(item)
+        if ti is _TENSOR or ti is _PARAMETER:
+            return True
+        if (ti is tuple or ti is list or ti is dict) and _has_tensor(item, depth + 1):
+            return True
     return False
 
 
