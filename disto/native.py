@@ -32,7 +32,7 @@ COMPILED_FROM_SOURCE = ("disto.wire.connection", "disto.transport.channel", "dis
                         "disto.actor.threads", "disto.node.inbound", "disto.node.outbound", "disto.node.replies",
                         "disto.node.metrics", "disto.serialization.pickler", "disto.serialization.tensors",
                         "disto.node.buffers", "disto.serialization.direct",
-                        "disto.serialization.shm", "disto.serialization.placement")
+                        "disto.serialization.shm", "disto.serialization.placement", "disto.memory.segments")
 
 
 def use_source(source: str, extension: str, pure: bool) -> bool:

@@ -120,9 +120,30 @@ def test_one_segment_primitive_one_naming_scheme(tmp_path) -> None:
         pool.give(s_)
     assert pool.free == [s2, s3] and not os.path.exists(s1.path)  # beyond max_free: the oldest goes
     assert pool.take(10) is s2 and pool.created == 3  # best fit, reused
+    assert pool.free_bytes == 4096  # (s3 alone)
     pool.close()
     s2.discard()
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [] and pool.free_bytes == 0
+
+
+def test_segment_pool_keeps_at_most_max_free_bytes_oldest_out(tmp_path) -> None:
+    from disto.memory import SegmentPool
+
+    pool = SegmentPool("buf", min_size=4096, max_free_bytes=3 * 4096, directory=str(tmp_path))
+    small = [pool.take(100) for _ in range(3)]
+    big = pool.take(8192)
+    for s_ in small:
+        pool.give(s_)
+    assert pool.free == small and pool.free_bytes == 3 * 4096  # at the limit: all kept
+    pool.give(big)  # 5 pages: the two oldest go to make room
+    assert pool.free == [small[2], big] and pool.free_bytes == 3 * 4096
+    assert not os.path.exists(small[0].path) and not os.path.exists(small[1].path)
+    assert pool.take(5000) is big and pool.free_bytes == 4096 and pool.created == 4
+    pool.give(pool.take(1 << 20))  # larger than the limit on its own: not kept (it goes, with the others)
+    assert pool.free == [] and pool.free_bytes == 0 and pool.created == 5
+    pool.give(big)
+    pool.close()
+    assert os.listdir(tmp_path) == [] and pool.free_bytes == 0
 
 
 def test_janitor_removes_segments_of_dead_processes(tmp_path) -> None:

@@ -179,30 +179,38 @@ class SegmentPool:
         self.max_free = max_free
         self.directory = directory
         self.free: list[Segment] = []
+        self.free_bytes = 0  # the size of all of ``free``
         self.created = 0
 
     def take(self, nbytes: int) -> Segment:
+        free = self.free
         best = None
-        for seg in self.free:
+        for seg in free:  # (a handful at most: the pool keeps what is in use at once)
             if nbytes <= seg.size and (best is None or seg.size < best.size):
                 best = seg
         if best is not None:
-            self.free.remove(best)
+            free.remove(best)
+            self.free_bytes -= best.size
             return best
         self.created += 1
         size = max(self.min_size, 1 << (max(nbytes, 1) - 1).bit_length())
         return Segment.create(self.purpose, size, self.directory)
 
     def give(self, seg: Segment) -> None:
-        self.free.append(seg)
-        total = sum(s.size for s in self.free)
-        while self.free and ((self.max_free is not None and len(self.free) > self.max_free)
-                             or (self.max_free_bytes is not None and total > self.max_free_bytes)):
-            old = self.free.pop(0)
-            total -= old.size
+        free = self.free
+        free.append(seg)
+        self.free_bytes += seg.size
+        max_free, max_bytes = self.max_free, self.max_free_bytes
+        if (max_free is None or len(free) <= max_free) and (max_bytes is None or self.free_bytes <= max_bytes):
+            return  # (the common case: nothing to discard)
+        while free and ((max_free is not None and len(free) > max_free)
+                        or (max_bytes is not None and self.free_bytes > max_bytes)):
+            old = free.pop(0)
+            self.free_bytes -= old.size
             old.discard()
 
     def close(self) -> None:
         for seg in self.free:
             seg.discard()
         self.free.clear()
+        self.free_bytes = 0
