@@ -2,7 +2,8 @@
 
 For 1 MB, 64 MB and 256 MB float32 tensors: the shared-memory value path (the default on one host), a tensor
 already in shared memory (by reference), the same tensor forced over TCP, next to a raw uvloop socket sending the
-same bytes into a reused buffer and a memcpy of the same size, all in one run. Medians of interleaved repeats.
+same bytes into a reused buffer and a memcpy of the same size, all in one run. Medians of interleaved repeats:
+each round takes every figure once, in the same order.
 
     python bench/tensors.py            # full run
     python bench/tensors.py --quick    # smoke test (CI)
@@ -70,7 +71,9 @@ async def main(args: argparse.Namespace) -> dict:
                 src = t.numpy().view(np.uint8)
                 times: dict[str, list[float]] = {k: [] for k in ("memcpy", "raw", "shm", "shared", "shared0", "tcp",
                                                                  "empty", "sum", "ref_extra")}
-                iters = 3 if size >= 256 * MB else 5
+                # every figure is taken once per round, in the same order, so that a burst of noise on this shared
+                # machine lands on all of them alike (a ratio of medians taken in separate blocks swings with it)
+                iters = 3 if size >= 256 * MB else 5 if size > 16 * MB else 25
                 for _ in range(repeat):
                     for _ in range(iters):
                         t0 = time.perf_counter()
@@ -80,17 +83,16 @@ async def main(args: argparse.Namespace) -> dict:
                         t0 = time.perf_counter()
                         await s.ping()
                         times["empty"].append(time.perf_counter() - t0)
-                    times["raw"] += await asyncio.get_running_loop().run_in_executor(None, raw_floor, port, size,
-                                                                                     iters)
-                    for name, value, mode in (("shm", t, "auto"), ("shared", shared, "auto"),
-                                              ("shared0", shared, "auto"), ("tcp", t, "tcp")):
-                        method = s.count if name == "shared0" else s.total
-                        with disto.transfer(mode):
-                            for _ in range(iters):
+                        for name, value, mode in (("shm", t, "auto"), ("shared", shared, "auto"),
+                                                  ("shared0", shared, "auto"), ("tcp", t, "tcp")):
+                            method = s.count if name == "shared0" else s.total
+                            with disto.transfer(mode):
                                 t0 = time.perf_counter()
                                 total = await method(value)
                                 times[name].append(time.perf_counter() - t0)
-                                assert total == n
+                            assert total == n
+                    times["raw"] += await asyncio.get_running_loop().run_in_executor(None, raw_floor, port, size,
+                                                                                     iters)
                     # the by-reference call's own cost: an empty call and the call with the shared tensor back to
                     # back, the difference of each pair (a difference of two medians is mostly this VM's noise)
                     for _ in range(100 if size <= 16 * MB else iters):
