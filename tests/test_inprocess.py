@@ -651,33 +651,88 @@ async def test_an_actor_thread_delivers_every_outcome_even_when_a_callback_raise
     assert len(errors) == 1 and str(errors[0]) == "a callback failed"
 
 
+async def test_an_actor_thread_runs_jobs_submitted_while_it_works_in_order_and_closes_its_eventfds() -> None:
+    # the loop writes the thread's eventfd only when it may be asleep: jobs submitted while it runs one are picked
+    # up without a write of their own, in order; once stopped, the thread's two eventfds are closed on the loop
+    import os
+    import threading
+
+    from disto.actor import ActorThread
+
+    class Item:
+        abandoned = False
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    got: list[int] = []
+    all_done = asyncio.Event()
+
+    def done(item: Item, ok: bool, value: object, tb: str) -> None:
+        assert ok, tb
+        got.append(value)  # type: ignore[arg-type]
+        if len(got) == 50:
+            all_done.set()
+
+    thread = ActorThread("test", loop)
+    thread.submit([(lambda: (release.wait(10), 0)[1], (), {}, done, Item(0))])  # holds the thread
+    fds = (thread._wake, thread._done)
+    assert all(fd >= 0 for fd in fds)
+    for n in range(1, 50):
+        thread.submit([(lambda n=n: n, (), {}, done, Item(n))])
+    release.set()
+    await asyncio.wait_for(all_done.wait(), 10)
+    assert got == list(range(50))
+    thread.stop()
+    worker = thread._thread
+    await loop.run_in_executor(None, worker.join, 10)
+    assert not worker.is_alive()
+    # (the thread scheduled the close before it ended, so before the join's result was delivered here)
+    assert thread._wake == -1 and thread._done == -1
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        assert os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[eventfd]", "an eventfd of the thread is still open"
+
+
 def test_an_actor_thread_flush_hands_over_only_the_outcomes_there_when_it_starts() -> None:
-    # no event loop: a fake one records what is scheduled. An outcome posted while a flush runs (as the thread does
-    # between two callbacks) waits for a flush of its own, so a thread that keeps producing cannot hold the loop
+    # no event loop and no thread: the loop's wake-ups are counted on the eventfd the thread writes. An outcome
+    # posted while a flush runs (as the thread does between two callbacks) waits for a wake-up of its own, so a
+    # thread that keeps producing cannot hold the loop
+    import os
+
     from disto.actor import ActorThread
 
     class FakeLoop:
-        def __init__(self) -> None:
-            self.scheduled: list[object] = []
+        def is_closed(self) -> bool:
+            return False
 
-        def call_soon_threadsafe(self, fn: object) -> None:
-            self.scheduled.append(fn)
-
-        call_soon = call_soon_threadsafe
-
-    loop = FakeLoop()
-    thread = ActorThread("test", loop)  # type: ignore[arg-type]
+    thread = ActorThread("test", FakeLoop())  # type: ignore[arg-type]
+    thread._done = os.eventfd(0, os.EFD_NONBLOCK)
     got: list[str] = []
+
+    def wakeups() -> int:
+        try:
+            return os.eventfd_read(thread._done)
+        except BlockingIOError:
+            return 0
 
     def done(item: str, ok: bool, value: object, tb: str) -> None:
         got.append(item)
         if item == "a":
             thread._post(done, "late", True, None, "")  # posted during the flush
 
-    thread._post(done, "a", True, None, "")
-    thread._post(done, "b", True, None, "")
-    assert loop.scheduled == [thread._flush]  # one wake-up for both
-    loop.scheduled.pop()()
-    assert got == ["a", "b"] and loop.scheduled == [thread._flush]  # "late" has a flush of its own
-    loop.scheduled.pop()()
-    assert got == ["a", "b", "late"] and not loop.scheduled
+    try:
+        thread._post(done, "a", True, None, "")
+        thread._post(done, "b", True, None, "")
+        assert wakeups() == 1  # one wake-up for both
+        thread._flush()
+        assert got == ["a", "b"] and wakeups() == 1  # "late" has a wake-up of its own
+        thread._flush()
+        assert got == ["a", "b", "late"] and wakeups() == 0
+    finally:
+        os.close(thread._done)

@@ -2,4 +2,5 @@
 # pure-Python fallback. See disto/native.py.
 cdef class ActorThread:
     cdef public object name, _loop, _jobs, _thread, _outcomes
-    cdef public bint _flush_scheduled
+    cdef public int _wake, _done
+    cdef public bint _flush_scheduled, _wake_pending
