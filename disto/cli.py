@@ -20,6 +20,7 @@ from .errors import DistoError
 from .loop import run
 from .node import Node, NodeConfig
 from .node.config import normalize_token
+from .node.process import raise_fd_limit
 from .placement import format_resources, parse_resources
 from .transport.tls import from_env
 from .version import __version__
@@ -132,6 +133,7 @@ def _token(args: argparse.Namespace) -> str | bytes:
 
 
 async def _node_start(args: argparse.Namespace) -> int:
+    raise_fd_limit()
     token = _token(args)
     if isinstance(args.resources, str):  # from $DISTO_RESOURCES (argparse converts only what is typed)
         args.resources = _resources_arg(args.resources)

@@ -688,3 +688,29 @@ async def test_local_cluster_nodes_size_their_thread_pools(monkeypatch) -> None:
     async with disto.LocalCluster(nodes=2, env={**ENV, "MKL_NUM_THREADS": "7"}) as cluster:
         t = await cluster.nodes[0].spawn(Threads)
         assert (await t.threads())[1:] == (share, "7")  # OpenMP's share set, the user's MKL setting kept
+
+
+class _Limits(disto.Actor):
+    def nofile(self) -> tuple[int, int]:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+async def test_a_node_process_raises_its_soft_open_file_limit() -> None:
+    # a node holds a socket per peer and two eventfds per actor with sync code: it starts with the soft limit
+    # raised towards 65536 (at most the hard limit), whatever low default it inherited
+    import resource
+
+    from disto.node.process import FD_LIMIT_GOAL
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # what the node inherits
+    try:
+        async with disto.LocalCluster(nodes=1) as cluster:
+            got_soft, got_hard = await (await cluster.nodes[0].spawn(_Limits)).nofile()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    want = FD_LIMIT_GOAL if hard == resource.RLIM_INFINITY else min(FD_LIMIT_GOAL, hard)
+    assert (got_soft, got_hard) == (max(want, low), hard)

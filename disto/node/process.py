@@ -18,6 +18,26 @@ from ..transport.tls import ENV as TLS_ENV
 from .config import NodeConfig
 
 
+FD_LIMIT_GOAL = 65536  # what a node raises its soft open-file limit to (at most the hard limit)
+
+
+def raise_fd_limit(goal: int = FD_LIMIT_GOAL) -> int:
+    """Raise this process's soft limit on open files towards ``goal`` (never above the hard limit, never down);
+    return the soft limit now. A node holds a socket per peer and two eventfds per actor that runs sync code, so
+    the usual default of 1024 runs out at a few hundred actors."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = goal if hard == resource.RLIM_INFINITY else min(goal, hard)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return want
+        return soft
+    except (ImportError, ValueError, OSError):
+        return -1  # no resource module, or not allowed: keep what there is
+
+
 def _child_setup() -> None:
     try:
         import ctypes
