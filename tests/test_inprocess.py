@@ -736,3 +736,17 @@ def test_an_actor_thread_flush_hands_over_only_the_outcomes_there_when_it_starts
         assert got == ["a", "b", "late"] and wakeups() == 0
     finally:
         os.close(thread._done)
+
+
+def test_an_actor_thread_that_cannot_start_leaves_no_eventfd_open() -> None:
+    import os
+
+    from disto.actor import ActorThread
+
+    loop = asyncio.new_event_loop()
+    loop.close()  # add_reader refuses: the thread does not start
+    thread = ActorThread("test", loop)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError):
+        thread.submit([(lambda: 1, (), {}, lambda *a: None, None)])
+    assert set(os.listdir("/proc/self/fd")) == before and thread._wake == -1 and thread._done == -1

@@ -74,9 +74,16 @@ class ActorThread:
     def _start(self) -> None:
         self._wake = os.eventfd(0, os.EFD_CLOEXEC)
         self._done = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._loop.add_reader(self._done, self._on_done)
-        self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
-        self._thread.start()
+        try:
+            self._loop.add_reader(self._done, self._on_done)
+            thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+            thread.start()
+        except BaseException:  # (a closed loop, no thread to be had): nothing is left open
+            if not self._loop.is_closed():
+                self._loop.remove_reader(self._done)
+            self._close_fds()
+            raise
+        self._thread = thread
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """A future of ``fn(*args)`` run on the thread (for constructors and lifecycle hooks)."""
