@@ -714,3 +714,32 @@ async def test_a_node_process_raises_its_soft_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     want = FD_LIMIT_GOAL if hard == resource.RLIM_INFINITY else min(FD_LIMIT_GOAL, hard)
     assert (got_soft, got_hard) == (max(want, low), hard)
+
+
+class _Adds(disto.Actor):
+    def add(self, x: int) -> int:
+        return x + 1  # a sync method: the actor's thread, woken through its two eventfds
+
+
+class _FdCount(disto.Actor):
+    @disto.on_loop
+    def fds(self) -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+
+async def test_actors_with_sync_code_give_back_their_threads_eventfds_when_stopped() -> None:
+    import time
+
+    async with disto.LocalCluster(nodes=1) as cluster:
+        node = cluster.nodes[0]
+        probe = await node.spawn(_FdCount)
+        before = await probe.fds()
+        refs = [await node.spawn(_Adds) for _ in range(40)]
+        assert await asyncio.gather(*[r.add(i) for i, r in enumerate(refs)]) == list(range(1, 41))
+        assert await probe.fds() >= before + 80  # two eventfds per actor thread
+        for r in refs:
+            await cluster.stop(r)
+        deadline = time.monotonic() + 10  # (closed on the node's loop once each thread has ended)
+        while (now := await probe.fds()) != before and time.monotonic() < deadline:
+            pass
+        assert now == before
