@@ -201,8 +201,6 @@ class SegmentPool:
         free.append(seg)
         self.free_bytes += seg.size
         max_free, max_bytes = self.max_free, self.max_free_bytes
-        if (max_free is None or len(free) <= max_free) and (max_bytes is None or self.free_bytes <= max_bytes):
-            return  # (the common case: nothing to discard)
         while free and ((max_free is not None and len(free) > max_free)
                         or (max_bytes is not None and self.free_bytes > max_bytes)):
             old = free.pop(0)
