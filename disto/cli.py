@@ -20,7 +20,7 @@ from .errors import DistoError
 from .loop import run
 from .node import Node, NodeConfig
 from .node.config import normalize_token
-from .node.process import raise_fd_limit
+from .node.process import GC_ENV, gc_mode, raise_fd_limit, tune_gc
 from .placement import format_resources, parse_resources
 from .transport.tls import from_env
 from .version import __version__
@@ -50,6 +50,13 @@ def _config(args: argparse.Namespace) -> NodeConfig:
 def _resources_arg(text: str) -> dict[str, float]:
     try:
         return parse_resources(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _gc_arg(text: str) -> str:
+    try:
+        return gc_mode(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -94,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--preload", default="", help="libraries to import in the background at start, comma "
                        "separated (e.g. torch): the first call that needs them does not pay for the import (calls that "
                        "arrive meanwhile wait for it)")
+    start.add_argument("--gc", type=_gc_arg, default=os.environ.get(GC_ENV, "tuned"),
+                       help="the collector of this node process: 'tuned' (fewer young collections, and what is "
+                            "alive once started and preloaded is frozen, so full collections skip it) or 'python' "
+                            "(Python's defaults); default $DISTO_NODE_GC or tuned")
     _add_token_args(start)
     stop = node.add_parser("stop", help="ask a running node to stop")
     stop.add_argument("address", help="HOST:PORT of the node")
@@ -143,7 +154,10 @@ async def _node_start(args: argparse.Namespace) -> int:
                 role="dedicated" if args.dedicated else "worker")
     node.token_source = token_source(args.token, args.token_file)
     node.preload_at_start = tuple(m for m in args.preload.split(",") if m)
+    node.freeze_gc_after_preloads = args.gc == "tuned"  # (the preloads' end freezes again)
     await node.start()
+    if args.gc == "tuned":
+        tune_gc()
     node.capture_output()  # what actors print: tagged, kept per actor, sent to the drivers
     dashboard: Any = None
     if args.dashboard:

@@ -146,6 +146,25 @@ async def test_every_import_must_end_and_later_ones_hold_again(gated) -> None:
     assert [s[2] for s in seen] == [1, 2]
 
 
+async def test_settled_is_told_once_when_the_last_import_ends_before_held_events_go_on(gated) -> None:
+    # (a node process freezes its collector's view of what the imports built there, before the held calls run)
+    import contextvars
+    seen: list = []
+    handlers = table(seen)
+    told: list = []
+    pre = Preloads(handlers, (contextvars.ContextVar("node"), None),
+                   settled=lambda: told.append((pre.running, pre.held, len(seen))))
+    waits = pre.start(["numpy_fake_a", "numpy_fake_b"])
+    handlers[Call](FakeChannel("a"), call(1))
+    gated.open("numpy_fake_a")
+    await until(lambda: pre.running == ("numpy_fake_b",))
+    assert told == []  # one import still runs
+    gated.open("numpy_fake_b")
+    await asyncio.gather(*waits)
+    assert told == [((), 1, 0)]  # once; the held call not handled yet
+    assert [s[2] for s in seen] == [1]
+
+
 async def test_held_calls_apply_the_bound_and_closed_channels_are_skipped(gated) -> None:
     import contextvars
     seen: list = []

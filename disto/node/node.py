@@ -15,13 +15,14 @@ Events from a channel are handled by a table keyed by event type.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
 import time
 from typing import Any, Callable, Coroutine
 
-from ..actor import ActorRef, SystemActor, context, system_ref
+from ..actor import FIRST_USER_ACTOR_ID, ActorRef, SystemActor, context, system_ref
 from ..errors import AuthenticationError, ClosedError, DistoError
 from ..futures import Future
 from ..ids import new_node_id
@@ -113,7 +114,17 @@ class Node:
             StreamItem: self._outbound.on_stream_item, StreamEnd: self._outbound.on_stream_end,
             StreamCredit: self._sinks.on_credit}
         # while it imports, it holds some of the handlers (and so, the events that would unpickle)
-        self._preloads = Preloads(self.handlers, self.event_context, lambda: self._actors.cells)
+        self._preloads = Preloads(self.handlers, self.event_context, lambda: self._actors.cells,
+                                  self._preloads_settled)
+        # a node process with its collector tuned (disto node start --gc tuned) freezes what its preloads made
+        self.freeze_gc_after_preloads = False
+
+    def _preloads_settled(self) -> None:
+        """Every import running has ended: freeze what they built (torch: about 140,000 objects) so that full
+        collections skip it, as :func:`~disto.node.process.tune_gc` did at start; not once an actor of the user's
+        is here, whose objects a freeze would keep from ever being collected (a cycle dropped later)."""
+        if self.freeze_gc_after_preloads and all(a < FIRST_USER_ACTOR_ID for a in self._actors.cells):
+            gc.freeze()
 
     def token_text(self) -> str:
         """The cluster token as text (for the dashboard's link)."""

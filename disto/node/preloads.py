@@ -55,8 +55,10 @@ class Preloads:
     WARN_AFTER = 30.0  # seconds of holding after which the log says so (an import that hangs holds calls forever)
 
     def __init__(self, handlers: MutableMapping[type, Handler], context: tuple[Any, Any],
-                 actor_ids: Callable[[], Iterable[int]] = tuple) -> None:
+                 actor_ids: Callable[[], Iterable[int]] = tuple,
+                 settled: Callable[[], None] | None = None) -> None:
         self._handlers = handlers
+        self._settled = settled  # called when the last import running has ended, before held events go on
         self._context = context
         self._actor_ids = actor_ids  # the ids of the actors here now
         self._running: dict[str, asyncio.Future] = {}
@@ -115,8 +117,11 @@ class Preloads:
     def _done(self, fut: asyncio.Future) -> None:
         if not fut.done():
             fut.set_result(None)
-        if not self.running and self._saved:
-            self._release()
+        if not self.running:
+            if self._settled is not None:
+                self._settled()
+            if self._saved:
+                self._release()
 
     # ------------------------------------------------------------------ holding events
     def _hold(self) -> None:

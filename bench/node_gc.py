@@ -1,0 +1,170 @@
+"""What a node process's garbage collector costs its calls: Python's defaults against disto's tuning
+(``disto node start --gc tuned``, the default: young threshold 10,000 instead of 700, and what start-up and the
+preloads built frozen so that full collections skip it).
+
+One node of a LocalCluster with torch imported (the driver imports it, so the node preloads it: about 175,000
+objects there, the usual case for ML work), one actor, and the two settings switched back and forth *in that
+node* between interleaved rounds (``gc.unfreeze`` and Python's thresholds, then the tuning again), so both are
+measured on the same process and heap. Each round: W2 (``--calls`` pipelined calls, 1,000 in flight) to a sync
+method and to an ``@disto.on_loop`` one, with the longest gap between two consecutive replies (a full
+collection stops every call in flight for its whole length), then W1 (sequential round trips, p50 and p99).
+Every thread of the node and the caller are pinned to core 0 ("same core": what each side's CPU costs) or the
+caller to core 1 ("cross core"), with ``os.sched_setaffinity``. Medians over ``--rounds``.
+
+    python bench/node_gc.py                 # about two minutes
+    python bench/node_gc.py --quick         # smoke test (CI)
+    python bench/node_gc.py --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch  # noqa: F401 - imported here so that the node preloads it (what makes its full collections long)
+
+import disto
+
+PYTHON_DEFAULT = (700, 10, 10)
+
+
+class Target(disto.Actor):
+    def ping(self, x: int) -> int:
+        return x
+
+    @disto.on_loop
+    def ping_on_loop(self, x: int) -> int:
+        return x
+
+    @disto.on_loop
+    def pid(self) -> int:
+        return os.getpid()
+
+    @disto.on_loop
+    def set_gc(self, tuned: bool) -> dict:
+        """Switch this node process's collector: as `disto node start --gc tuned` leaves it, or Python's."""
+        if tuned:
+            from disto.node.process import tune_gc
+
+            tune_gc()
+        else:
+            gc.unfreeze()
+            gc.set_threshold(*PYTHON_DEFAULT)
+        return {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(), "objects": len(gc.get_objects()),
+                "torch": "torch" in sys.modules}
+
+
+async def pipelined(call, n: int, inflight: int) -> tuple[float, float]:
+    """n calls with `inflight` outstanding; (elapsed seconds, longest gap between two replies in seconds)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    issued = completed = 0
+    last = time.perf_counter()
+    gap = 0.0
+
+    def on_done(f: asyncio.Future) -> None:
+        nonlocal completed, last, gap
+        now = time.perf_counter()
+        gap = max(gap, now - last)
+        last = now
+        completed += 1
+        if f.exception() is not None and not done.done():
+            done.set_exception(f.exception())
+        if issued < n:
+            issue()
+        elif completed == n and not done.done():
+            done.set_result(None)
+
+    def issue() -> None:
+        nonlocal issued
+        issued += 1
+        call(issued).add_done_callback(on_done)
+
+    t0 = last = time.perf_counter()
+    for _ in range(min(inflight, n)):
+        issue()
+    await done
+    return time.perf_counter() - t0, gap
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        try:
+            os.sched_setaffinity(tid, cores)
+        except OSError:
+            pass  # (a thread that just ended)
+
+
+async def main(args: argparse.Namespace) -> dict:
+    placements = [("same core", 0), ("cross core", 1)] if len(os.sched_getaffinity(0)) >= 2 else [("unpinned", -1)]
+    all_cores = os.sched_getaffinity(0)
+    res: dict[str, list[float]] = {}
+    states = {}
+    async with disto.LocalCluster(nodes=1) as cluster:
+        t = await cluster.nodes[0].spawn(Target)
+        node_pid = await t.pid()
+        for mode in (t.ping, t.ping_on_loop):
+            await pipelined(mode, 2000, args.inflight)
+        for _ in range(args.rounds):
+            for setting in ("python", "tuned"):
+                states[setting] = await t.set_gc(setting == "tuned")
+                for label, core in placements:
+                    if core >= 0:
+                        pin(node_pid, {0})
+                        pin(os.getpid(), {core})
+                    try:
+                        for kind, call in (("sync", t.ping), ("on_loop", t.ping_on_loop)):
+                            el, gap = await pipelined(call, args.calls, args.inflight)
+                            res.setdefault(f"{label}|{kind}|W2 calls/s|{setting}", []).append(args.calls / el)
+                            res.setdefault(f"{label}|{kind}|W2 longest gap (ms)|{setting}", []).append(gap * 1e3)
+                            lat = []
+                            for i in range(args.w1):
+                                t0 = time.perf_counter_ns()
+                                await call(i)
+                                lat.append(time.perf_counter_ns() - t0)
+                            lat.sort()
+                            res.setdefault(f"{label}|{kind}|W1 p50 (µs)|{setting}", []).append(
+                                lat[len(lat) // 2] / 1e3)
+                            res.setdefault(f"{label}|{kind}|W1 p99 (µs)|{setting}", []).append(
+                                lat[int(len(lat) * 0.99)] / 1e3)
+                    finally:
+                        pin(node_pid, all_cores)
+                        pin(os.getpid(), all_cores)
+        await t.set_gc(True)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    print(f"\nnode GC benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores  python "
+          f"{platform.python_version()}  rounds={args.rounds} (medians)  node: {states['python']['objects']:,} "
+          f"objects, torch {'imported' if states['python']['torch'] else 'not imported'}; tuned: "
+          f"{states['tuned']['frozen']:,} frozen, thresholds {states['tuned']['threshold']}")
+    print(f"{'placement':11} {'method':8} {'figure':22} {'python gc':>12} {'tuned':>12} {'tuned/python':>13}")
+    rows = []
+    for key in dict.fromkeys(k.rsplit("|", 1)[0] for k in med):
+        label, kind, fig = key.split("|")
+        a, b = med[f"{key}|python"], med[f"{key}|tuned"]
+        rows.append({"placement": label, "method": kind, "figure": fig, "python": a, "tuned": b})
+        print(f"{label:11} {kind:8} {fig:22} {a:12,.1f} {b:12,.1f} {b / a:12.2f}x")
+    return {"when": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "calls": args.calls,
+            "states": states, "rows": rows, "raw": res}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one round (smoke test)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=50_000, help="W2 calls per measurement")
+    ap.add_argument("--w1", type=int, default=3_000, help="W1 round trips per measurement")
+    ap.add_argument("--inflight", type=int, default=1_000)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.calls, a.w1 = 1, 2_000, 200
+    out = disto.run(main(a))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
