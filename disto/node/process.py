@@ -52,7 +52,7 @@ def tune_gc(young: int = GC_YOUNG_THRESHOLD) -> tuple[int, int, int]:
     in the process: about 70-90 ms with torch imported (175,000 objects) during which no call moves. Here the
     young threshold is raised (the count is allocations minus deallocations, so a steady stream of calls rarely
     reaches 10,000) and what is alive now is frozen (``gc.freeze``): full collections skip it. Called when the
-    process has started and again when its preloads are imported (:func:`freeze_settled`)."""
+    process has started; the node freezes again when its preloads are imported (``Node._preloads_settled``)."""
     g0, g1, g2 = gc.get_threshold()
     if 0 < g0 < young:
         gc.set_threshold(young, g1, g2)
