@@ -61,14 +61,20 @@ class Caller(disto.Actor):
         return await pipelined(target, n, inflight)
 
 
-async def pipelined(ref: disto.ActorRef, n: int, inflight: int) -> float:
-    """n calls to ref.ping with `inflight` outstanding at all times; returns elapsed seconds."""
+async def pipelined(ref: disto.ActorRef, n: int, inflight: int, gap: list[float] | None = None) -> float:
+    """n calls to ref.ping with `inflight` outstanding at all times; returns elapsed seconds. ``gap``: a list
+    that gets the longest time between two replies (a pause of the callee's, such as a full garbage collection)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     issued = completed = 0
+    last = longest = 0.0
 
     def on_done(f: asyncio.Future) -> None:
-        nonlocal completed
+        nonlocal completed, last, longest
+        if gap is not None:
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
         completed += 1
         if f.exception() is not None and not done.done():
             done.set_exception(f.exception())
@@ -82,10 +88,12 @@ async def pipelined(ref: disto.ActorRef, n: int, inflight: int) -> float:
         issued += 1
         ref.ping(issued).add_done_callback(on_done)
 
-    t0 = time.perf_counter()
+    t0 = last = time.perf_counter()
     for _ in range(min(inflight, n)):
         issue()
     await done
+    if gap is not None:
+        gap.append(longest)
     return time.perf_counter() - t0
 
 

@@ -18,7 +18,6 @@ caller to core 1 ("cross core"), with ``os.sched_setaffinity``. Medians over ``-
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import os
@@ -30,6 +29,7 @@ import time
 import torch  # noqa: F401 - imported here so that the node preloads it (what makes its full collections long)
 
 import disto
+from core import pin, pipelined, unpin
 
 PYTHON_DEFAULT = (700, 10, 10)
 
@@ -60,73 +60,38 @@ class Target(disto.Actor):
                 "torch": "torch" in sys.modules}
 
 
-async def pipelined(call, n: int, inflight: int) -> tuple[float, float]:
-    """n calls with `inflight` outstanding; (elapsed seconds, longest gap between two replies in seconds)."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    issued = completed = 0
-    last = time.perf_counter()
-    gap = 0.0
+class _OnLoop:
+    """The target's ``@disto.on_loop`` method under the name ``ping`` (what core.pipelined calls)."""
 
-    def on_done(f: asyncio.Future) -> None:
-        nonlocal completed, last, gap
-        now = time.perf_counter()
-        gap = max(gap, now - last)
-        last = now
-        completed += 1
-        if f.exception() is not None and not done.done():
-            done.set_exception(f.exception())
-        if issued < n:
-            issue()
-        elif completed == n and not done.done():
-            done.set_result(None)
-
-    def issue() -> None:
-        nonlocal issued
-        issued += 1
-        call(issued).add_done_callback(on_done)
-
-    t0 = last = time.perf_counter()
-    for _ in range(min(inflight, n)):
-        issue()
-    await done
-    return time.perf_counter() - t0, gap
-
-
-def pin(pid: int, cores: set[int]) -> None:
-    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
-        try:
-            os.sched_setaffinity(tid, cores)
-        except OSError:
-            pass  # (a thread that just ended)
+    def __init__(self, ref: disto.ActorRef) -> None:
+        self.ping = ref.ping_on_loop
 
 
 async def main(args: argparse.Namespace) -> dict:
     placements = [("same core", 0), ("cross core", 1)] if len(os.sched_getaffinity(0)) >= 2 else [("unpinned", -1)]
-    all_cores = os.sched_getaffinity(0)
     res: dict[str, list[float]] = {}
     states = {}
     async with disto.LocalCluster(nodes=1) as cluster:
         t = await cluster.nodes[0].spawn(Target)
+        on_loop = _OnLoop(t)
         node_pid = await t.pid()
-        for mode in (t.ping, t.ping_on_loop):
-            await pipelined(mode, 2000, args.inflight)
+        for target in (t, on_loop):
+            await pipelined(target, 2000, args.inflight)
         for _ in range(args.rounds):
             for setting in ("python", "tuned"):
                 states[setting] = await t.set_gc(setting == "tuned")
                 for label, core in placements:
-                    if core >= 0:
-                        pin(node_pid, {0})
-                        pin(os.getpid(), {core})
+                    undo = pin(node_pid, {0}) | pin(os.getpid(), {core}) if core >= 0 else {}
                     try:
-                        for kind, call in (("sync", t.ping), ("on_loop", t.ping_on_loop)):
-                            el, gap = await pipelined(call, args.calls, args.inflight)
+                        for kind, target in (("sync", t), ("on_loop", on_loop)):
+                            gap: list[float] = []
+                            el = await pipelined(target, args.calls, args.inflight, gap)
                             res.setdefault(f"{label}|{kind}|W2 calls/s|{setting}", []).append(args.calls / el)
-                            res.setdefault(f"{label}|{kind}|W2 longest gap (ms)|{setting}", []).append(gap * 1e3)
+                            res.setdefault(f"{label}|{kind}|W2 longest gap (ms)|{setting}", []).append(gap[0] * 1e3)
                             lat = []
                             for i in range(args.w1):
                                 t0 = time.perf_counter_ns()
-                                await call(i)
+                                await target.ping(i)
                                 lat.append(time.perf_counter_ns() - t0)
                             lat.sort()
                             res.setdefault(f"{label}|{kind}|W1 p50 (µs)|{setting}", []).append(
@@ -134,8 +99,7 @@ async def main(args: argparse.Namespace) -> dict:
                             res.setdefault(f"{label}|{kind}|W1 p99 (µs)|{setting}", []).append(
                                 lat[int(len(lat) * 0.99)] / 1e3)
                     finally:
-                        pin(node_pid, all_cores)
-                        pin(os.getpid(), all_cores)
+                        unpin(undo)
         await t.set_gc(True)
     med = {k: statistics.median(v) for k, v in res.items()}
     print(f"\nnode GC benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores  python "
