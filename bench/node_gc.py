@@ -7,9 +7,12 @@ objects there, the usual case for ML work), one actor, and the two settings swit
 node* between interleaved rounds (``gc.unfreeze`` and Python's thresholds, then the tuning again), so both are
 measured on the same process and heap. Each round: W2 (``--calls`` pipelined calls, 1,000 in flight) to a sync
 method and to an ``@disto.on_loop`` one, with the longest gap between two consecutive replies (a full
-collection stops every call in flight for its whole length), then W1 (sequential round trips, p50 and p99).
+collection stops every call in flight for its whole length) and the node's collections counted with
+``gc.callbacks``, then W1 (sequential round trips, p50 and p99).
 Every thread of the node and the caller are pinned to core 0 ("same core": what each side's CPU costs) or the
-caller to core 1 ("cross core"), with ``os.sched_setaffinity``. Medians over ``--rounds``.
+caller to core 1 ("cross core"), with ``os.sched_setaffinity``. Medians over ``--rounds``. The benchmark's own
+process (torch imported there too) freezes its heap once the cluster is up, so that its own full collections
+do not land in the figures of either setting.
 
     python bench/node_gc.py                 # about two minutes
     python bench/node_gc.py --quick         # smoke test (CI)
@@ -32,6 +35,12 @@ import disto
 from core import pin, pipelined, unpin
 
 PYTHON_DEFAULT = (700, 10, 10)
+_collections = [0, 0, 0]  # in the node: collections by generation since the last count_collections()
+
+
+def _count(phase: str, info: dict) -> None:
+    if phase == "stop":
+        _collections[info["generation"]] += 1
 
 
 class Target(disto.Actor):
@@ -56,8 +65,17 @@ class Target(disto.Actor):
         else:
             gc.unfreeze()
             gc.set_threshold(*PYTHON_DEFAULT)
+        if _count not in gc.callbacks:
+            gc.callbacks.append(_count)
         return {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(), "objects": len(gc.get_objects()),
                 "torch": "torch" in sys.modules}
+
+    @disto.on_loop
+    def count_collections(self) -> list[int]:
+        """The node's collections by generation since the last call."""
+        out = list(_collections)
+        _collections[:] = [0, 0, 0]
+        return out
 
 
 class _OnLoop:
@@ -77,6 +95,10 @@ async def main(args: argparse.Namespace) -> dict:
         node_pid = await t.pid()
         for target in (t, on_loop):
             await pipelined(target, 2000, args.inflight)
+        # this process's own full collections (torch is imported here too) would land in the figures of both
+        # settings alike: what is alive now is frozen, so that the gaps measured are the node's
+        gc.collect()
+        gc.freeze()
         for _ in range(args.rounds):
             for setting in ("python", "tuned"):
                 states[setting] = await t.set_gc(setting == "tuned")
@@ -85,9 +107,13 @@ async def main(args: argparse.Namespace) -> dict:
                     try:
                         for kind, target in (("sync", t), ("on_loop", on_loop)):
                             gap: list[float] = []
+                            await t.count_collections()
                             el = await pipelined(target, args.calls, args.inflight, gap)
+                            young, middle, full = await t.count_collections()
                             res.setdefault(f"{label}|{kind}|W2 calls/s|{setting}", []).append(args.calls / el)
                             res.setdefault(f"{label}|{kind}|W2 longest gap (ms)|{setting}", []).append(gap[0] * 1e3)
+                            res.setdefault(f"{label}|{kind}|W2 node full GCs|{setting}", []).append(full)
+                            res.setdefault(f"{label}|{kind}|W2 node young GCs|{setting}", []).append(young)
                             lat = []
                             for i in range(args.w1):
                                 t0 = time.perf_counter_ns()
@@ -112,7 +138,8 @@ async def main(args: argparse.Namespace) -> dict:
         label, kind, fig = key.split("|")
         a, b = med[f"{key}|python"], med[f"{key}|tuned"]
         rows.append({"placement": label, "method": kind, "figure": fig, "python": a, "tuned": b})
-        print(f"{label:11} {kind:8} {fig:22} {a:12,.1f} {b:12,.1f} {b / a:12.2f}x")
+        ratio = f"{b / a:12.2f}x" if a else f"{'-':>13}"
+        print(f"{label:11} {kind:8} {fig:22} {a:12,.1f} {b:12,.1f} {ratio}")
     return {"when": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "calls": args.calls,
             "states": states, "rows": rows, "raw": res}
 
