@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import weakref
@@ -64,6 +65,10 @@ def test_gc_mode_values_and_a_bad_one_on_the_command_line() -> None:
     out = subprocess.run([sys.executable, "-m", "disto", "node", "start", "--gc", "off"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "expected 'tuned' or 'python'" in out.stderr
+    env = dict(os.environ, DISTO_NODE_GC="bogus")  # the default comes from the environment: checked the same way
+    out = subprocess.run([sys.executable, "-m", "disto", "node", "start"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 2 and "got 'bogus'" in out.stderr
 
 
 def test_tune_gc_raises_the_young_threshold_only_upwards(monkeypatch) -> None:

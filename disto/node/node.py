@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Callable, Coroutine
 
-from ..actor import FIRST_USER_ACTOR_ID, ActorRef, SystemActor, context, system_ref
+from ..actor import ActorRef, SystemActor, context, system_ref
 from ..errors import AuthenticationError, ClosedError, DistoError
 from ..futures import Future
 from ..ids import new_node_id
@@ -123,7 +123,7 @@ class Node:
         """Every import running has ended: freeze what they built (torch: about 140,000 objects) so that full
         collections skip it, as :func:`~disto.node.process.tune_gc` did at start; not once an actor of the user's
         is here, whose objects a freeze would keep from ever being collected (a cycle dropped later)."""
-        if self.freeze_gc_after_preloads and all(a < FIRST_USER_ACTOR_ID for a in self._actors.cells):
+        if self.freeze_gc_after_preloads and self._preloads.only_system_actors():
             gc.freeze()
 
     def token_text(self) -> str:

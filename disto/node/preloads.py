@@ -146,7 +146,11 @@ class Preloads:
     def _passes(self, kind: type, ev: Any) -> bool:
         if kind is Call:
             return ev.body.actor_id == SystemActor.REGISTRY and ev.body.method in MEMBERSHIP
-        return kind is Reply and all(a < FIRST_USER_ACTOR_ID for a in self._actor_ids())
+        return kind is Reply and self.only_system_actors()
+
+    def only_system_actors(self) -> bool:
+        """Whether no actor of the user's is on this node yet (only the node service and the registry)."""
+        return all(a < FIRST_USER_ACTOR_ID for a in self._actor_ids())
 
     def _still_importing(self) -> None:
         log.warning("still importing %s after %.0f s (preload): %d call(s) and other events wait for it",
