@@ -17,13 +17,18 @@ Targets, chosen by the first input byte:
   6  the direct encoding of tensor-and-scalar payloads (disto.serialization.direct), over 0-3 buffers of any size:
      the compiled decoder and the pure-Python one (its source, loaded as a module of its own) must give the same
      value or the same SerializationError; only SerializationError may come out
+  7  the compiled reader of scalar pickle streams (disto.serialization._scalars, when built): every stream it
+     reads itself, pickle (an Unpickler that may not import anything) reads to the same value; the rest it
+     leaves to pickle (not run here: pickle.loads of arbitrary bytes may call what they name)
 The property: only RemoteProtocolError / AuthenticationError (a clean close) ever comes out (SerializationError
 for target 6); anything else is a crash. libFuzzer's -timeout catches hangs, -rss_limit_mb an allocation driven by a length field.
 """
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
+import pickle
 import sys
 import types
 
@@ -39,6 +44,9 @@ with atheris.instrument_imports():
     from disto.wire.messages import STRUCT_OF_KIND, decode
     from disto.errors import SerializationError
     from disto.serialization import direct
+    from disto.serialization import scalars
+    if scalars.IMPLEMENTATION == "compiled":
+        from disto.serialization import _scalars
 
 TOKEN = b"fuzzing-token-0123456789abcdef"
 OK = (RemoteProtocolError, AuthenticationError)
@@ -146,6 +154,32 @@ def _fuzz_direct(fdp: atheris.FuzzedDataProvider) -> None:
         raise AssertionError(f"direct: compiled {compiled!r} != pure {pure!r}")
 
 
+class _NoImports(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        raise pickle.UnpicklingError(f"no imports here ({module}.{name})")
+
+
+def _same(v: object) -> str:
+    """A value's type and repr, nested (nan equals nan, -0.0 differs from 0.0)."""
+    if isinstance(v, tuple):
+        return "(" + ",".join(_same(x) for x in v) + ")"
+    return f"{type(v).__name__}:{v!r}"
+
+
+def _fuzz_scalars(rest: bytes) -> None:
+    if scalars.IMPLEMENTATION != "compiled":
+        return
+    got = _scalars.fast_loads(rest)
+    if got is _scalars.GIVE_UP:
+        return
+    try:
+        want = _NoImports(io.BytesIO(rest)).load()
+    except Exception as e:  # noqa: BLE001 - pickle refusing what the fast reader took is the bug
+        raise AssertionError(f"scalars read {rest!r} as {got!r}; pickle: {type(e).__name__}: {e}") from None
+    if _same(got) != _same(want):
+        raise AssertionError(f"scalars read {rest!r} as {got!r}; pickle as {want!r}")
+
+
 def _pair() -> tuple[Connection, Connection]:
     a = Connection(dialer=True, token=TOKEN, identity=Identity("A", "127.0.0.1:1", "h", 1), max_frame=MAX_FRAME)
     b = Connection(dialer=False, token=TOKEN, identity=Identity("B", "127.0.0.1:2", "h", 2), max_frame=MAX_FRAME)
@@ -184,7 +218,7 @@ def _feed(conn: Connection, fdp: atheris.FuzzedDataProvider, before_ready: bool)
 def one_input(data: bytes) -> None:
     if not data:
         return
-    target, rest = data[0] % 7, data[1:]
+    target, rest = data[0] % 8, data[1:]
     fdp = atheris.FuzzedDataProvider(rest)
     if target == 0:
         _, listener = _pair()
@@ -217,6 +251,8 @@ def one_input(data: bytes) -> None:
             _fuzz_link(rest)
     elif target == 6:
         _fuzz_direct(fdp)
+    elif target == 7:
+        _fuzz_scalars(rest)
     elif _search is not None:
         try:
             name, _mtype, _seq, offset = _search._parse_header(rest)

@@ -47,6 +47,8 @@ def main() -> None:
         seeds["direct"] = b"\x06\x00" + stream[2:]
     except ImportError:
         pass
+    import pickle
+    seeds["scalars"] = b"\x07" + pickle.dumps(((5, "ping", 2.5, None, True, -70000, 2**40), {}), 5)
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as fh:
             fh.write(data)

@@ -3,7 +3,6 @@ call skips the wire and passes its arguments as they are)."""
 from __future__ import annotations
 
 import logging
-import pickle
 from typing import Any
 
 from ..actor import ActorRef, CallItem
@@ -11,6 +10,7 @@ from ..actor import context
 from ..errors import ActorDeadError, ActorNotFoundError, SerializationError
 from ..futures import Future
 from ..serialization.direct import MAGIC as _DIRECT  # (a payload encoded without pickle starts with it)
+from ..serialization import scalars
 from ..transport import Channel
 from ..wire import Call, Cancel, FailureKind
 from . import tracing
@@ -20,7 +20,7 @@ from .config import Here
 from .replies import Replies
 
 log = logging.getLogger("disto.node")
-_pickle_loads = pickle.loads
+_scalar_loads = scalars.loads  # (pickle.loads, without an Unpickler per call when compiled)
 
 
 def failed(fut: Future, exc: BaseException, oneway: bool) -> Future:
@@ -55,7 +55,7 @@ class InboundCalls:
                 args, kwargs = self._buffers.value_of(ch, body, ev.buffers)
             else:  # the common case, pickled inline without buffers: no value_of frames (it words errors)
                 try:
-                    args, kwargs = _pickle_loads(payload or b"")
+                    args, kwargs = _scalar_loads(payload or b"")
                 except Exception:
                     args, kwargs = self._buffers.value_of(ch, body, ev.buffers)
             if type(args) is not tuple or type(kwargs) is not dict:

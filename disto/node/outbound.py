@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import pickle
 import threading
 import weakref
 from collections import deque
@@ -21,6 +20,7 @@ from ..errors import (ActorDeadError, AuthenticationError, ClosedError, DistoErr
                       SerializationError)
 from ..futures import Future
 from ..serialization.direct import MAGIC as _DIRECT  # (a payload encoded without pickle starts with it)
+from ..serialization import scalars
 from ..streams import Stream
 from ..transport import Channel
 from ..wire import Failure, Kind, Reply, State, StreamEnd, StreamItem, T
@@ -31,8 +31,8 @@ from .failures import exception_from
 from .inbound import failed
 from .peers import Peers
 
-_pickle_dumps = pickle.dumps
-_pickle_loads = pickle.loads
+_scalar_dumps = scalars.dumps  # (pickle's streams, without a Pickler per call when compiled)
+_scalar_loads = scalars.loads
 _NO_BUFFERS: tuple = ()
 _READY = State.READY
 _get_ident = threading.get_ident
@@ -139,7 +139,7 @@ class OutboundCalls:
                     break
             else:
                 if not kwargs:
-                    stream = _pickle_dumps((args, kwargs), 5)
+                    stream = _scalar_dumps((args, kwargs))
                     stream, bufs, oob = (stream, _NO_BUFFERS, False) if len(stream) <= INLINE_PAYLOAD_MAX \
                         else scalar_payload(stream)
             if stream is None:
@@ -208,7 +208,7 @@ class OutboundCalls:
                 value = self._buffers.value_of(ch, body, ev.buffers)
             else:  # the common case, pickled inline without buffers: no value_of frames (it words errors)
                 try:
-                    value = _pickle_loads(payload or b"")
+                    value = _scalar_loads(payload or b"")
                 except Exception:
                     value = self._buffers.value_of(ch, body, ev.buffers)
             fut.set_result(value)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 from typing import Any, Callable
 
 from ..actor import CallItem
 from ..errors import LocalProtocolError, SerializationError
+from ..serialization import scalars
 from ..transport import Channel
 from ..wire import FailureKind, Kind, State
 from . import tracing
@@ -19,7 +19,7 @@ from .failures import failure_body, failure_kind, local_exception
 log = logging.getLogger("disto.node")
 
 SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
-_pickle_dumps = pickle.dumps
+_scalar_dumps = scalars.dumps  # (pickle.dumps(v, 5), without a Pickler per reply when compiled)
 _READY = State.READY
 
 
@@ -48,7 +48,7 @@ class Replies:
             return
         try:
             if type(value) in SCALAR_TYPES:
-                stream = _pickle_dumps(value, 5)
+                stream = _scalar_dumps(value)
                 stream, bufs, oob = (stream, (), False) if len(stream) <= INLINE_PAYLOAD_MAX \
                     else scalar_payload(stream)
             else:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 from typing import Any, Callable
 
 from ..actor import CallItem
 from ..errors import LocalProtocolError
 from ..streams import Stream
+from ..serialization import scalars
 from ..transport import Channel
 from ..wire import Kind, StreamCredit, T
 from .buffers import BufferRouter, scalar_payload, too_large
@@ -19,7 +19,7 @@ from .failures import local_exception
 from .replies import SCALAR_TYPES, Replies
 
 log = logging.getLogger("disto.node")
-_pickle_dumps = pickle.dumps
+_scalar_dumps = scalars.dumps
 
 
 class _Credit:
@@ -60,7 +60,7 @@ class RemoteSink:
             raise asyncio.CancelledError  # the caller is gone: stop the generator
         try:
             if type(value) in SCALAR_TYPES:
-                stream, bufs, oob = scalar_payload(_pickle_dumps(value, 5))
+                stream, bufs, oob = scalar_payload(_scalar_dumps(value))
             else:
                 stream, bufs, oob = self._sinks.buffers.serialize(ch, value, None)
             frames = ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob, Kind.STREAM_ITEM)
