@@ -19,7 +19,7 @@ from cpython.long cimport PyLong_FromLong, PyLong_FromLongLong
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 cdef extern from "Python.h":
@@ -159,7 +159,7 @@ cdef bint _put(Out* o, object obj) except -1:
     return _put_scalar(o, obj)
 
 
-def dumps(obj):
+def dumps(obj: object) -> bytes:
     """``obj`` as a pickle stream: pickle's opcodes for the common shapes, else ``pickle.dumps(obj, 5)``."""
     cdef Out o
     o.buf[0] = 0x80; o.buf[1] = 5  # PROTO 5
@@ -293,7 +293,7 @@ cdef object _run(const unsigned char* d, Py_ssize_t end, PyObject** stack, Py_ss
             n = op - 0x84
             if top[0] - n < (mark if mark >= 0 else 0):
                 return _GIVE_UP
-            _push(stack, top, _tuple(stack, top, n))
+            _push(stack, top, _tuple(stack, top, n))  # (room: n >= 1 values just left the stack)
         elif op == b'(':
             if mark >= 0:
                 return _GIVE_UP  # nested marks: pickle's
@@ -315,7 +315,7 @@ cdef object _run(const unsigned char* d, Py_ssize_t end, PyObject** stack, Py_ss
     return _GIVE_UP
 
 
-def fast_loads(data):
+def fast_loads(data: object) -> object:
     """What ``loads`` reads itself: the value, or :data:`GIVE_UP` where it would call ``pickle.loads`` (the
     tests and the fuzz target compare it with a pickle Unpickler that may not import anything)."""
     if type(data) is not bytes:
@@ -323,7 +323,7 @@ def fast_loads(data):
     return _fast_loads(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
 
-def loads(data):
+def loads(data: object) -> object:
     """``pickle.loads(data)``, read here when ``data`` is a bytes stream of the common shapes."""
     cdef object got
     if type(data) is bytes:
