@@ -9,7 +9,10 @@ without stalling the node); rows marked "@on_loop" and "async" run the same meth
 loop and as an async method, which is what the thread costs. "stream" is an async generator method yielding
 small ints, taken with ``async for``. "pinned" rows repeat W1 and W2 with every thread of the callee's node and
 of the echo server on core 0 and the caller on core 0 ("same core": what each side's software costs, no
-parallelism) or core 1 ("cross core": what a user sees on two cores), the floor pinned the same way.
+parallelism) or core 1 ("cross core": what a user sees on two cores), the floor pinned the same way. On the same
+core, W1 of the @on_loop method is also taken with other payloads than an int: a dict of metrics as the reply
+("loop, dict reply"), an int and a keyword argument ("loop, kwargs"), a short list there and back ("loop, list
+both").
 
     python bench/core.py                 # full run (about a minute)
     python bench/core.py --quick         # smoke test (CI)
@@ -44,6 +47,14 @@ class Echo(disto.Actor):
 class EchoOnLoop(disto.Actor):
     @on_loop
     def ping(self, x: int) -> int:
+        return x
+
+    @on_loop
+    def stats(self, x: int) -> dict:  # what a method reporting metrics returns
+        return {"loss": 0.5, "step": x, "lr": 1e-3}
+
+    @on_loop
+    def kw(self, x: int, y: int = 0) -> int:  # called with a keyword argument
         return x
 
 
@@ -137,6 +148,11 @@ def unpin(old: dict[int, set[int]]) -> None:
             pass
 
 
+# the same @on_loop round trip with other payloads than an int
+SHAPES = {"loop, dict reply": lambda t, i: t.stats(i), "loop, kwargs": lambda t, i: t.kw(i, y=2),
+          "loop, list both": lambda t, i: t.ping([i, 2.5, "a"])}
+
+
 async def pinned_rows(cluster: disto.Cluster, server_pid: int, port: int, n1: int, n2: int, repeat: int,
                       inflight: int) -> list[tuple[str, float, float]]:
     """W1 and W2 with the callee on core 0 and the caller on core 0 (same core: what each side's software
@@ -149,7 +165,8 @@ async def pinned_rows(cluster: disto.Cluster, server_pid: int, port: int, n1: in
     on_loop_target = await cluster.nodes[0].spawn(EchoOnLoop)
     rows = []
     for label, caller in (("same core", 0), ("cross core", 1)):
-        res: dict[str, list[float]] = {k: [] for k in ("raw_w1", "raw_w2", "w1", "w2", "w1_loop", "w2_loop")}
+        res: dict[str, list[float]] = {k: [] for k in ("raw_w1", "raw_w2", "w1", "w2", "w1_loop", "w2_loop",
+                                                        *SHAPES)}
         undo = pin(server_pid, {0}) | pin(node_pid, {0}) | pin(os.getpid(), {caller})
         try:
             for t in (target, on_loop_target):
@@ -168,13 +185,23 @@ async def pinned_rows(cluster: disto.Cluster, server_pid: int, port: int, n1: in
                         lat.append(time.perf_counter_ns() - t0)
                     res["w1" + key].append(pct(lat, 0.5) / 1e3)
                     res["w2" + key].append(n2 / await pipelined(t, n2, inflight))
+                if caller == 0:  # what a call's payload shape costs, where each side's software shows
+                    for shape, call in SHAPES.items():
+                        lat = []
+                        for i in range(n1):
+                            t0 = time.perf_counter_ns()
+                            await call(on_loop_target, i)
+                            lat.append(time.perf_counter_ns() - t0)
+                        res[shape].append(pct(lat, 0.5) / 1e3)
         finally:
             unpin(undo)
-        m = {k: statistics.median(v) for k, v in res.items()}
+        m = {k: statistics.median(v) for k, v in res.items() if v}
         rows += [(f"{label}: W1 p50 (µs), sync method", m["raw_w1"], m["w1"]),
                  (f"{label}: W2 calls/s, sync method", m["raw_w2"], m["w2"]),
                  (f"{label}: W1 p50 (µs), @on_loop", m["raw_w1"], m["w1_loop"]),
                  (f"{label}: W2 calls/s, @on_loop", m["raw_w2"], m["w2_loop"])]
+        if caller == 0:
+            rows += [(f"{label}: W1 p50 (µs), {shape}", m["raw_w1"], m[shape]) for shape in SHAPES]
     return rows
 
 
@@ -306,7 +333,7 @@ async def main(args: argparse.Namespace) -> dict:
         print("\npinned (taskset-like affinity on every thread): the callee and the echo server on core 0, the caller "
               "on core 0 or 1")
         for name, floor, ours in pinned:
-            print(f"{name:<40} {floor:>16,.1f} {ours:>12,.1f} {ours / floor:>9.2f}x")
+            print(f"{name:<44} {floor:>12,.1f} {ours:>12,.1f} {ours / floor:>9.2f}x")
     if med["group_call"] == med["group_call"]:
         print(f"group of 8 (spread over 3 nodes), p50 per call to all members: group.ping() "
               f"{med['group_call']:,.1f} µs, 8 calls gathered with collect {med['group_gather']:,.1f} µs "

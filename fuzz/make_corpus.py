@@ -49,6 +49,7 @@ def main() -> None:
         pass
     import pickle
     seeds["scalars"] = b"\x07" + pickle.dumps(((5, "ping", 2.5, None, True, -70000, 2**40), {}), 5)
+    seeds["scalars_containers"] = b"\x07" + pickle.dumps(((1, [2, 3.5, None]), {"k": {"x": "y", "z": [True]}}), 5)
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as fh:
             fh.write(data)

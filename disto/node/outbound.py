@@ -33,6 +33,7 @@ from .peers import Peers
 
 _scalar_dumps = scalars.dumps  # (pickle's streams, without a Pickler per call when compiled)
 _scalar_loads = scalars.loads
+_plain_dumps = scalars.dumps_plain
 _NO_BUFFERS: tuple = ()
 _READY = State.READY
 _get_ident = threading.get_ident
@@ -143,7 +144,12 @@ class OutboundCalls:
                     stream, bufs, oob = (stream, _NO_BUFFERS, False) if len(stream) <= INLINE_PAYLOAD_MAX \
                         else scalar_payload(stream)
             if stream is None:
-                stream, bufs, oob = self._buffers.serialize(ch, (args, kwargs), mode)
+                # lists, dicts and keyword arguments of such values: written directly when compiled (else None)
+                stream = _plain_dumps((args, kwargs))
+                if stream is not None:
+                    bufs, oob = _NO_BUFFERS, False  # (at most 1 KiB)
+                else:
+                    stream, bufs, oob = self._buffers.serialize(ch, (args, kwargs), mode)
         except SerializationError as e:
             failed(fut, e, oneway)
             return

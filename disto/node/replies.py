@@ -20,6 +20,7 @@ log = logging.getLogger("disto.node")
 
 SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
 _scalar_dumps = scalars.dumps  # (pickle.dumps(v, 5), without a Pickler per reply when compiled)
+_plain_dumps = scalars.dumps_plain
 _READY = State.READY
 
 
@@ -52,7 +53,11 @@ class Replies:
                 stream, bufs, oob = (stream, (), False) if len(stream) <= INLINE_PAYLOAD_MAX \
                     else scalar_payload(stream)
             else:
-                stream, bufs, oob = self._buffers.serialize(ch, value, None)
+                stream = _plain_dumps(value)  # a dict or list of scalars, when compiled (else None)
+                if stream is not None:
+                    bufs, oob = (), False  # (at most 1 KiB)
+                else:
+                    stream, bufs, oob = self._buffers.serialize(ch, value, None)
             frames = ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob)
         except (SerializationError, LocalProtocolError) as e:
             err = e if isinstance(e, SerializationError) else too_large(e, self._max_frame)

@@ -20,6 +20,7 @@ from .replies import SCALAR_TYPES, Replies
 
 log = logging.getLogger("disto.node")
 _scalar_dumps = scalars.dumps
+_plain_dumps = scalars.dumps_plain
 
 
 class _Credit:
@@ -62,7 +63,9 @@ class RemoteSink:
             if type(value) in SCALAR_TYPES:
                 stream, bufs, oob = scalar_payload(_scalar_dumps(value))
             else:
-                stream, bufs, oob = self._sinks.buffers.serialize(ch, value, None)
+                stream = _plain_dumps(value)  # a dict or list of scalars, when compiled (else None)
+                stream, bufs, oob = (stream, (), False) if stream is not None else \
+                    self._sinks.buffers.serialize(ch, value, None)
             frames = ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob, Kind.STREAM_ITEM)
         except LocalProtocolError as e:
             raise too_large(e, self._sinks.max_frame) from None

@@ -17,6 +17,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
 from cpython.long cimport PyLong_FromLong, PyLong_FromLongLong
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.dict cimport PyDict_Next
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
@@ -33,12 +35,16 @@ cdef object _pickle_dumps = pickle.dumps
 cdef object _pickle_loads = pickle.loads
 
 cdef enum:
-    CAP = 1024  # bytes of stream written without pickle; larger values are rare here and pickle does them well
+    CAP = 1024       # bytes of stream written without pickle; larger values are rare here and pickle does them well
+    NEST = 4         # containers inside containers, at most (a deeper value goes to pickle)
+    CONTAINERS = 16  # lists and dicts in one value, at most
 
 
 cdef struct Out:
     unsigned char buf[CAP]
     Py_ssize_t n
+    PyObject* containers[CONTAINERS]  # the lists and dicts written so far
+    int seen
 
 
 cdef inline bint _room(Out* o, Py_ssize_t k) noexcept:
@@ -103,7 +109,14 @@ cdef bint _put_str(Out* o, object v) except -1:
     return True
 
 
-cdef bint _put_scalar(Out* o, object v) except -1:
+cdef bint _put_value(Out* o, object v, int depth) except -1:
+    """Write ``v`` if it is a scalar, or a tuple, list or dict of such values (nested up to NEST deep, keys too);
+    False where it is not, or does not fit. A list or dict met twice (shared, or inside itself) is False too:
+    pickle keeps such sharing (its memo), this writer would not."""
+    cdef Py_ssize_t i, n, pos = 0
+    cdef PyObject* key
+    cdef PyObject* val
+    cdef unsigned char close
     t = type(v)
     if not _room(o, 1):
         return False
@@ -119,55 +132,88 @@ cdef bint _put_scalar(Out* o, object v) except -1:
         return _put_float(o, v)
     if t is str:
         return _put_str(o, v)
-    return False
-
-
-cdef bint _put_tuple(Out* o, tuple v) except -1:
-    cdef Py_ssize_t i, n = PyTuple_GET_SIZE(v)
-    if n == 0:
-        if not _room(o, 1):
-            return False
-        o.buf[o.n] = b')'; o.n += 1
-        return True
-    if n > 3:
-        if not _room(o, 1):
-            return False
-        o.buf[o.n] = b'('; o.n += 1  # MARK
-    for i in range(n):
-        if not _put_scalar(o, <object>PyTuple_GET_ITEM(v, i)):
-            return False
-    if not _room(o, 1):
+    if depth >= NEST:
         return False
-    o.buf[o.n] = b't' if n > 3 else 0x84 + n  # TUPLE, or TUPLE1..TUPLE3
-    o.n += 1
+    if t is tuple:
+        n = PyTuple_GET_SIZE(v)
+        if n == 0:
+            o.buf[o.n] = b')'; o.n += 1
+            return True
+        if n > 3:
+            o.buf[o.n] = b'('; o.n += 1  # MARK
+        for i in range(n):
+            if not _put_value(o, <object>PyTuple_GET_ITEM(v, i), depth + 1):
+                return False
+        if not _room(o, 1):
+            return False
+        o.buf[o.n] = b't' if n > 3 else 0x84 + n  # TUPLE, or TUPLE1..TUPLE3
+        o.n += 1
+        return True
+    if t is not list and t is not dict:
+        return False
+    for i in range(o.seen):
+        if o.containers[i] == <PyObject*>v:
+            return False
+    if o.seen == CONTAINERS:
+        return False
+    o.containers[o.seen] = <PyObject*>v
+    o.seen += 1
+    if t is list:
+        o.buf[o.n] = b']'; o.n += 1  # EMPTY_LIST
+        n = PyList_GET_SIZE(v)
+        close = b'e'  # APPENDS
+        if n:
+            if not _room(o, 1):
+                return False
+            o.buf[o.n] = b'('; o.n += 1
+            for i in range(n):
+                if not _put_value(o, <object>PyList_GET_ITEM(v, i), depth + 1):
+                    return False
+    else:
+        o.buf[o.n] = b'}'; o.n += 1  # EMPTY_DICT
+        n = PyDict_GET_SIZE(v)
+        close = b'u'  # SETITEMS
+        if n:
+            if not _room(o, 1):
+                return False
+            o.buf[o.n] = b'('; o.n += 1
+            while PyDict_Next(v, &pos, &key, &val):
+                if not _put_value(o, <object>key, depth + 1) or not _put_value(o, <object>val, depth + 1):
+                    return False
+    if n:
+        if not _room(o, 1):
+            return False
+        o.buf[o.n] = close; o.n += 1
     return True
 
 
-cdef bint _put(Out* o, object obj) except -1:
-    """The top level: a scalar, a tuple of scalars, or a call's (tuple of scalars, {})."""
-    t = type(obj)
-    if t is tuple:
-        if (PyTuple_GET_SIZE(obj) == 2 and type(<object>PyTuple_GET_ITEM(obj, 0)) is tuple
-                and type(<object>PyTuple_GET_ITEM(obj, 1)) is dict):
-            if PyDict_GET_SIZE(<object>PyTuple_GET_ITEM(obj, 1)) != 0:
-                return False
-            if not _put_tuple(o, <tuple>PyTuple_GET_ITEM(obj, 0)) or not _room(o, 2):
-                return False
-            o.buf[o.n] = b'}'; o.buf[o.n + 1] = 0x86; o.n += 2  # EMPTY_DICT, TUPLE2
-            return True
-        return _put_tuple(o, <tuple>obj)
-    return _put_scalar(o, obj)
+cdef inline bint _write(Out* o, object obj) except -1:
+    o.buf[0] = 0x80; o.buf[1] = 5  # PROTO 5
+    o.n = 2
+    o.seen = 0
+    if not _put_value(o, obj, 0):
+        return False
+    o.buf[o.n] = b'.'  # STOP (its byte was kept free)
+    o.n += 1
+    return True
 
 
 def dumps(obj: object) -> bytes:
     """``obj`` as a pickle stream: pickle's opcodes for the common shapes, else ``pickle.dumps(obj, 5)``."""
     cdef Out o
-    o.buf[0] = 0x80; o.buf[1] = 5  # PROTO 5
-    o.n = 2
-    if not _put(&o, obj):
+    if not _write(&o, obj):
         return _pickle_dumps(obj, 5)
-    o.buf[o.n] = b'.'  # STOP (its byte was kept free)
-    return PyBytes_FromStringAndSize(<const char*>o.buf, o.n + 1)
+    return PyBytes_FromStringAndSize(<const char*>o.buf, o.n)
+
+
+def dumps_plain(obj: object) -> object:
+    """``obj`` as a pickle stream if it is a scalar or a tuple, list or dict of such values (a call's ``(args,
+    kwargs)`` included) that this module writes itself; None otherwise (a tensor, an object, a value too large
+    or shared): the caller's general path then pickles it."""
+    cdef Out o
+    if not _write(&o, obj):
+        return None
+    return PyBytes_FromStringAndSize(<const char*>o.buf, o.n)
 
 
 cdef inline int64_t _le(const unsigned char* p, int n) noexcept:
@@ -183,6 +229,7 @@ cdef inline int64_t _le(const unsigned char* p, int n) noexcept:
 
 cdef enum:
     DEPTH = 64  # values on the stack at once; a longer tuple goes to pickle
+    MARKS = 8   # MARKs open at once
 
 
 cdef object _GIVE_UP = object()  # what _fast_loads returns to say: give it to pickle
@@ -219,8 +266,18 @@ cdef object _tuple(PyObject** stack, Py_ssize_t* top, Py_ssize_t n):
     return t
 
 
+cdef inline void _drop(PyObject** stack, Py_ssize_t* top, Py_ssize_t base) noexcept:
+    """Pop the values above ``base`` (their references go)."""
+    while top[0] > base:
+        top[0] -= 1
+        Py_DECREF(<object>stack[top[0]])
+
+
 cdef object _run(const unsigned char* d, Py_ssize_t end, PyObject** stack, Py_ssize_t* top):
-    cdef Py_ssize_t p = 2, n, mark = -1, k
+    cdef Py_ssize_t p = 2, n, k, m, floor
+    cdef Py_ssize_t marks[MARKS]
+    cdef int nmarks = 0
+    cdef object target
     cdef unsigned char op
     cdef uint64_t u
     cdef double x
@@ -289,25 +346,67 @@ cdef object _run(const unsigned char* d, Py_ssize_t end, PyObject** stack, Py_ss
         elif op == b'}':
             if not _push(stack, top, {}):
                 return _GIVE_UP
+        elif op == b']':
+            if not _push(stack, top, []):
+                return _GIVE_UP
         elif 0x85 <= op <= 0x87:  # TUPLE1..TUPLE3
             n = op - 0x84
-            if top[0] - n < (mark if mark >= 0 else 0):
+            if top[0] - n < (marks[nmarks - 1] if nmarks else 0):
                 return _GIVE_UP
             _push(stack, top, _tuple(stack, top, n))  # (room: n >= 1 values just left the stack)
         elif op == b'(':
-            if mark >= 0:
-                return _GIVE_UP  # nested marks: pickle's
-            mark = top[0]
-        elif op == b't':
-            if mark < 0:
+            if nmarks == MARKS:
                 return _GIVE_UP
-            _push(stack, top, _tuple(stack, top, top[0] - mark))
-            mark = -1
+            marks[nmarks] = top[0]
+            nmarks += 1
+        elif op == b't':
+            if nmarks == 0:
+                return _GIVE_UP
+            nmarks -= 1
+            _push(stack, top, _tuple(stack, top, top[0] - marks[nmarks]))
+        elif op == b'e' or op == b'u':  # APPENDS, SETITEMS: the values since the MARK into the container under it
+            if nmarks == 0:
+                return _GIVE_UP
+            m = marks[nmarks - 1]
+            floor = marks[nmarks - 2] if nmarks > 1 else 0
+            if m - 1 < floor:
+                return _GIVE_UP
+            target = <object>stack[m - 1]
+            if op == b'e':
+                if type(target) is not list:
+                    return _GIVE_UP
+                for k in range(m, top[0]):
+                    target.append(<object>stack[k])
+            else:
+                if type(target) is not dict or (top[0] - m) % 2:
+                    return _GIVE_UP
+                try:
+                    for k in range(m, top[0], 2):
+                        target[<object>stack[k]] = <object>stack[k + 1]
+                except TypeError:  # an unhashable key
+                    return _GIVE_UP
+            nmarks -= 1
+            _drop(stack, top, m)
+        elif op == b'a':  # APPEND
+            floor = marks[nmarks - 1] if nmarks else 0
+            if top[0] - 2 < floor or type(<object>stack[top[0] - 2]) is not list:
+                return _GIVE_UP
+            (<list>stack[top[0] - 2]).append(<object>stack[top[0] - 1])
+            _drop(stack, top, top[0] - 1)
+        elif op == b's':  # SETITEM
+            floor = marks[nmarks - 1] if nmarks else 0
+            if top[0] - 3 < floor or type(<object>stack[top[0] - 3]) is not dict:
+                return _GIVE_UP
+            try:
+                (<dict>stack[top[0] - 3])[<object>stack[top[0] - 2]] = <object>stack[top[0] - 1]
+            except TypeError:
+                return _GIVE_UP
+            _drop(stack, top, top[0] - 2)
         elif op == 0x94:  # MEMOIZE: nothing refers to the memo in what this reads (a GET goes to pickle)
             if top[0] == 0:
                 return _GIVE_UP
         elif op == b'.':
-            if p != end or mark >= 0 or top[0] != 1:
+            if p != end or nmarks or top[0] != 1:
                 return _GIVE_UP
             return <object>stack[0]
         else:
