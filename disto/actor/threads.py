@@ -29,7 +29,9 @@ Done = Callable[[Any, bool, Any, str], None]  # (the job's item, ok, value or ex
 Job = tuple[Callable[..., Any], tuple, dict, Done, Any]
 Deferred = list[tuple[Callable[..., Any], tuple]]
 
-# while an actor thread drops a call's arguments: .deferred, what they asked of .loop, its loop
+# on an actor thread, .state = [its loop, what a call's arguments asked of the loop while the thread dropped them
+# (None the rest of the time)]: one list per thread, set up once, so that a job pays two item stores for it
+# rather than two attribute stores on the thread-local (about 1,800 instructions a job)
 _posting = threading.local()
 
 
@@ -37,10 +39,10 @@ def defer_to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args
     """From a finalizer: if this thread is an actor thread of ``loop`` dropping a finished call's arguments, run
     ``fn(*args)`` on the loop just before that call's outcome is delivered (one wake-up of the loop for both, and
     the reply written after it) and return True; else False (the caller wakes the loop itself)."""
-    deferred = getattr(_posting, "deferred", None)
-    if deferred is None or _posting.loop is not loop:
+    state = getattr(_posting, "state", None)
+    if state is None or state[1] is None or state[0] is not loop:
         return False
-    deferred.append((fn, args))
+    state[1].append((fn, args))
     return True
 
 
@@ -107,6 +109,7 @@ class ActorThread:
     def _run_jobs(self) -> None:
         jobs = self._jobs
         wake = self._wake
+        _posting.state = state = [self._loop, None]
         while True:
             if not jobs:
                 # asleep only with nothing to do; _wake_pending is cleared after the read and before the deque is
@@ -119,7 +122,6 @@ class ActorThread:
                 return
             ctx, todo = batch
             del batch
-            _posting.loop = self._loop
             for i in range(len(todo)):  # (not enumerate: its reused result tuple would keep the job alive)
                 fn, args, kwargs, done, item = todo[i]
                 if item.abandoned:
@@ -136,11 +138,11 @@ class ActorThread:
                 # the arguments go before the outcome is posted: what they held in shared memory is given back
                 # (a RELEASE) with the outcome, so in the same write as the reply, not in one of its own after it
                 todo[i] = None  # type: ignore[call-overload]
-                _posting.deferred = deferred = []
+                state[1] = deferred = []
                 try:
                     del fn, args, kwargs
                 finally:
-                    _posting.deferred = None
+                    state[1] = None
                 if not self._post(done, item, ok, value, tb, deferred or None):
                     return
                 del done, item, value, deferred
