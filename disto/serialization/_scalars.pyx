@@ -2,10 +2,12 @@
 """Pickle streams of the commonest payloads, written and read without a Pickler: what :mod:`.scalars` uses when
 it is built (``pip install``, Cython and the machine's C compiler).
 
-``dumps`` writes None, bools, ints, floats and ASCII strs, tuples of them and a call's ``(args, {})`` as the
-protocol-5 opcodes ``pickle`` would use for them (without its FRAME and MEMOIZE opcodes, which only help larger
-streams); anything else, or a stream that would not fit its 1 KiB buffer, is ``pickle.dumps(obj, 5)``. Any
-``pickle.loads`` reads what it writes, so a peer running the pure-Python modules needs nothing of this.
+``dumps`` writes None, bools, ints, floats and ASCII strs, and tuples, lists and dicts of them (a call's ``(args,
+kwargs)`` included; nested up to NEST deep, at most CONTAINERS lists and dicts, none met twice) as the protocol-5
+opcodes ``pickle`` would use for them (without its FRAME and MEMOIZE opcodes, which only help larger streams);
+anything else, or a stream that would not fit its 1 KiB buffer, is ``pickle.dumps(obj, 5)``. ``dumps_plain`` is
+the same writer that returns None instead. Any ``pickle.loads`` reads what they write, so a peer running the
+pure-Python modules needs nothing of this.
 
 ``loads`` reads a stream made only of those opcodes (with or without FRAME and MEMOIZE: the shape
 ``pickle.dumps`` gives them) and hands everything else, whatever is unusual or malformed, to ``pickle.loads``,
