@@ -111,6 +111,15 @@ cdef bint _put_str(Out* o, object v) except -1:
     return True
 
 
+cdef inline bint _byte(Out* o, unsigned char op) noexcept:
+    """One opcode, if there is room for it (and STOP after it)."""
+    if not _room(o, 1):
+        return False
+    o.buf[o.n] = op
+    o.n += 1
+    return True
+
+
 cdef bint _put_value(Out* o, object v, int depth) except -1:
     """Write ``v`` if it is a scalar, or a tuple, list or dict of such values (nested up to NEST deep, keys too);
     False where it is not, or does not fit. A list or dict met twice (shared, or inside itself) is False too:
@@ -118,16 +127,11 @@ cdef bint _put_value(Out* o, object v, int depth) except -1:
     cdef Py_ssize_t i, n, pos = 0
     cdef PyObject* key
     cdef PyObject* val
-    cdef unsigned char close
     t = type(v)
-    if not _room(o, 1):
-        return False
     if v is None:
-        o.buf[o.n] = b'N'; o.n += 1
-        return True
+        return _byte(o, b'N')
     if t is bool:
-        o.buf[o.n] = 0x88 if v is True else 0x89; o.n += 1
-        return True
+        return _byte(o, 0x88 if v is True else 0x89)  # NEWTRUE, NEWFALSE
     if t is int:
         return _put_int(o, v)
     if t is float:
@@ -139,18 +143,13 @@ cdef bint _put_value(Out* o, object v, int depth) except -1:
     if t is tuple:
         n = PyTuple_GET_SIZE(v)
         if n == 0:
-            o.buf[o.n] = b')'; o.n += 1
-            return True
-        if n > 3:
-            o.buf[o.n] = b'('; o.n += 1  # MARK
+            return _byte(o, b')')  # EMPTY_TUPLE
+        if n > 3 and not _byte(o, b'('):  # MARK
+            return False
         for i in range(n):
             if not _put_value(o, <object>PyTuple_GET_ITEM(v, i), depth + 1):
                 return False
-        if not _room(o, 1):
-            return False
-        o.buf[o.n] = b't' if n > 3 else 0x84 + n  # TUPLE, or TUPLE1..TUPLE3
-        o.n += 1
-        return True
+        return _byte(o, b't' if n > 3 else 0x84 + n)  # TUPLE, or TUPLE1..TUPLE3
     if t is not list and t is not dict:
         return False
     for i in range(o.seen):
@@ -160,33 +159,22 @@ cdef bint _put_value(Out* o, object v, int depth) except -1:
         return False
     o.containers[o.seen] = <PyObject*>v
     o.seen += 1
+    n = PyList_GET_SIZE(v) if t is list else PyDict_GET_SIZE(v)
+    if not _byte(o, b']' if t is list else b'}'):  # EMPTY_LIST, EMPTY_DICT
+        return False
+    if n == 0:
+        return True
+    if not _byte(o, b'('):  # MARK
+        return False
     if t is list:
-        o.buf[o.n] = b']'; o.n += 1  # EMPTY_LIST
-        n = PyList_GET_SIZE(v)
-        close = b'e'  # APPENDS
-        if n:
-            if not _room(o, 1):
+        for i in range(n):
+            if not _put_value(o, <object>PyList_GET_ITEM(v, i), depth + 1):
                 return False
-            o.buf[o.n] = b'('; o.n += 1
-            for i in range(n):
-                if not _put_value(o, <object>PyList_GET_ITEM(v, i), depth + 1):
-                    return False
     else:
-        o.buf[o.n] = b'}'; o.n += 1  # EMPTY_DICT
-        n = PyDict_GET_SIZE(v)
-        close = b'u'  # SETITEMS
-        if n:
-            if not _room(o, 1):
+        while PyDict_Next(v, &pos, &key, &val):
+            if not _put_value(o, <object>key, depth + 1) or not _put_value(o, <object>val, depth + 1):
                 return False
-            o.buf[o.n] = b'('; o.n += 1
-            while PyDict_Next(v, &pos, &key, &val):
-                if not _put_value(o, <object>key, depth + 1) or not _put_value(o, <object>val, depth + 1):
-                    return False
-    if n:
-        if not _room(o, 1):
-            return False
-        o.buf[o.n] = close; o.n += 1
-    return True
+    return _byte(o, b'e' if t is list else b'u')  # APPENDS, SETITEMS
 
 
 cdef inline bint _write(Out* o, object obj) except -1:
