@@ -1,5 +1,6 @@
 """Builds the optional compiled hot path with Cython and the machine's C compiler: the Cython modules
-(disto/wire/_speedups.pyx, disto/memory/_block.pyx, disto/serialization/_scalars.pyx), and every module of the per-message path that has a .pxd file
+(disto/wire/_speedups.pyx, disto/memory/_block.pyx, disto/serialization/_scalars.pyx,
+disto/transport/_fromthread.pyx), and every module of the per-message path that has a .pxd file
 next to its .py (compiled from that source, its classes C types with the .pxd's typed fields; see disto/native.py).
 
 Everything else is in pyproject.toml. Without Cython or a compiler, or with DISTO_PURE_PYTHON=1 set at install
@@ -23,7 +24,7 @@ if os.environ.get("DISTO_PURE_PYTHON", "").strip().lower() in ("", "0", "false",
         print("disto: Cython is not installed; installing the pure-Python modules only")
     else:
         sources = ["disto/wire/_speedups.pyx", "disto/memory/_block.pyx", "disto/serialization/_scalars.pyx",
-                   *_from_source()]
+                   "disto/transport/_fromthread.pyx", *_from_source()]
         ext_modules = cythonize(
             [Extension(os.path.splitext(s)[0].replace("/", "."), [s], extra_compile_args=["-O2"]) for s in sources],
             # annotation_typing off: a .py's annotations are documentation, not C types (``frames: list`` must

@@ -1,9 +1,10 @@
 """Which of disto's modules run compiled, and the switch to run none of them.
 
 ``pip install`` builds two kinds of extension with Cython and the machine's C compiler (``setup.py``):
-- ``wire/_speedups.pyx``, ``memory/_block.pyx`` and ``serialization/_scalars.pyx``, written in Cython, next to
-  pure-Python equivalents that the modules using them fall back to (``wire/codec.py``, ``memory/blocks.py``,
-  ``serialization/scalars.py``);
+- ``wire/_speedups.pyx``, ``memory/_block.pyx``, ``serialization/_scalars.pyx`` and
+  ``transport/_fromthread.pyx``, written in Cython, next to pure-Python equivalents that the modules using them
+  fall back to (``wire/codec.py``, ``memory/blocks.py``, ``serialization/scalars.py``; without the last, actors'
+  threads hand their replies to the loop: ``transport/threadwrites.py``);
 - the modules of the per-message path, compiled from their own ``.py`` source with the ``.pxd`` file next to it,
   which turns their classes into C types with typed fields (:data:`COMPILED_FROM_SOURCE`). The ``.py`` is the one
   source and the fallback: the import system prefers an extension module to a source file of the same name, and

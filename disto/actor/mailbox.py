@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ActorDeadError, RemoteError, format_remote_traceback
 from .base import AGEN, ASYNC, GEN, GEN_LOOP, LOOP, THREAD, How
-from .threads import ActorThread
+from .threads import ANSWERED, ActorThread, Direct
 
 _CoroutineType = types.CoroutineType
 # types of results that are not coroutines: asyncio.iscoroutine costs an ABC check per call on them (it remembers
@@ -50,7 +50,8 @@ log = logging.getLogger("disto.actor")
 class CallItem:
     """One call to run: where it came from (a channel, or a local future) and what to run."""
 
-    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task", "coro", "abandoned", "t0", "span")
+    __slots__ = ("ch", "call_id", "method", "args", "kwargs", "fut", "task", "coro", "abandoned", "t0", "t1",
+                 "span")
 
     def __init__(self, ch: "Channel | None", call_id: int, method: str, args: tuple, kwargs: dict,
                  fut: asyncio.Future | None) -> None:
@@ -64,20 +65,26 @@ class CallItem:
         self.coro: Any = None  # an async method's coroutine, which its task runs (for the stacks: node/introspection)
         self.abandoned = False  # answered already (cancelled, actor stopped) while its thread still runs it
         self.t0 = _perf_counter()  # when it arrived: its latency and, while it runs, its age
+        self.t1 = 0.0  # when its actor's thread answered it itself (threads.ANSWERED), else 0
         self.span: Any = None  # the OpenTelemetry span it runs under, when its caller traces (node/tracing.py)
 
 
 # (item, value) / (item, exception, traceback text) / (item, cancel it) -> where a stream's items go
 ReplyFn = Callable[[CallItem, Any], None]
 FailFn = Callable[[CallItem, BaseException, str], None]
+AnsweredFn = Callable[[CallItem], None]  # a call its actor's thread answered itself: the bookkeeping left to do
 OpenStreamFn = Callable[[CallItem, Callable[[], None]], Any]
 
 
 class Mailbox:
     def __init__(self, instance: Any, label: str, limit: int, reply: ReplyFn, fail: FailFn,
                  methods: dict[str, How], thread: ActorThread | None = None,
-                 open_stream: OpenStreamFn | None = None, stats: Any = None) -> None:
+                 open_stream: OpenStreamFn | None = None, stats: Any = None,
+                 direct: tuple[Direct, AnsweredFn] | None = None) -> None:
         self._open_stream = open_stream
+        # (how the actor's thread answers calls itself, what the loop does then besides the mailbox's own
+        # bookkeeping: the metrics), or None: every answer goes back through the loop (see threads)
+        self._direct, self._answered = direct if direct is not None else (None, None)
         self.stats = stats  # an ActorStats (node/metrics.py) or None: stream calls are counted here
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, got {limit!r}")
@@ -97,8 +104,19 @@ class Mailbox:
         self._run_open = False
         self._run_left = 0  # calls of the run not done yet (on the thread, or joining it)
         self._joining: list[CallItem] = []  # calls joining the run, handed over together at the end of the tick
+        if thread is not None:
+            thread.direct = self._direct
+
+    def settle(self) -> None:
+        """Take in what the actor's thread finished and has not told the loop yet (calls it answered itself)."""
+        thread = self.thread
+        if thread is not None:
+            thread.settle()
 
     def post(self, item: CallItem) -> None:
+        thread = self.thread
+        if thread is not None and thread._outcomes:
+            thread.settle()  # calls the thread answered itself: their slot is free, their bookkeeping done
         if self.stopped:
             self._fail(item, ActorDeadError(f"actor {self.label} is stopped", actor=self.label), "")
             return
@@ -112,6 +130,9 @@ class Mailbox:
             self._start(item)  # idle: run now, no queue hop
             return
         self.queue.append(item)
+        if thread is not None and thread.lazy:
+            thread.lazy = False  # it waits for the slot: the thread must tell the loop when it frees it
+            thread.settle()
         if self.running < self.limit:
             self._drain()
 
@@ -173,6 +194,8 @@ class Mailbox:
         thread = self.thread
         if thread is None:
             thread = self.thread = ActorThread(f"disto {self.label}", asyncio.get_running_loop())
+            thread.direct = self._direct
+        thread.lazy = not self.queue  # (see post)
         instance, done, running = self.instance, self._thread_done, self.running_items
         jobs = []
         for it in batch:
@@ -200,6 +223,7 @@ class Mailbox:
         thread = self.thread
         if how is GEN and thread is None:
             thread = self.thread = ActorThread(f"disto {self.label}", asyncio.get_running_loop())
+            thread.direct = self._direct
 
         def step() -> Any:
             return next(gen, _DONE)
@@ -259,7 +283,9 @@ class Mailbox:
         """On the loop: a sync call came back from the actor's thread (the run's slot is free after its last)."""
         self.running_items.discard(item)
         self._run_left -= 1
-        if ok and (type(value) is _CoroutineType or (type(value) not in _PLAIN and _is_coroutine(value))) \
+        if value is ANSWERED:
+            self._answered(item)  # type: ignore[misc]
+        elif ok and (type(value) is _CoroutineType or (type(value) not in _PLAIN and _is_coroutine(value))) \
                 and not item.abandoned:  # a sync method that returned a coroutine
             self.running += 1  # the task takes a slot of its own; the run's is released below as usual
             self._as_task(item, value)
@@ -301,6 +327,7 @@ class Mailbox:
 
     def cancel(self, match: Callable[[CallItem], bool]) -> bool:
         """Cancel a queued or running call; True if one was found."""
+        self.settle()
         for item in self._joining:
             if match(item):
                 self._abandon(item, asyncio.CancelledError())  # skipped on the thread, still counted
@@ -322,6 +349,7 @@ class Mailbox:
     def cancel_from(self, ch: "Channel") -> int:
         """Cancel every call that came over ``ch`` (its caller is gone): queued ones are dropped, running async
         ones cancelled, sync ones abandoned. Returns how many."""
+        self.settle()
         gone = [item for item in self.queue if item.ch is ch]
         for item in gone:
             self.queue.remove(item)
@@ -337,6 +365,7 @@ class Mailbox:
     def stop(self) -> None:
         """Fail queued calls with ActorDeadError and cancel running ones (whoever owns the actor's thread ends
         it, after ``on_stop``)."""
+        self.settle()
         self.stopped = True
         dead = ActorDeadError(f"actor {self.label} was stopped", actor=self.label)
         while self.queue:

@@ -11,6 +11,14 @@ Each way, the wake-up is a write to an eventfd (two per thread), which Python ma
 queue or a lock would wake the other thread while the waker still holds the GIL: the woken thread then blocks
 on the GIL at once and has to be woken a second time when it is free, and a call paid three or four context
 switches per side instead of one or two (same core, W1 of bench/core.py: 89 µs a call before, 76 µs after).
+
+A remote call's answer need not go back through the loop at all. Given a :class:`Direct` hook (the node's
+replies), the thread writes a plain reply on the caller's socket itself, as soon as it has it, and posts the rest of the call's bookkeeping (the mailbox's slot, the
+metrics) without waking the loop: the loop settles those whenever it next looks at the actor (a new call:
+``Mailbox.post``; a cancel, a stop, the actor listing: ``Mailbox.settle``). That saves a wake-up of the loop and
+a context switch per call. The thread wakes the loop only when a write left something for it (the socket was
+busy, the connection is closing, or the channel stopped reading). No timer: arming one costs more than it saves
+where timers are expensive (a VM).
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import collections
 import contextvars
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from ..errors import format_remote_traceback
 
@@ -28,6 +36,21 @@ Done = Callable[[Any, bool, Any, str], None]  # (the job's item, ok, value or ex
 # just before it would run (its caller was answered already): done then gets (item, False, None, "")
 Job = tuple[Callable[..., Any], tuple, dict, Done, Any]
 Deferred = list[tuple[Callable[..., Any], tuple]]
+ANSWERED = object()  # the value done() gets for a call the thread answered itself (bookkeeping only)
+
+
+class Direct(Protocol):
+    """How an actor's thread answers calls itself (the node's replies implement it; None: it never does)."""
+
+    def prepare(self, item: Any, value: Any) -> list[bytes] | None:
+        """On the thread: the reply frames of the call ``item`` answered ``value``, the call claimed (the loop
+        will not answer it now); or None, and the loop answers it as usual."""
+
+    def send(self, item: Any, frames: list[bytes]) -> bool:
+        """On the thread: write ``item``'s reply frames; False if the loop must then run ``after_send``."""
+
+    def after_send(self, item: Any, ok: bool, value: Any, tb: str) -> None:
+        """On the loop, after a send that said False (what the write left to the loop; a ``Done`` callback)."""
 
 # on an actor thread, .state = [its loop, what a call's arguments asked of the loop while the thread dropped them
 # (None the rest of the time)]: one list per thread, set up once, so that a job pays two item stores for it
@@ -61,6 +84,11 @@ class ActorThread:
         # scheduled for as many as pile up (no lock: see _post and _flush)
         self._outcomes: collections.deque[tuple[Done, Any, bool, Any, str, Deferred | None]] = collections.deque()
         self._flush_scheduled = False
+        self.direct: Direct | None = None  # answers calls on the thread (the module's doc); set before submit
+        # whether the loop may hear of such calls late: false while work waits for the actor's slot (the owner
+        # clears it, then settles; the thread appends, then reads it, so an outcome is settled or wakes the loop)
+        self.lazy = True
+        self._flushing = False
 
     def submit(self, jobs: list[Job]) -> None:
         """Run each ``(fn, args, kwargs, done, item)`` of ``jobs`` on the thread, in order, after what was submitted
@@ -109,6 +137,7 @@ class ActorThread:
     def _run_jobs(self) -> None:
         jobs = self._jobs
         wake = self._wake
+        outcomes = self._outcomes
         _posting.state = state = [self._loop, None]
         while True:
             if not jobs:
@@ -122,6 +151,7 @@ class ActorThread:
                 return
             ctx, todo = batch
             del batch
+            last = len(todo) - 1
             for i in range(len(todo)):  # (not enumerate: its reused result tuple would keep the job alive)
                 fn, args, kwargs, done, item = todo[i]
                 if item.abandoned:
@@ -143,6 +173,24 @@ class ActorThread:
                     del fn, args, kwargs
                 finally:
                     state[1] = None
+                direct = self.direct
+                # only the last call in hand: the loop writes the replies of a run of calls together, in one
+                # system call (pipelined calls); the thread's own write saves a wake-up where one call waits
+                if ok and direct is not None and i == last and not jobs and not deferred \
+                        and type(item) is not _Pending:
+                    frames = direct.prepare(item, value)
+                    if frames is not None:
+                        del value
+                        # posted before the write (no wake-up: see above), so that a loop that runs as soon as the
+                        # caller has its answer (the next call) finds this one settled
+                        outcomes.append((done, item, True, ANSWERED, "", None))
+                        if not direct.send(item, frames):
+                            if not self._post(direct.after_send, item, True, None, ""):
+                                return
+                        elif not self.lazy and not self._flush_scheduled and not self._wake_loop():
+                            return  # (read after the append: see lazy)
+                        del done, item, deferred, frames
+                        continue
                 if not self._post(done, item, ok, value, tb, deferred or None):
                     return
                 del done, item, value, deferred
@@ -155,11 +203,21 @@ class ActorThread:
         self._outcomes.append((done, item, ok, value, tb, deferred))
         if self._flush_scheduled:
             return True
+        return self._wake_loop()
+
+    def _wake_loop(self) -> bool:
+        """Have the loop take the outcomes (False if it is closed: nobody is waiting)."""
         self._flush_scheduled = True
         if self._loop.is_closed():
-            return False  # nobody is waiting
+            return False
         os.eventfd_write(self._done, 1)  # (the GIL is released while it wakes the loop)
         return True
+
+    def settle(self) -> None:
+        """On the loop: take the outcomes the thread posted without waking it (calls it answered itself), so that
+        what the loop knows of the actor is up to date."""
+        if self._outcomes and not self._flushing:  # (a callback of the flush under way may post a call)
+            self._flush()
 
     def _on_done(self) -> None:
         try:
@@ -193,6 +251,7 @@ class ActorThread:
         self._flush_scheduled = False
         outcomes = self._outcomes
         popleft = outcomes.popleft
+        self._flushing = True
         try:
             for _ in range(len(outcomes)):  # those here now (later ones scheduled a flush of their own): bounded
                 done, item, ok, value, tb, deferred = popleft()
@@ -201,6 +260,7 @@ class ActorThread:
                         fn(*args)
                 done(item, ok, value, tb)
         finally:
+            self._flushing = False
             if outcomes and not self._flush_scheduled:  # a callback raised: the rest go next time round
                 self._flush_scheduled = True
                 self._loop.call_soon(self._flush)

@@ -11,11 +11,15 @@ from ..actor import (FIRST_USER_ACTOR_ID, ActorRef, ActorThread, Mailbox, check_
 from ..actor import context
 from ..errors import ActorDeadError, ActorNotFoundError, ClosedError, DistoError
 from .config import Here
-from .metrics import CANCELLED, ERROR, ActorStats, NodeMetrics
+from .metrics import CANCELLED, ERROR, OK, ActorStats, NodeMetrics
 from .replies import Replies
 from .streams import StreamSinks
 
 log = logging.getLogger("disto.node")
+
+
+def _nothing(item: Any) -> None:
+    pass
 
 
 class Cell:
@@ -36,8 +40,9 @@ class Cell:
 
 class ActorTable:
     def __init__(self, here: Here, replies: Replies, node: Any, sinks: StreamSinks,
-                 metrics: NodeMetrics | None = None) -> None:
+                 metrics: NodeMetrics | None = None, thread_replies: bool = False) -> None:
         self._here = here
+        self._thread_replies = thread_replies  # actors' threads write their plain answers (node.thread_replies)
         self.metrics = metrics or NodeMetrics(False)
         self._replies = replies
         self._sinks = sinks
@@ -45,6 +50,10 @@ class ActorTable:
         self.cells: dict[int, Cell] = {}
         self._next_id = FIRST_USER_ACTOR_ID
         self._allocated: set[int] = set()  # ids handed out for group members not built yet
+
+    def thread_replies(self) -> int:
+        """How many replies the actors' threads wrote on the caller's socket themselves (actor/threads.py)."""
+        return self._replies.thread_answers
 
     def allocate(self, n: int) -> list[int]:
         """Ids for ``n`` actors to be spawned later (group members: every member's ref exists before any of
@@ -76,8 +85,19 @@ class ActorTable:
                 observe(item.method, clock() - item.t0,
                         CANCELLED if isinstance(exc, asyncio.CancelledError) else ERROR)
                 fail(item, exc, tb, label)
+        direct = None
+        if self._thread_replies:
+            if stats is None:
+                direct = (self._replies, _nothing)
+            else:
+                observe = stats.observe
+
+                def answered(item: Any) -> None:  # (its latency up to the thread's answer)
+                    observe(item.method, item.t1 - item.t0, OK)
+                direct = (self._replies, answered)
         return Mailbox(instance, label, getattr(cls, "max_concurrency", 1), on_reply, on_fail,
-                       public_methods(cls), thread, lambda item, cancel: open_stream(item, label, cancel), stats)
+                       public_methods(cls), thread, lambda item, cancel: open_stream(item, label, cancel), stats,
+                       direct)
 
     def install_system(self, instance: Any, actor_id: int) -> ActorRef:
         ref = ActorRef(self._here.node_id, self._here.address, actor_id, type(instance).__name__, None, self._node)

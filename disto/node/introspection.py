@@ -31,6 +31,7 @@ def _call(item: "CallItem", now: float) -> dict[str, Any]:
 def actor_row(cell: "Cell", now: float) -> dict[str, Any]:
     """One actor as the listing, the dashboard and ``disto status`` show it."""
     mb = cell.mailbox
+    mb.settle()  # (calls its thread answered itself: counted, and no longer running)
     state = "stopped" if mb.stopped else ("running" if mb.running_items or mb.running else "idle")
     ref = cell.ref
     stats = mb.stats
@@ -77,6 +78,7 @@ def stacks(table: "ActorTable") -> dict[str, Any]:
         if actor_id < FIRST_USER_ACTOR_ID:
             continue
         mb = cell.mailbox
+        mb.settle()
         for item in list(mb.running_items):
             call = dict(_call(item, now), actor=mb.label)
             if item.task is not None:
@@ -134,4 +136,5 @@ def node_stats(node: Any, actors: "ActorTable", peers: "Peers", liveness: "Liven
         "shm": node.buffers.exporter.stats(),
         "peer_stats": peer_rows(ready, now, node.buffers.leased_to),
         "restarts": node.metrics.restarts,
+        "thread_replies": actors.thread_replies(),
     }

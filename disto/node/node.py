@@ -28,12 +28,14 @@ from ..futures import Future
 from ..ids import new_node_id
 from ..memory import janitor
 from ..placement import detect_resources
-from ..transport import Channel
+from ..actor import mailbox as _mailbox_module, threads as _threads_module
+from ..transport import Channel, channel as _channel_module
 from ..wire import (Call, Cancel, Failure, Goodbye, Heartbeat, Message, Modules, Release, Reply, StreamCredit,
                     StreamEnd, StreamItem)
 from .actors import ActorTable
 from .buffers import BufferRouter
 from .config import Here, NodeConfig, normalize_token
+from . import inbound as _inbound_module, replies as _replies_module
 from .inbound import InboundCalls
 from .introspection import node_stats, stacks
 from .metrics import NodeMetrics
@@ -56,6 +58,14 @@ log = logging.getLogger("disto.node")
 def _ignore(ch: Channel, ev: Message) -> None:
     pass  # a heartbeat: its bytes already counted as a sign of life (Channel.last_heard)
 
+
+def thread_replies() -> bool:
+    """Whether actors' threads write their plain answers themselves (disto/actor/threads.py): the channel's writes
+    from threads are available (transport/threadwrites.py) and every module taking part runs compiled, as their
+    exclusion from the loop rests on the GIL (a call's claim, the channel's count of calls it holds)."""
+    return _channel_module.THREAD_WRITES and not any(
+        (m.__file__ or "").endswith(".py")
+        for m in (_threads_module, _mailbox_module, _replies_module, _inbound_module))
 
 class Node:
     """One disto node. ``async with Node(token) as node`` starts it; ``listen=None`` makes a node that only dials.
@@ -95,7 +105,7 @@ class Node:
         self.wants_output = role == "driver"  # a driver prints what the cluster's actors print
         self.dashboard_url: str | None = None
         self.token_source = "the token given"  # where the token came from, for "token mismatch" messages
-        self._actors = ActorTable(here, self._replies, self, self._sinks, self.metrics)
+        self._actors = ActorTable(here, self._replies, self, self._sinks, self.metrics, thread_replies())
         self._inbound = InboundCalls(here, self._actors, self._replies, self.buffers, self)
         self._liveness = Liveness(cfg, self._peers)
         self._outbound = OutboundCalls(here, self._peers, self.buffers, self._inbound.call_local,

@@ -21,7 +21,8 @@ GOODBYE_FLUSH_TIMEOUT = 1.0  # how long a stopping node lets its connections wri
 
 
 def _nodelay(sock: Any) -> None:
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+    # (fileno -1: the connection closed already; uvloop keeps the socket object it handed out, emptied)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and sock.fileno() >= 0:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 

@@ -171,7 +171,7 @@ class Preloads:
         try:
             for ch, ev in held:
                 if type(ev) is Call:
-                    ch.queued -= 1  # on_call counts it again
+                    ch.uncount_call()  # on_call counts it again
                 if ch.closed:
                     continue  # its loss has been handled: its callers were failed, its calls are moot
                 try:

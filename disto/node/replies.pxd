@@ -6,6 +6,13 @@ from disto.transport.channel cimport ChannelCore
 
 cdef class Replies:
     cdef public object _ship, _here, _buffers, _max_frame
+    cdef public long long thread_answers
 
     @cython.locals(ch=ChannelCore)
     cpdef reply(self, CCallItem item, value)
+    @cython.locals(ch=ChannelCore)
+    cpdef prepare(self, CCallItem item, value)
+    @cython.locals(ch=ChannelCore)
+    cpdef bint send(self, CCallItem item, list frames)
+    @cython.locals(ch=ChannelCore)
+    cpdef after_send(self, CCallItem item, ok, value, tb)

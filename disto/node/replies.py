@@ -1,15 +1,18 @@
 """What our actors' calls produced, back to their callers: a REPLY or a FAILURE on the caller's channel, or the
-local caller's future. The mailboxes call :meth:`Replies.reply` and :meth:`Replies.fail`."""
+local caller's future. The mailboxes call :meth:`Replies.reply` and :meth:`Replies.fail`; an actor's thread
+writes a plain answer itself through :meth:`Replies.prepare` and :meth:`Replies.send` (the ``Direct`` hook of
+:mod:`disto.actor.threads`)."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Callable
 
 from ..actor import CallItem
 from ..errors import LocalProtocolError, SerializationError
 from ..serialization import scalars
-from ..transport import Channel
+from ..transport import Channel, threadwrites
 from ..wire import FailureKind, Kind, State
 from . import tracing
 from .buffers import INLINE_PAYLOAD_MAX, BufferRouter, scalar_payload, too_large
@@ -22,6 +25,9 @@ SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
 _scalar_dumps = scalars.dumps  # (pickle.dumps(v, 5), without a Pickler per reply when compiled)
 _plain_dumps = scalars.dumps_plain
 _READY = State.READY
+_perf_counter = time.perf_counter
+_send_from_thread = threadwrites.send
+_TW_SENT = threadwrites.SENT
 
 
 class Replies:
@@ -31,6 +37,7 @@ class Replies:
         self._here = here
         self._buffers = buffers
         self._max_frame = max_frame
+        self.thread_answers = 0  # replies actors' threads wrote themselves (prepare; node stats: thread_replies)
 
     def reply(self, item: CallItem, value: Any) -> None:
         if item.span is not None:
@@ -66,6 +73,50 @@ class Replies:
         if self._buffers.releases:  # (checked here: a call less per reply when there is nothing to release)
             frames = self._buffers.take_releases(ch) + frames  # one write: the peer wakes once for both
         ch.write(frames)
+
+    # ----------------------------------------------------------------- answers written by actors' threads
+    # (the Direct hook of actor/threads.py; compiled only: see node/actors.py thread_replies)
+    def prepare(self, item: CallItem, value: Any) -> list | None:
+        """On an actor's thread, for a remote call its sync method answered with ``value``: the REPLY's frames,
+        the call claimed, where the thread may write them itself (a plain value, no span, nothing to release
+        first, a channel the thread may write on); else None (``item`` untouched: the loop answers it). The claim
+        and the count below are C field operations with no Python code between them: the GIL makes them atomic
+        with respect to the loop."""
+        ch = item.ch
+        if ch is None or ch.wfd < 0 or item.call_id == 0 or item.span is not None or self._buffers.releases:
+            return None
+        if type(value) in SCALAR_TYPES:
+            stream = _scalar_dumps(value)
+            if len(stream) > INLINE_PAYLOAD_MAX:
+                return None
+        else:
+            stream = _plain_dumps(value)
+            if stream is None:
+                return None
+        try:
+            frames = ch.conn.send_reply(item.call_id, stream, (), False)
+        except LocalProtocolError:  # (the connection is no longer ready: the loop's path knows what to do)
+            return None
+        if item.abandoned:  # answered on the loop meanwhile (cancelled, actor stopped)
+            return None
+        item.abandoned = True  # claimed: the loop does not answer it now (Mailbox._abandon checks this flag)
+        self.thread_answers += 1
+        item.t1 = _perf_counter()
+        ch.queued -= 1  # (ch.call_finished(); drained() is the loop's: see send)
+        return frames
+
+    def send(self, item: CallItem, frames: list) -> bool:
+        """On the thread: write the frames prepare() gave; False if the loop must run after_send (the socket
+        did not take them all, the channel is closing, or it stopped reading and may read again now)."""
+        ch = item.ch
+        return _send_from_thread(ch, frames, _READY) == _TW_SENT and not ch.reading_paused
+
+    def after_send(self, item: CallItem, ok: bool, value: Any, tb: str) -> None:
+        """On the loop, after a send() that said False."""
+        ch = item.ch
+        if ch.reading_paused:
+            ch.drained()
+        ch.flush_tail()
 
     def fail(self, item: CallItem, exc: BaseException, tb: str, label: str) -> None:
         if item.span is not None:

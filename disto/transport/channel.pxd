@@ -11,6 +11,8 @@ cdef class ChannelCore:
     cdef public object _batch, _wq, _handshake_timer
     cdef public double last_heard
     cdef public long long bytes_in, bytes_out, shm_bytes_out, cuda_bytes_out
+    cdef public int wfd
+    cdef public object tail
 
     cpdef write(self, frames)
     cpdef _process(self)

@@ -14,17 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import time
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from ..errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ..wire import CLOSED, NEED_DATA, Connection, Kind, Ready, State, T
+from . import threadwrites
 
 log = logging.getLogger("disto.transport")
 
 FLUSH_EVERY = 32
 _HANDSHAKE, _READY = State.HANDSHAKE, State.READY  # (an Enum member through its class: ~70 ns)
 _monotonic = time.monotonic  # frames written while a received batch is still being processed
+# actors' threads may write their answers on our sockets themselves (threadwrites): only when this module runs
+# compiled too, as the exclusion from the loop's writes rests on the GIL (no Python code between check and write)
+THREAD_WRITES = threadwrites.AVAILABLE and not __file__.endswith(".py")
 
 
 class AuthFailureLog:
@@ -90,6 +95,11 @@ class ChannelCore:
         self._wq: list[Any] = []
         self._flush_scheduled = False
         self.writing_paused = False
+        # writes from actors' threads (threadwrites): our own duplicate of the socket's descriptor (so that it
+        # stays valid whatever the loop closes while a thread holds it), and what such a write left for the loop
+        # to write before anything else (frames, or None)
+        self.wfd = -1
+        self.tail: list[bytes] | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.last_heard = time.monotonic()  # any bytes from the peer are a sign of life
         self.same_host = False  # the peer shares our kernel and pid namespace (set once ready)
@@ -106,6 +116,10 @@ class ChannelCore:
             transport.abort()  # type: ignore[attr-defined]
             return
         self.transport = transport  # type: ignore[assignment]
+        if THREAD_WRITES and threadwrites.eligible(transport):
+            fd = transport.get_extra_info("socket").fileno()
+            if fd >= 0:  # (-1: closed already, the peer gone while we connected)
+                self.wfd = os.dup(fd)
         self._write_now(self.conn.data_to_send())
 
 
@@ -177,6 +191,10 @@ class ChannelCore:
                                "(a peer with another cluster token?)")
         self.closed = True
         self.conn.close()
+        if self.wfd >= 0:  # (no thread writes after this: they check ``closed`` first, holding the GIL)
+            os.close(self.wfd)
+            self.wfd = -1
+        self.tail = None
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         for w in self.ready_waiters:
@@ -250,7 +268,7 @@ class ChannelCore:
             self._wq.extend(frames)
         else:
             transport = self.transport
-            if len(frames) == 1 and transport is not None and type(frames[0]) is bytes \
+            if len(frames) == 1 and transport is not None and type(frames[0]) is bytes and self.tail is None \
                     and not transport.is_closing():
                 self.bytes_out += len(frames[0])  # (_write_now, inlined for the common case: one small frame)
                 transport.write(frames[0])
@@ -259,13 +277,21 @@ class ChannelCore:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
+    def flush_tail(self) -> None:
+        """Write what an actor's thread left in ``tail`` (threadwrites), unless something else writes it first."""
+        if self.tail is not None and self._batch is None:  # (mid-batch, the batch's write takes it first)
+            self._write_now([])
+
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._wq:
+        if self._wq or self.tail is not None:
             wq, self._wq = self._wq, []
             self._write_now(wq)
 
     def _write_now(self, frames: list[Any]) -> None:
+        if self.tail is not None:  # what an actor's thread could not write goes first
+            frames = [*self.tail, *frames]
+            self.tail = None
         if not frames or self.transport is None or self.transport.is_closing():
             return
         if len(frames) == 1:
@@ -289,6 +315,11 @@ class ChannelCore:
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def uncount_call(self) -> None:
+        """A received call handed back to be received again (held during a preload): no longer counted. (Not
+        ``queued -= 1`` in the caller's Python: an actor's thread counts down too, atomically only in C.)"""
+        self.queued -= 1
 
     def call_finished(self) -> None:
         self.queued -= 1
