@@ -7,13 +7,14 @@ still give the same results."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 import torch
@@ -97,14 +98,22 @@ class Sink(asyncio.Protocol):
         self.data += data
 
 
-async def _pair() -> tuple[asyncio.Transport, Sink, Any]:
+@contextlib.asynccontextmanager
+async def _connected() -> AsyncIterator[tuple[asyncio.Transport, Sink, FakeChannel]]:
+    """A uvloop TCP connection on 127.0.0.1: our transport, the peer's sink, and a channel for threadwrites."""
     loop = asyncio.get_running_loop()
     sink = Sink()
     server = await loop.create_server(lambda: sink, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
-    await eventually(lambda: sink.transport is not None, what="the server side")
-    return transport, sink, server
+    ch = FakeChannel(transport)
+    try:
+        await eventually(lambda: sink.transport is not None, what="the server side")
+        yield transport, sink, ch
+    finally:
+        ch.close()
+        transport.close()
+        server.close()
 
 
 def _on_thread(fn: Any, *args: Any) -> Any:
@@ -122,24 +131,16 @@ def needs_primitive(fn: Any) -> Any:
 
 @needs_primitive
 async def test_an_idle_socket_takes_the_frames_at_once_from_another_thread() -> None:
-    transport, sink, server = await _pair()
-    ch = FakeChannel(transport)
-    try:
+    async with _connected() as (transport, sink, ch):
         assert threadwrites.eligible(transport)
         assert _on_thread(threadwrites.send, ch, [b"abc", b"defg"], READY) == threadwrites.SENT
         assert ch.bytes_out == 7 and ch.tail is None and gc.isenabled()
         await eventually(lambda: bytes(sink.data) == b"abcdefg", what="the bytes at the peer")
-    finally:
-        ch.close()
-        transport.close()
-        server.close()
 
 
 @needs_primitive
 async def test_frames_wait_behind_what_the_loop_has_buffered_and_a_partial_write_leaves_the_rest() -> None:
-    transport, sink, server = await _pair()
-    ch = FakeChannel(transport)
-    try:
+    async with _connected() as (transport, sink, ch):
         sink.transport.pause_reading()  # type: ignore[union-attr]
         sock = transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -160,17 +161,11 @@ async def test_frames_wait_behind_what_the_loop_has_buffered_and_a_partial_write
         transport.write(b"".join(ch.tail))  # (what the channel's loop does with its tail)
         await eventually(lambda: len(sink.data) == len(big) + 9, what="every byte at the peer")
         assert bytes(sink.data) == big + b"aftermore"
-    finally:
-        ch.close()
-        transport.close()
-        server.close()
 
 
 @needs_primitive
 async def test_nothing_is_written_on_a_closed_or_not_ready_channel_or_for_frames_that_are_not_bytes() -> None:
-    transport, sink, server = await _pair()
-    ch = FakeChannel(transport)
-    try:
+    async with _connected() as (transport, sink, ch):
         ch.conn.state = object()
         assert threadwrites.send(ch, [b"x"], READY) == threadwrites.DROPPED
         ch.conn.state = READY
@@ -183,9 +178,6 @@ async def test_nothing_is_written_on_a_closed_or_not_ready_channel_or_for_frames
         transport.close()
         assert threadwrites.send(ch, [b"x"], READY) == threadwrites.DROPPED
         assert sink.data == b""
-    finally:
-        ch.close()
-        server.close()
 
 
 def test_the_switch_and_the_pure_python_modules_turn_thread_writes_off() -> None:
