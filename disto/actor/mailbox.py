@@ -116,9 +116,7 @@ class Mailbox:
     def post(self, item: CallItem) -> None:
         thread = self.thread
         if thread is not None and thread._outcomes and not thread._flush_scheduled:
-            # calls the thread answered itself, which it did not wake us for: their slot is free now (outcomes
-            # posted with a wake-up are left to that wake-up: taken together, their replies go in one write)
-            thread.settle()
+            thread.settle()  # calls the thread answered itself, unannounced: their slot is free (threads.py)
         if self.stopped:
             self._fail(item, ActorDeadError(f"actor {self.label} is stopped", actor=self.label), "")
             return

@@ -13,12 +13,14 @@ on the GIL at once and has to be woken a second time when it is free, and a call
 switches per side instead of one or two (same core, W1 of bench/core.py: 89 µs a call before, 76 µs after).
 
 A remote call's answer need not go back through the loop at all. Given a :class:`Direct` hook (the node's
-replies), the thread writes a plain reply on the caller's socket itself, as soon as it has it, and posts the rest of the call's bookkeeping (the mailbox's slot, the
-metrics) without waking the loop: the loop settles those whenever it next looks at the actor (a new call:
-``Mailbox.post``; a cancel, a stop, the actor listing: ``Mailbox.settle``). That saves a wake-up of the loop and
-a context switch per call. The thread wakes the loop only when a write left something for it (the socket was
-busy, the connection is closing, or the channel stopped reading). No timer: arming one costs more than it saves
-where timers are expensive (a VM).
+replies), the thread writes the reply of the last call it has in hand on the caller's socket itself, when the
+hook takes it (a plain value; the loop not busy with that caller's frames), and posts the rest of the call's
+bookkeeping (the mailbox's slot, the metrics) without waking the loop: the loop settles those whenever it next
+looks at the actor (a new call: ``Mailbox.post``; a cancel, a stop, the actor listing: ``Mailbox.settle``). That
+saves a wake-up of the loop and a context switch per call. The thread wakes the loop only when a write left
+something for it (the socket was busy, the connection is closing, or the channel stopped reading) or when a call
+waits for the actor's slot (``lazy``). No timer: arming one costs more than it saves where timers are expensive
+(a VM). The replies of a run of calls still go back through the loop, in one write.
 """
 from __future__ import annotations
 

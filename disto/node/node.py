@@ -67,6 +67,7 @@ def thread_replies() -> bool:
         (m.__file__ or "").endswith(".py")
         for m in (_threads_module, _mailbox_module, _replies_module, _inbound_module))
 
+
 class Node:
     """One disto node. ``async with Node(token) as node`` starts it; ``listen=None`` makes a node that only dials.
 

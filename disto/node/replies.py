@@ -75,7 +75,7 @@ class Replies:
         ch.write(frames)
 
     # ----------------------------------------------------------------- answers written by actors' threads
-    # (the Direct hook of actor/threads.py; compiled only: see node/actors.py thread_replies)
+    # (the Direct hook of actor/threads.py; compiled only: see thread_replies in node/node.py)
     def prepare(self, item: CallItem, value: Any) -> list | None:
         """On an actor's thread, for a remote call its sync method answered with ``value``: the REPLY's frames,
         the call claimed, where the thread may write them itself (a plain value, no span, nothing to release
