@@ -27,7 +27,12 @@ from disto.transport import threadwrites
 from helpers import ROOT, calls_to, channel_to, eventually, instance, nodes, spawn
 
 COMPILED = thread_replies()
-needs_compiled = pytest.mark.skipif(not COMPILED, reason="thread replies need the compiled modules")
+
+
+def needs_thread_replies(fn: Any) -> Any:
+    """Runs only where nodes answer on their actors' threads: compiled, on uvloop."""
+    fn = pytest.mark.loops("uvloop")(fn)
+    return pytest.mark.skipif(not COMPILED, reason="thread replies need the compiled modules")(fn)
 READY = object()
 
 
@@ -247,13 +252,18 @@ async def test_a_cancelled_call_is_answered_once_and_the_connection_stays_usable
         assert b.stats()["thread_replies"] <= 1  # (never the cancelled call's: see the next test)
 
 
-@needs_compiled
-@pytest.mark.loops("uvloop")
-async def test_the_thread_claims_a_call_before_it_answers_and_leaves_one_the_loop_answered() -> None:
+@contextlib.asynccontextmanager
+async def _callee() -> AsyncIterator[tuple[disto.Node, disto.Node, disto.ActorRef, Any]]:
+    """Two nodes, an Echo on the second called from the first, and the second's channel to the first."""
     async with nodes(2) as (a, b):
         ref = await spawn(a, b, Echo)
         assert await ref.ping(0) == 0
-        ch = channel_to(b, a.address)
+        yield a, b, ref, channel_to(b, a.address)
+
+
+@needs_thread_replies
+async def test_the_thread_claims_a_call_before_it_answers_and_leaves_one_the_loop_answered() -> None:
+    async with _callee() as (a, b, ref, ch):
         replies = b._replies
         before, queued = replies.thread_answers, ch.queued
         gone = CallItem(ch, 7, "ping", (), {}, None)
@@ -278,14 +288,10 @@ async def test_pipelined_calls_with_a_small_read_bound_all_come_back() -> None:
             assert await asyncio.wait_for(disto.collect(futs), 30) == list(range(300))
 
 
-@needs_compiled
-@pytest.mark.loops("uvloop")
+@needs_thread_replies
 async def test_replies_larger_than_the_socket_takes_arrive_whole_next_to_small_ones() -> None:
     # a small send buffer on the callee's socket: the thread's writes are partial, the loop writes the rest
-    async with nodes(2) as (a, b):
-        ref = await spawn(a, b, Echo)
-        assert await ref.ping(0) == 0
-        ch = channel_to(b, a.address)
+    async with _callee() as (a, b, ref, ch):
         sock = socket.socket(fileno=os.dup(ch.wfd))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sock.close()

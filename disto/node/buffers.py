@@ -13,7 +13,7 @@ from ..actor.threads import defer_to_loop
 from ..errors import LocalProtocolError, SerializationError
 from ..serialization import (Route, ShmExporter, ShmImporter, buffer_address, dumps, dumps_for, loads,
                              route_on_host)
-from ..serialization import pickler
+from ..serialization import pickler, scalars
 from ..transport import Channel
 from ..wire import BufferKind, Release, T, external_desc
 
@@ -32,6 +32,21 @@ def scalar_payload(stream: bytes) -> tuple[bytes, list, bool]:
     if len(stream) > INLINE_PAYLOAD_MAX:
         return stream, [memoryview(stream)], True
     return stream, [], False
+
+
+SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
+_scalar_dumps = scalars.dumps  # (pickle.dumps(v, 5), without a Pickler when compiled)
+_plain_dumps = scalars.dumps_plain
+
+
+def plain_payload(value: Any) -> tuple[bytes, list, bool] | None:
+    """A reply's or stream item's value as (stream, buffers, out of band) when it needs no general pickling: a
+    scalar (out of band when large, see scalar_payload), or a tuple, list or dict of scalars that the compiled
+    writer takes (at most 1 KiB, in band); None for anything else (the router's serialize then takes it)."""
+    if type(value) in SCALAR_TYPES:
+        return scalar_payload(_scalar_dumps(value))
+    stream = _plain_dumps(value)  # (None in pure Python)
+    return None if stream is None else (stream, [], False)
 
 
 def too_large(e: LocalProtocolError, max_frame: int) -> SerializationError:

@@ -25,7 +25,7 @@ from ..streams import Stream
 from ..transport import Channel
 from ..wire import Failure, Kind, Reply, State, StreamEnd, StreamItem, T
 from . import tracing
-from .buffers import INLINE_PAYLOAD_MAX, BufferRouter, scalar_payload, too_large
+from .buffers import INLINE_PAYLOAD_MAX, SCALAR_TYPES as _SCALAR_TYPES, BufferRouter, scalar_payload, too_large
 from .config import Here, transfer_mode
 from .failures import exception_from
 from .inbound import failed
@@ -37,7 +37,6 @@ _plain_dumps = scalars.dumps_plain
 _NO_BUFFERS: tuple = ()
 _READY = State.READY
 _get_ident = threading.get_ident
-_SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
 
 LocalCall = Callable[[ActorRef, str, tuple, dict, Future, bool], None]
 

@@ -11,19 +11,15 @@ from typing import Any, Callable
 
 from ..actor import CallItem
 from ..errors import LocalProtocolError, SerializationError
-from ..serialization import scalars
 from ..transport import Channel, threadwrites
 from ..wire import FailureKind, Kind, State
 from . import tracing
-from .buffers import INLINE_PAYLOAD_MAX, BufferRouter, scalar_payload, too_large
+from .buffers import BufferRouter, plain_payload, too_large
 from .config import Here
 from .failures import failure_body, failure_kind, local_exception
 
 log = logging.getLogger("disto.node")
 
-SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
-_scalar_dumps = scalars.dumps  # (pickle.dumps(v, 5), without a Pickler per reply when compiled)
-_plain_dumps = scalars.dumps_plain
 _READY = State.READY
 _perf_counter = time.perf_counter
 _send_from_thread = threadwrites.send
@@ -55,16 +51,8 @@ class Replies:
         if item.call_id == 0 or ch.closed or ch.conn.state is not _READY:  # (Channel.can_send, inlined)
             return
         try:
-            if type(value) in SCALAR_TYPES:
-                stream = _scalar_dumps(value)
-                stream, bufs, oob = (stream, (), False) if len(stream) <= INLINE_PAYLOAD_MAX \
-                    else scalar_payload(stream)
-            else:
-                stream = _plain_dumps(value)  # a dict or list of scalars, when compiled (else None)
-                if stream is not None:
-                    bufs, oob = (), False  # (at most 1 KiB)
-                else:
-                    stream, bufs, oob = self._buffers.serialize(ch, value, None)
+            payload = plain_payload(value)  # (scalars, and lists and dicts of them, without a Pickler)
+            stream, bufs, oob = payload if payload is not None else self._buffers.serialize(ch, value, None)
             frames = ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob)
         except (SerializationError, LocalProtocolError) as e:
             err = e if isinstance(e, SerializationError) else too_large(e, self._max_frame)
@@ -90,16 +78,11 @@ class Replies:
             # end of the batch takes this reply too, where a write of our own would split the caller's stream into
             # more, smaller reads (pipelined calls lose 10-20% of their rate so)
             return None
-        if type(value) in SCALAR_TYPES:
-            stream = _scalar_dumps(value)
-            if len(stream) > INLINE_PAYLOAD_MAX:
-                return None
-        else:
-            stream = _plain_dumps(value)
-            if stream is None:
-                return None
+        payload = plain_payload(value)
+        if payload is None or payload[2]:  # (the general path's, or out of band: the loop's)
+            return None
         try:
-            frames = ch.conn.send_reply(item.call_id, stream, (), False)
+            frames = ch.conn.send_reply(item.call_id, payload[0], (), False)
         except LocalProtocolError:  # (the connection is no longer ready: the loop's path knows what to do)
             return None
         if item.abandoned:  # answered on the loop meanwhile (cancelled, actor stopped)

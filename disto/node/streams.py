@@ -10,17 +10,14 @@ from typing import Any, Callable
 from ..actor import CallItem
 from ..errors import LocalProtocolError
 from ..streams import Stream
-from ..serialization import scalars
 from ..transport import Channel
 from ..wire import Kind, StreamCredit, T
-from .buffers import BufferRouter, scalar_payload, too_large
+from .buffers import BufferRouter, plain_payload, too_large
 from .config import Here
 from .failures import local_exception
-from .replies import SCALAR_TYPES, Replies
+from .replies import Replies
 
 log = logging.getLogger("disto.node")
-_scalar_dumps = scalars.dumps
-_plain_dumps = scalars.dumps_plain
 
 
 class _Credit:
@@ -60,12 +57,8 @@ class RemoteSink:
         if not ch.can_send():
             raise asyncio.CancelledError  # the caller is gone: stop the generator
         try:
-            if type(value) in SCALAR_TYPES:
-                stream, bufs, oob = scalar_payload(_scalar_dumps(value))
-            else:
-                stream = _plain_dumps(value)  # a dict or list of scalars, when compiled (else None)
-                stream, bufs, oob = (stream, (), False) if stream is not None else \
-                    self._sinks.buffers.serialize(ch, value, None)
+            payload = plain_payload(value)  # (scalars, and lists and dicts of them, without a Pickler)
+            stream, bufs, oob = payload if payload is not None else self._sinks.buffers.serialize(ch, value, None)
             frames = ch.conn.send_reply(item.call_id, None if oob else stream, bufs, oob, Kind.STREAM_ITEM)
         except LocalProtocolError as e:
             raise too_large(e, self._sinks.max_frame) from None
