@@ -28,6 +28,7 @@ import time
 import disto
 from disto.lowcomm import ALGORITHMS, Config, History, LMTask, Trainer, lm_loss, plot_runs
 from disto.lowcomm.lm import parameters
+from disto.placement import visible_gpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,8 +41,22 @@ def config(args: argparse.Namespace, algorithm: str, seed: int) -> Config:
                       if getattr(args, k) is not None})
         outer["mix"], outer["merge"] = args.mix, args.merge
     lr = args.lr if algorithm == "ddp" or args.inner_lr is None else args.inner_lr
+    gpu_each = gpu_per_node(args, args.workers + int(args.kill))
     return Config(algorithm=algorithm, workers=args.workers, inner_steps=args.inner_steps, rounds=args.rounds,
-                  batch_size=args.batch_size, inner_lr=lr, warmup_steps=args.warmup, seed=seed, **outer)
+                  batch_size=args.batch_size, inner_lr=lr, warmup_steps=args.warmup, seed=seed, device=args.device,
+                  ddp_backend=args.ddp_backend or ("nccl" if gpu_each else "gloo"),
+                  worker_resources={"gpu": 1} if gpu_each else None, **outer)
+
+
+def gpu_per_node(args: argparse.Namespace, nodes: int) -> bool:
+    """``--device cuda``: a GPU of its own for each of ``nodes`` nodes if there are that many (ddp over NCCL),
+    else every worker on the first visible GPU (ddp over gloo, through host memory: NCCL wants a GPU per rank)."""
+    return args.device == "cuda" and len(visible_gpus()) >= nodes
+
+
+def local_cluster(args: argparse.Namespace, nodes: int) -> disto.LocalCluster:
+    return disto.LocalCluster(nodes=nodes, gpus_per_node=1 if gpu_per_node(args, args.workers + int(args.kill))
+                              else None)
 
 
 def summary(h: History) -> dict:
@@ -58,7 +73,7 @@ async def kill_run(args: argparse.Namespace, task: LMTask) -> tuple[History, dic
     info: dict = {}
     last: dict = {}
     target = math.ceil(0.4 * cfg.rounds)
-    async with disto.LocalCluster(nodes=args.workers + 1) as cluster:
+    async with local_cluster(args, args.workers + 1) as cluster:
         trainer = Trainer(cluster, cfg, task.model, task.data, task.evaluate, loss_fn=lm_loss,
                           eval_every=args.eval_every)
 
@@ -144,7 +159,8 @@ def check_bars(rows: dict[str, dict], kill: dict | None) -> list[tuple[str, bool
 
 # What makes two runs comparable: the protocol; and Streaming DiLoCo's own knobs, for its runs.
 PROTOCOL = ("size", "workers", "inner_steps", "rounds", "batch_size", "lr", "inner_lr", "outer_lr",
-            "outer_momentum", "warmup")
+            "outer_momentum", "warmup", "device")
+BEFORE = {"device": "cpu"}  # what files written before a protocol field existed ran with
 STREAMING = ("fragments", "overlap", "merge", "mix", "compression", "final_average")
 HISTORY_FIELDS = [f.name for f in dataclasses.fields(History)]
 
@@ -164,8 +180,9 @@ def combine(paths: list[str], out: str) -> int:
         a = d["args"]
         first = first or a
         for key in PROTOCOL:
-            if a.get(key) != first.get(key):
-                raise SystemExit(f"{path}: {key} is {a.get(key)!r}, not {first.get(key)!r} as in {paths[0]}: "
+            mine, theirs = a.get(key, BEFORE.get(key)), first.get(key, BEFORE.get(key))
+            if mine != theirs:
+                raise SystemExit(f"{path}: {key} is {mine!r}, not {theirs!r} as in {paths[0]}: "
                                  "not the same protocol")
         for algorithm, rs in d["runs"].items():
             for r in rs:
@@ -228,7 +245,7 @@ async def main(args: argparse.Namespace) -> int:
           f"{os.getloadavg()[0]:.2f}", flush=True)
     runs: dict[str, list[dict]] = {a: [] for a in args.algorithms}
     curves: dict[str, History] = {}
-    async with disto.LocalCluster(nodes=args.workers) as cluster:
+    async with local_cluster(args, args.workers) as cluster:
         for seed in args.seeds:             # interleaved: A B C A B C ...
             for algorithm in args.algorithms:
                 t0 = time.perf_counter()
@@ -285,6 +302,11 @@ if __name__ == "__main__":
                     "int8, bf16, fp32")
     ap.add_argument("--no-final-average", dest="final_average", action="store_false",
                     help="a fragment's short final round takes a momentum step like the others (Config.final_average)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the workers train; cuda: a GPU per worker if there are enough (ddp over NCCL), "
+                    "else all on the first GPU (ddp over gloo)")
+    ap.add_argument("--ddp-backend", default=None, choices=("gloo", "nccl"),
+                    help="ddp's all-reduce (default: gloo on the CPU and on a shared GPU, NCCL with a GPU per worker)")
     ap.add_argument("--eval-every", type=int, default=1, help="evaluate after every N rounds (and at the end); "
                     "long runs: the driver's evaluations share the cores with the workers")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])

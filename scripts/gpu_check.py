@@ -6,7 +6,8 @@ and event ordering: the producer writes on a side stream and sends without synch
 the same tensors forced through host memory over TCP, memory returned to the producer after the consumer lets go,
 re-sharing a received CUDA tensor refused, a consumer killed with SIGKILL leaving the producer running,
 placement on the real GPUs (one node per GPU, a group holding them all, one more refused), and low-communication
-training on them (the LM example's DiLoCo steps on the GPU, the ddp baseline as a group over NCCL).
+training on them (the LM example's DiLoCo steps on the GPU, the ddp baseline as a group over NCCL; then the
+benchmark's protocol with four workers sharing the first GPU, ddp over gloo, and its rate).
 """
 from __future__ import annotations
 
@@ -114,6 +115,22 @@ async def check_lowcomm() -> None:
                   f"{algorithm} on {n} GPU worker(s){' over NCCL' if algorithm == 'ddp' else ''}: {steps} inner "
                   f"steps, val loss {h.final_loss:.3f} (ln 256 = 5.55 at the start), {steps / dt:.0f} steps/s "
                   f"with start-up")
+    # The benchmark's protocol (4 workers, H 50, batch 16) with every worker on the first GPU, as
+    # bench/lowcomm.py --device cuda runs it on a one-GPU machine: ddp then all-reduces over gloo through host
+    # memory. The rate says how long scripts/lowcomm_gpu.sh's runs at length take.
+    async with disto.LocalCluster(nodes=4) as cluster:
+        for algorithm in ("diloco", "ddp"):
+            cfg = Config(algorithm=algorithm, workers=4, inner_steps=50, rounds=4, batch_size=16, inner_lr=3e-3,
+                         warmup_steps=20, outer_lr=1.0, outer_momentum=0.5, device="cuda", ddp_backend="gloo")
+            t0 = time.perf_counter()
+            h = await Trainer(cluster, cfg, task.model, task.data, task.evaluate, loss_fn=lm_loss).run()
+            busy = max(w["busy_s"] for w in h.workers)
+            steps = sum(w["steps"] for w in h.workers)
+            check(steps == 4 * cfg.total_steps and h.final_loss < 4.0,
+                  f"{algorithm}, 4 workers sharing GPU 0{' (ddp over gloo)' if algorithm == 'ddp' else ''}: "
+                  f"val loss {h.final_loss:.3f}, {cfg.total_steps / busy:.0f} steps/s per worker "
+                  f"({time.perf_counter() - t0:.1f} s with start-up): 600 rounds would take "
+                  f"{600 * cfg.inner_steps * busy / cfg.total_steps / 60:.1f} min")
 
 
 async def timed(fn, n: int) -> float:

@@ -185,9 +185,15 @@ def test_config_defaults_and_checks() -> None:
     assert Config().outer() == diloco() and Config(algorithm="local_sgd").outer() == local_sgd()
     for bad in ({"algorithm": "adam"}, {"fragments": 2}, {"workers": 0}, {"compression": "fp8"},
                 {"algorithm": "streaming_diloco", "inner_steps": 8, "overlap": 2}, {"min_workers": 9},
-                {"outer_momentum": 1.0}, {"device": "tpu"}):
+                {"outer_momentum": 1.0}, {"device": "tpu"}, {"ddp_backend": "mpi"}):
         with pytest.raises(ValueError):
             Config(**bad)
+    # ddp's backend: gloo on the CPU, NCCL on GPUs unless asked for gloo (ranks sharing a GPU)
+    assert Config(algorithm="ddp").ddp_backend == "gloo"
+    assert Config(algorithm="ddp", device="cuda").ddp_backend == "nccl"
+    assert Config(algorithm="ddp", device="cuda:1", ddp_backend="gloo").ddp_backend == "gloo"
+    with pytest.raises(ValueError, match="needs device 'cuda'"):
+        Config(algorithm="ddp", ddp_backend="nccl")
 
 
 def test_the_corpus_is_the_stdlib_split_by_file_and_the_model_learns_it() -> None:
@@ -441,6 +447,12 @@ def test_the_benchmark_combines_runs_made_separately_into_one_table(tmp_path) ->
     (tmp_path / "d.json").write_text(json.dumps({"args": {**args, "rounds": 200}, "runs": {}, "kill": None}))
     other = subprocess.run([*bench, paths[0], str(tmp_path / "d.json")], capture_output=True, text=True)
     assert other.returncode != 0 and "rounds is 200, not 400" in other.stderr
+    # runs on GPUs are not mixed with runs on CPUs (files from before --device ran on CPUs)
+    (tmp_path / "g.json").write_text(json.dumps({"args": {**args, "device": "cuda"}, "runs": {}, "kill": None}))
+    gpu = subprocess.run([*bench, paths[0], str(tmp_path / "g.json")], capture_output=True, text=True)
+    assert gpu.returncode != 0 and "device is 'cuda', not 'cpu'" in gpu.stderr
+    (tmp_path / "h.json").write_text(json.dumps({"args": {**args, "device": "cpu"}, "runs": {}, "kill": None}))
+    assert subprocess.run([*bench, paths[0], str(tmp_path / "h.json")], capture_output=True).returncode == 0
     (tmp_path / "e.json").write_text(json.dumps({"history": []}))
     foreign = subprocess.run([*bench, str(tmp_path / "e.json")], capture_output=True, text=True)
     assert foreign.returncode != 0 and "not a result file of bench/lowcomm.py" in foreign.stderr

@@ -30,6 +30,8 @@ class Config:
       "ddp"              the baseline: gradients all-reduced every step (torch.distributed: gloo, NCCL on GPUs).
     ``device``: "cuda" trains each worker on its node's first visible GPU (place one worker per GPU with
     ``worker_resources={"gpu": 1}``; ddp then all-reduces with NCCL); exchanges go through host memory.
+    ``ddp_backend``: torch.distributed's backend for ddp: "nccl" (default on "cuda": one GPU per rank) or "gloo"
+    (default on "cpu"; on "cuda" the gradients go through host memory, so several ranks can share one GPU).
     ``rounds`` R: the run is R * H inner steps per worker. ``deadline``: seconds after a round's first
     contribution when it closes with the workers that made it (at least ``min_workers``)."""
 
@@ -57,6 +59,7 @@ class Config:
     seed: int = 0
     step_delay: dict[int, float] = field(default_factory=dict)  # rank -> seconds after each step (slow workers)
     device: str = "cpu"                   # where each worker trains: "cpu", "cuda" (its node's first visible GPU)
+    ddp_backend: str | None = None        # ddp's all-reduce: "nccl" (default on cuda) or "gloo" (default on cpu)
     worker_resources: dict[str, float] | None = None
     worker_strategy: str = "spread"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +93,12 @@ class Config:
             raise ValueError(f"min_workers ({self.min_workers}) cannot exceed workers ({self.workers})")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device is 'cpu' or 'cuda' (or 'cuda:N'), not {self.device!r}")
+        if self.ddp_backend is None:
+            self.ddp_backend = "nccl" if self.device.startswith("cuda") else "gloo"
+        if self.ddp_backend not in ("gloo", "nccl"):
+            raise ValueError(f"ddp_backend is 'gloo' or 'nccl', not {self.ddp_backend!r}")
+        if self.ddp_backend == "nccl" and not self.device.startswith("cuda"):
+            raise ValueError("ddp_backend 'nccl' needs device 'cuda' (NCCL all-reduces GPU memory)")
         if self.worker_strategy not in ("spread", "pack"):
             raise ValueError(f"worker_strategy is 'spread' or 'pack', not {self.worker_strategy!r}")
         Schedule(self.inner_steps, self.fragments, self.total_steps)  # checks fragments against H

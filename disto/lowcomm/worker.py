@@ -185,22 +185,29 @@ class InnerWorker(Actor):
         return bool(reply.get("stopped"))
 
     async def _run_ddp(self) -> dict[str, Any]:
-        """The baseline: gradients averaged every step over all workers with torch.distributed (gloo; NCCL on
-        GPUs), counted as a ring all-reduce moves them: 2 (p - 1) / p of the gradient's bytes out and as many in
-        per step."""
+        """The baseline: gradients averaged every step over all workers with torch.distributed
+        (``Config.ddp_backend``), counted as a ring all-reduce moves them: 2 (p - 1) / p of the gradient's bytes
+        out and as many in per step."""
         cfg = self.cfg
-        dist = open_group("nccl" if self.device.type == "cuda" else "gloo", cfg.extra["dist_init"], self.rank,
-                          cfg.workers)
+        assert cfg.ddp_backend is not None
+        dist = open_group(cfg.ddp_backend, cfg.extra["dist_init"], self.rank, cfg.workers)
         params = list(self.model.parameters())
         n = self.flat.numel()
         grad = torch.zeros(n + 1, device=self.device)
+        # gloo with GPU workers: reduce a host copy (what lets several ranks share one GPU, which NCCL refuses)
+        host = torch.zeros(n + 1, pin_memory=True) if cfg.ddp_backend == "gloo" and grad.is_cuda else None
         volume = int(2 * (cfg.workers - 1) / cfg.workers * n * 4)
 
         def reduce() -> bool:
             torch.cat([p.grad.reshape(-1) for p in params], out=grad[:n])
             grad[n] = 1.0 if self._stop else 0.0
             t0 = time.perf_counter()
-            dist.all_reduce(grad)
+            if host is None:
+                dist.all_reduce(grad)
+            else:
+                host.copy_(grad)
+                dist.all_reduce(host)
+                grad.copy_(host)
             self.blocked += time.perf_counter() - t0
             grad[:n].div_(cfg.workers)
             offset = 0
