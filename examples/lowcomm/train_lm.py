@@ -69,9 +69,12 @@ async def main(args: argparse.Namespace) -> int:
     print(f"TinyGPT {args.size}: {parameters(task.model()) / 1e6:.2f}M parameters, context {task.gpt.context}; "
           f"{args.workers} workers x {args.rounds} rounds x {args.inner_steps} inner steps x batch "
           f"{args.batch_size}", flush=True)
-    # --device cuda: one node per GPU of this host (LocalCluster(gpus_per_node=1)), each worker holding one
-    nodes = args.nodes or (None if args.device == "cuda" else args.workers)
-    gpus = {"gpus_per_node": 1} if args.device == "cuda" else {}
+    # --device cuda: one node per GPU of this host (LocalCluster(gpus_per_node=1)), each worker holding one; more
+    # workers than GPUs share the first one (and ddp all-reduces over gloo: NCCL wants a GPU per rank)
+    share = args.device == "cuda" and not args.connect and args.workers > torch.cuda.device_count()
+    per_gpu = args.device == "cuda" and not share
+    nodes = args.nodes or (None if per_gpu else args.workers)
+    gpus = {"gpus_per_node": 1} if per_gpu else {}
     cluster_cm = disto.connect(args.connect) if args.connect else disto.LocalCluster(
         nodes=nodes, dashboard=args.dashboard, **gpus)
     runs: dict[str, History] = {}
@@ -82,7 +85,8 @@ async def main(args: argparse.Namespace) -> int:
             cfg = Config(algorithm=algorithm, workers=args.workers, inner_steps=args.inner_steps,
                          rounds=args.rounds, batch_size=args.batch_size, inner_lr=args.lr,
                          warmup_steps=args.warmup, seed=args.seed, step_delay=delays(args.slow),
-                         device=args.device, worker_resources={"gpu": 1} if args.device == "cuda" else None,
+                         device=args.device, worker_resources={"gpu": 1} if per_gpu else None,
+                         ddp_backend="gloo" if share else None,
                          **({"compression": args.compression} if args.compression else {}))
             on_eval, bar = progress(cfg.total_steps, algorithm)
             ckpt = os.path.join(args.out, f"{algorithm}.pt")
@@ -116,7 +120,8 @@ if __name__ == "__main__":
                     help=f"comma-separated, run in turn; from {', '.join(ALGORITHMS)}")
     ap.add_argument("--size", default="tiny", choices=["tiny", "small", "base"],
                     help="tiny 0.44M, small 1.9M, base 3.3M parameters")
-    ap.add_argument("--workers", type=int, default=None, help="default 4 (--device cuda: one per GPU)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="default 4 (--device cuda: one per GPU; more than the GPUs share the first)")
     ap.add_argument("--nodes", type=int, default=None, help="node processes of the local cluster (default: workers)")
     ap.add_argument("--inner-steps", type=int, default=50, help="H: inner steps between exchanges")
     ap.add_argument("--rounds", type=int, default=10)
