@@ -240,7 +240,8 @@ async def main(args: argparse.Namespace) -> int:
     task.validation()
     n = parameters(task.model())
     print(f"TinyGPT {args.size} ({n / 1e6:.2f}M parameters), {args.workers} workers, H={args.inner_steps}, "
-          f"{args.rounds} rounds, batch {args.batch_size}/worker, inner lr {args.lr}, outer lr {args.outer_lr} "
+          f"{args.rounds} rounds, batch {args.batch_size}/worker, lr {args.lr} (ddp) / "
+          f"{args.lr if args.inner_lr is None else args.inner_lr} (inner), outer lr {args.outer_lr} "
           f"momentum {args.outer_momentum}, seeds {args.seeds}; load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     runs: dict[str, list[dict]] = {a: [] for a in args.algorithms}
