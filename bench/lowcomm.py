@@ -25,10 +25,11 @@ import statistics
 import sys
 import time
 
+import torch
+
 import disto
-from disto.lowcomm import ALGORITHMS, Config, History, LMTask, Trainer, lm_loss, plot_runs
+from disto.lowcomm import ALGORITHMS, Config, History, LMTask, Trainer, gpu_each, lm_loss, plot_runs
 from disto.lowcomm.lm import parameters
-from disto.placement import visible_gpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,22 +42,21 @@ def config(args: argparse.Namespace, algorithm: str, seed: int) -> Config:
                       if getattr(args, k) is not None})
         outer["mix"], outer["merge"] = args.mix, args.merge
     lr = args.lr if algorithm == "ddp" or args.inner_lr is None else args.inner_lr
-    gpu_each = gpu_per_node(args, args.workers + int(args.kill))
+    per_gpu = gpu_per_node(args)
     return Config(algorithm=algorithm, workers=args.workers, inner_steps=args.inner_steps, rounds=args.rounds,
                   batch_size=args.batch_size, inner_lr=lr, warmup_steps=args.warmup, seed=seed, device=args.device,
-                  ddp_backend=args.ddp_backend or ("nccl" if gpu_each else "gloo"),
-                  worker_resources={"gpu": 1} if gpu_each else None, **outer)
+                  ddp_backend=args.ddp_backend or ("nccl" if per_gpu else "gloo"),
+                  worker_resources={"gpu": 1} if per_gpu else None, **outer)
 
 
-def gpu_per_node(args: argparse.Namespace, nodes: int) -> bool:
-    """``--device cuda``: a GPU of its own for each of ``nodes`` nodes if there are that many (ddp over NCCL),
-    else every worker on the first visible GPU (ddp over gloo, through host memory: NCCL wants a GPU per rank)."""
-    return args.device == "cuda" and len(visible_gpus()) >= nodes
+def gpu_per_node(args: argparse.Namespace) -> bool:
+    """``--device cuda``: a GPU of its own for every node of both clusters (the workers and, with the kill, a spare)
+    if there are that many (ddp over NCCL), else every worker on the first visible GPU (ddp over gloo)."""
+    return args.device == "cuda" and gpu_each(args.workers + int(args.kill))
 
 
 def local_cluster(args: argparse.Namespace, nodes: int) -> disto.LocalCluster:
-    return disto.LocalCluster(nodes=nodes, gpus_per_node=1 if gpu_per_node(args, args.workers + int(args.kill))
-                              else None)
+    return disto.LocalCluster(nodes=nodes, gpus_per_node=1 if gpu_per_node(args) else None)
 
 
 def summary(h: History) -> dict:
@@ -236,6 +236,13 @@ async def main(args: argparse.Namespace) -> int:
     bad = [a for a in args.algorithms if a not in ALGORITHMS]
     if bad:
         raise SystemExit(f"unknown algorithm {bad[0]!r}: choose from {', '.join(ALGORITHMS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here (a CPU build of torch, or no GPU)")
+    try:  # bad settings (say --ddp-backend nccl on the CPU) before any cluster starts
+        for algorithm in args.algorithms:
+            config(args, algorithm, args.seeds[0])
+    except ValueError as e:
+        raise SystemExit(f"bad settings: {e}") from None
     task = LMTask.sized(args.size)
     task.validation()
     n = parameters(task.model())

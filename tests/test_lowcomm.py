@@ -16,7 +16,8 @@ import torch
 import disto
 from helpers import eventually
 from disto.lowcomm import (Config, OuterOptimizer, OuterServer, RoundBook, Schedule, TextSampler, TinyGPT,
-                           GPTConfig, Trainer, async_diloco, decode, diloco, easgd, encode, lm_loss, local_sgd, overlap_merge_,
+                           GPTConfig, Trainer, async_diloco, decode, diloco, easgd, encode, gpu_each, lm_loss, local_sgd,
+                           overlap_merge_,
                            stdlib_corpus)
 
 TINY = GPTConfig(context=16, dim=32, layers=1, heads=2)
@@ -194,6 +195,24 @@ def test_config_defaults_and_checks() -> None:
     assert Config(algorithm="ddp", device="cuda:1", ddp_backend="gloo").ddp_backend == "gloo"
     with pytest.raises(ValueError, match="needs device 'cuda'"):
         Config(algorithm="ddp", ddp_backend="nccl")
+
+
+def test_gpu_workers_get_a_gpu_each_only_when_there_are_enough(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert gpu_each(2) and not gpu_each(3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not gpu_each(1)
+
+
+def test_the_benchmark_refuses_bad_settings_before_starting_a_cluster() -> None:
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "lowcomm.py")
+    bad = subprocess.run([sys.executable, script, "--ddp-backend", "nccl", "--algorithms", "ddp"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "bad settings: ddp_backend 'nccl' needs device 'cuda'" in bad.stderr
+    if not torch.cuda.is_available():
+        gpu = subprocess.run([sys.executable, script, "--device", "cuda"], capture_output=True, text=True,
+                             timeout=120)
+        assert gpu.returncode != 0 and "torch sees no CUDA device here" in gpu.stderr
 
 
 def test_the_corpus_is_the_stdlib_split_by_file_and_the_model_learns_it() -> None:

@@ -10,7 +10,7 @@ worker moved, per round. The ``ddp`` baseline all-reduces gradients every step.
 See docs/lowcomm.md. The asynchronous EA-SGD parameter server of 2016 stays in ``disto.easgd``.
 """
 from .codec import KINDS, Packed, decode, encode
-from .config import ALGORITHMS, Config
+from .config import ALGORITHMS, Config, gpu_each
 from .lm import SIZES, GPTConfig, LMTask, TextSampler, TinyGPT, lm_loss, stdlib_corpus
 from .plot import plot_runs
 from .outer import OuterOptimizer, OuterState, async_diloco, diloco, easgd, local_sgd, overlap_merge_
@@ -19,7 +19,7 @@ from .server import OuterServer
 from .trainer import History, Trainer
 from .worker import InnerWorker, inner_lr
 
-__all__ = ["ALGORITHMS", "Config", "Trainer", "History", "OuterOptimizer", "OuterState", "OuterServer",
+__all__ = ["ALGORITHMS", "Config", "gpu_each", "Trainer", "History", "OuterOptimizer", "OuterState", "OuterServer",
            "InnerWorker", "RoundBook", "Schedule", "Packed", "encode", "decode", "KINDS", "diloco", "async_diloco",
            "easgd", "local_sgd", "inner_lr", "GPTConfig", "TinyGPT", "LMTask", "SIZES", "plot_runs", "TextSampler",
            "lm_loss", "stdlib_corpus", "overlap_merge_"]

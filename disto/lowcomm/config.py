@@ -4,9 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..placement import visible_gpus
 from .codec import check_kind
 from .outer import OuterOptimizer, async_diloco, diloco, easgd, local_sgd
 from .rounds import Schedule
+
+def gpu_each(workers: int) -> bool:
+    """Whether this host has a GPU for each of ``workers`` GPU workers: then place them one per GPU
+    (``LocalCluster(gpus_per_node=1)``, ``worker_resources={"gpu": 1}``; ddp over NCCL); else they share the first
+    visible GPU and ddp needs ``ddp_backend="gloo"`` (NCCL refuses two ranks on one device)."""
+    return len(visible_gpus()) >= workers
+
 
 ALGORITHMS = ("diloco", "streaming_diloco", "async_diloco", "local_sgd", "sync_easgd", "ddp")
 MERGES = ("progress", "mix")

@@ -22,7 +22,7 @@ import time
 import torch
 
 import disto
-from disto.lowcomm import ALGORITHMS, Config, History, LMTask, Trainer, lm_loss, plot_runs
+from disto.lowcomm import ALGORITHMS, Config, History, LMTask, Trainer, gpu_each, lm_loss, plot_runs
 from disto.lowcomm.lm import parameters
 
 
@@ -71,7 +71,7 @@ async def main(args: argparse.Namespace) -> int:
           f"{args.batch_size}", flush=True)
     # --device cuda: one node per GPU of this host (LocalCluster(gpus_per_node=1)), each worker holding one; more
     # workers than GPUs share the first one (and ddp all-reduces over gloo: NCCL wants a GPU per rank)
-    share = args.device == "cuda" and not args.connect and args.workers > torch.cuda.device_count()
+    share = args.device == "cuda" and not args.connect and not gpu_each(args.workers)
     per_gpu = args.device == "cuda" and not share
     nodes = args.nodes or (None if per_gpu else args.workers)
     gpus = {"gpus_per_node": 1} if per_gpu else {}
